@@ -1,0 +1,34 @@
+"""A config-driven trainer for small neural networks on the CPU, built around the practices of the CS231n notes
+"Neural Networks Part 3: Learning and Evaluation".
+
+Public API: the registries (OPTIMIZERS, SCHEDULES, REGULARIZERS, MODELS, DATASETS) with `names()` and
+`build(name, **config)`, their base classes and config bases for plugins, `param` for config fields,
+`train(cfg)` and `load(path)`.
+"""
+__version__ = "0.1.0"
+
+from .data import DataConfig, RawData, Splits
+from .errors import ConfigError, DataError, DivergedError, FrameworkError
+from .layout import Block, Layout
+from .model import Model
+from .optim import Optimizer, OptimizerConfig
+from .params import param
+from .registry import DATASETS, MODELS, OPTIMIZERS, REGULARIZERS, SCHEDULES, load_plugins
+from .regularize import Regularizer, RegularizerConfig
+from .schedule import Schedule, ScheduleConfig
+from .train import Callback, Run, train
+
+
+def load(path):
+    """Open a checkpoint (or ensemble file) for prediction; see framework.checkpoint."""
+    from .checkpoint import load as _load
+
+    return _load(path)
+
+
+__all__ = [
+    "DATASETS", "MODELS", "OPTIMIZERS", "REGULARIZERS", "SCHEDULES", "Block", "Callback", "ConfigError",
+    "DataConfig", "DataError", "DivergedError", "FrameworkError", "Layout", "Model", "Optimizer",
+    "OptimizerConfig", "RawData", "Regularizer", "RegularizerConfig", "Run", "Schedule", "ScheduleConfig",
+    "Splits", "load", "load_plugins", "param", "train",
+]

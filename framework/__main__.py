@@ -1,0 +1,17 @@
+"""`python -m framework [overrides]`: train one configuration (or sweep with -m)."""
+import hydra
+
+from framework.cli import CONF_DIR, main_entry, user_errors
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
+@user_errors
+def main(cfg):
+    from framework.train import train
+
+    summary = train(cfg)
+    return summary["metrics"].get("best_val_acc")
+
+
+if __name__ == "__main__":
+    main_entry(main)

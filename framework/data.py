@@ -1,0 +1,131 @@
+"""Datasets: a plugin returns raw arrays; this module checks them, splits train/val/test deterministically from
+the seed and fits preprocessing (mean subtraction, optional standardization) on the training split only."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import DataError
+from .params import param
+
+
+@dataclass
+class DataConfig:
+    """Fields every dataset config has; subclass it for your dataset's config."""
+
+    val_fraction: float = param(0.15, "fraction of the examples held out for validation (when the source "
+                                      "has no validation split)", range="(0, 1)")
+    test_fraction: float = param(0.2, "fraction held out for the test score (when the source has no test "
+                                      "split)", range="[0, 1)")
+    standardize: bool = param(False, "divide each feature by its training std after mean subtraction")
+    max_train: int = param(0, "use at most this many training examples (0 = all)", range="[0, inf)")
+
+
+@dataclass
+class RawData:
+    """What a dataset plugin returns. X (N, D) floats, y (N,) integer labels in [0, C). Predefined splits go in
+    `splits` as {"val": (X, y), "test": (X, y)}; missing ones are cut from X, y."""
+
+    X: np.ndarray
+    y: np.ndarray
+    num_classes: int
+    image_shape: tuple | None = None  # (H, W) or (H, W, 3) when rows are images
+    splits: dict = field(default_factory=dict)
+    source: str = ""
+
+
+@dataclass
+class Splits:
+    X_train: np.ndarray
+    y_train: np.ndarray
+    X_val: np.ndarray
+    y_val: np.ndarray
+    X_test: np.ndarray
+    y_test: np.ndarray
+    num_classes: int
+    image_shape: tuple | None
+    mean: np.ndarray  # (D,) subtracted from every split
+    scale: np.ndarray  # (D,) each split was divided by it after mean subtraction
+
+    @property
+    def input_dim(self) -> int:
+        return self.X_train.shape[1]
+
+    def describe(self) -> dict:
+        return {"train": len(self.y_train), "val": len(self.y_val), "test": len(self.y_test),
+                "input_dim": self.input_dim, "num_classes": self.num_classes}
+
+
+def check_arrays(X, y, num_classes: int, where: str):
+    """Finite features, integer labels in [0, C), matching lengths: else a DataError naming the problem."""
+    X, y = np.asarray(X), np.asarray(y)
+    if X.ndim < 2:
+        raise DataError(f"{where}: features must have shape (N, D) or (N, ...), got shape {X.shape}.")
+    if y.ndim != 1 or len(y) != len(X):
+        raise DataError(f"{where}: labels must have shape (N,) matching the {len(X)} feature rows, "
+                        f"got shape {y.shape}.")
+    if len(X) == 0:
+        raise DataError(f"{where}: no examples.")
+    if not np.issubdtype(X.dtype, np.number):
+        raise DataError(f"{where}: features must be numeric, got dtype {X.dtype}.")
+    bad = ~np.isfinite(X.reshape(len(X), -1)).all(axis=1)
+    if bad.any():
+        raise DataError(f"{where}: {int(bad.sum())} rows have NaN or infinite features "
+                        f"(first at row {int(np.argmax(bad))}). Clean or drop them.")
+    if not (np.issubdtype(y.dtype, np.integer) or (np.issubdtype(y.dtype, np.floating) and
+                                                  np.all(np.isfinite(y)) and np.all(y == np.round(y)))):
+        raise DataError(f"{where}: labels must be integers, got dtype {y.dtype}.")
+    lo, hi = int(y.min()), int(y.max())
+    if lo < 0 or hi >= num_classes:
+        raise DataError(f"{where}: labels must lie in [0, {num_classes - 1}] for {num_classes} classes, "
+                        f"found values from {lo} to {hi}.")
+
+
+def _cut(rng, n, fraction):
+    k = int(round(n * fraction))
+    return k
+
+
+def prepare(raw: RawData, cfg: DataConfig, rng: np.random.Generator, dtype=np.float64) -> Splits:
+    """Check, split (deterministic from rng) and preprocess raw data into float `dtype` splits."""
+    C = int(raw.num_classes)
+    X = np.asarray(raw.X)
+    X = X.reshape(len(X), -1) if X.ndim > 2 else X
+    y = np.asarray(raw.y)
+    check_arrays(X, y, C, f"dataset {raw.source or '?'}")
+    order = rng.permutation(len(y))
+    X, y = X[order], y[order].astype(np.int64)
+    parts = {}
+    for name, fraction in (("test", cfg.test_fraction), ("val", cfg.val_fraction)):
+        if name in raw.splits and raw.splits[name] is not None:
+            Xs, ys = raw.splits[name]
+            Xs = np.asarray(Xs)
+            Xs = Xs.reshape(len(Xs), -1) if Xs.ndim > 2 else Xs
+            check_arrays(Xs, ys, C, f"dataset {raw.source or '?'} ({name} split)")
+            if Xs.shape[1] != X.shape[1]:
+                raise DataError(f"dataset {raw.source}: {name} split has {Xs.shape[1]} features, train has "
+                                f"{X.shape[1]}.")
+            parts[name] = (Xs, np.asarray(ys).astype(np.int64))
+        else:
+            k = int(round(len(y) * fraction))
+            if name == "val" and k == 0:
+                k = 1
+            parts[name] = (X[:k], y[:k])
+            X, y = X[k:], y[k:]
+    if cfg.max_train and len(y) > cfg.max_train:
+        X, y = X[:cfg.max_train], y[:cfg.max_train]
+    if len(y) < 1:
+        raise DataError(f"dataset {raw.source}: no training examples left after the val/test split.")
+    X = X.astype(np.float64)
+    mean = X.mean(axis=0)
+    scale = np.ones_like(mean)
+    if cfg.standardize:
+        std = X.std(axis=0)
+        scale = np.where(std > 1e-12, std, 1.0)
+
+    def transform(A):
+        return np.ascontiguousarray((np.asarray(A, dtype=np.float64) - mean) / scale, dtype=dtype)
+
+    return Splits(transform(X), y, transform(parts["val"][0]), parts["val"][1], transform(parts["test"][0]),
+                  parts["test"][1], C, raw.image_shape, mean, scale)

