@@ -433,17 +433,27 @@ def write_json_atomic(path: pathlib.Path, payload: dict) -> None:
     os.replace(tmp, path)
 
 
+# Optional engine features, each a module exposing `make_callback(run) -> Callback | None`. Imported by name
+# so a feature that is absent (or switched off in the config) costs nothing.
+FEATURE_MODULES = ("framework.checkpoint", "framework.monitor")
+
+
 def default_callbacks(run: Run) -> list[Callback]:
-    """Callbacks every CLI run gets, found by name so optional features stay optional modules."""
+    """The callbacks of every run: one per available feature module that wants to take part."""
+    import importlib
+
     callbacks = []
-    for factory in CALLBACK_FACTORIES:
-        cb = factory(run)
+    for name in FEATURE_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name == name:
+                continue
+            raise
+        cb = module.make_callback(run)
         if cb is not None:
             callbacks.append(cb)
     return callbacks
-
-
-CALLBACK_FACTORIES: list = []  # functions Run -> Callback | None, registered by feature modules
 
 
 def train(cfg, run_dir=None, callbacks=None) -> dict:
