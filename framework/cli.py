@@ -58,9 +58,21 @@ def _is_multirun() -> bool:
         return False
 
 
+def _record_failure(status: str, message: str) -> None:
+    """In a sweep, a job that failed before its Run existed still leaves a summary.json saying why."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from .train import write_json_atomic
+
+    out = pathlib.Path(HydraConfig.get().runtime.output_dir)
+    if not (out / "summary.json").exists():
+        out.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(out / "summary.json", {"status": status, "message": message, "metrics": {}})
+
+
 def user_errors(task):
-    """Decorate a Hydra task: a FrameworkError prints one paragraph and exits non-zero (in a multirun it is
-    logged and the job returns NaN so the sweep goes on)."""
+    """Decorate a Hydra task: a FrameworkError prints one paragraph and exits non-zero. In a multirun every
+    failure is logged, recorded in the job's summary.json, and the job returns NaN so the sweep goes on."""
 
     @functools.wraps(task)
     def wrapper(cfg):
@@ -69,21 +81,41 @@ def user_errors(task):
         except FrameworkError as exc:
             if _is_multirun():
                 log.error("%s", exc)
+                _record_failure("diverged" if exc.exit_code == 3 else "failed", str(exc))
                 return math.nan
             print(f"error: {exc}", file=sys.stderr)
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:
             print("interrupted: the run stopped; its last checkpoint (if any) is intact.", file=sys.stderr)
             sys.exit(130)
+        except Exception as exc:
+            if not _is_multirun():
+                raise
+            log.exception("trial failed")
+            _record_failure("failed", f"{type(exc).__name__}: {exc}")
+            return math.nan
 
     return wrapper
 
 
+def check_group_choices(argv) -> None:
+    """`optimizer=adamm` names no registered component: say so in one paragraph listing the known names
+    (plain selections only; sweep syntax such as `optimizer=sgd,adam` is left to Hydra)."""
+    groups = {r.group: r for r in ALL}
+    for arg in argv:
+        match = re.match(r"^\+{0,2}(\w+)=([\w-]+)$", arg)
+        if match and match.group(1) in groups:
+            group, value = match.groups()
+            if not (CONF_DIR / group / f"{value}.yaml").exists():
+                groups[group].get(value)  # raises ConfigError listing the registered names
+
+
 def main_entry(hydra_main):
     """Run a @hydra.main function, first turning a FrameworkError raised while preparing configs into a clean
-    exit (plugin import problems surface here)."""
+    exit (plugin import problems and unknown component names surface here)."""
     try:
         register_configs()
+        check_group_choices(sys.argv[1:])
     except FrameworkError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)

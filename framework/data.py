@@ -82,9 +82,16 @@ def check_arrays(X, y, num_classes: int, where: str):
                         f"found values from {lo} to {hi}.")
 
 
-def _cut(rng, n, fraction):
-    k = int(round(n * fraction))
-    return k
+def stratified_take(y: np.ndarray, fraction: float) -> np.ndarray:
+    """Boolean mask taking round(fraction * n_c) rows of every class c (the first ones in the given order),
+    so val/test keep the class balance of the data; at least one row overall when fraction > 0."""
+    take = np.zeros(len(y), dtype=bool)
+    for c in np.unique(y):
+        rows = np.flatnonzero(y == c)
+        take[rows[:int(round(len(rows) * fraction))]] = True
+    if fraction > 0 and not take.any():
+        take[0] = True
+    return take
 
 
 def prepare(raw: RawData, cfg: DataConfig, rng: np.random.Generator, dtype=np.float64) -> Splits:
@@ -108,11 +115,12 @@ def prepare(raw: RawData, cfg: DataConfig, rng: np.random.Generator, dtype=np.fl
                                 f"{X.shape[1]}.")
             parts[name] = (Xs, np.asarray(ys).astype(np.int64))
         else:
-            k = int(round(len(y) * fraction))
-            if name == "val" and k == 0:
-                k = 1
-            parts[name] = (X[:k], y[:k])
-            X, y = X[k:], y[k:]
+            # fractions are of the whole dataset: val's share is rescaled to what test left
+            share = fraction / max(1e-12, 1.0 - (cfg.test_fraction if name == "val" and "test" not in
+                                                 raw.splits else 0.0))
+            take = stratified_take(y, min(share, 1.0))
+            parts[name] = (X[take], y[take])
+            X, y = X[~take], y[~take]
     if cfg.max_train and len(y) > cfg.max_train:
         X, y = X[:cfg.max_train], y[:cfg.max_train]
     if len(y) < 1:

@@ -97,14 +97,16 @@ def validate(cfg, prefix: str):
         value = _coerce(key, getattr(cfg, f.name), hints.get(f.name, typing.Any))
         setattr(cfg, f.name, value)
         meta = f.metadata
-        values = value if isinstance(value, list) else [value]
-        for v in values:
+        items = list(enumerate(value)) if isinstance(value, list) else [(None, value)]
+        for i, v in items:
             if v is None:
                 continue
+            where = key if i is None else f"{key}[{i}]"
+            allowed = describe(meta) + (f" ({meta['help']})" if meta.get("help") else "")
             if meta.get("choices") and v not in meta["choices"]:
-                raise ConfigError(key, v, describe(meta))
+                raise ConfigError(where, v, allowed)
             if meta.get("range") and not in_interval(float(v), meta["range"]):
-                raise ConfigError(key, v, describe(meta), meta.get("help", ""))
+                raise ConfigError(where, v, allowed)
     check = getattr(cfg, "check", None)
     if callable(check):
         check(prefix)

@@ -63,7 +63,7 @@ class Registry:
                 raise RegistryError(
                     f"Duplicate {self.kind} name {name!r}: registered by {old.module} and again by {module}. "
                     f"Rename one of them.")
-            doc = description or (inspect.getdoc(factory) or "").split("\n")[0]
+            doc = description or " ".join((inspect.getdoc(factory) or "").split("\n\n")[0].split())
             self._entries[name] = Entry(name, factory, config, module, doc)
             return factory
 
@@ -131,21 +131,39 @@ def _import_file(path: pathlib.Path):
         raise RegistryError(f"Plugin file {path} failed to import: {type(exc).__name__}: {exc}") from exc
 
 
+BUILTIN_PLUGINS = pathlib.Path(__file__).resolve().parent.parent / "plugins"
+
+
+def _import_builtin_plugins() -> pathlib.Path:
+    """Import the modules of the project's own plugins/ package. By path, because `python -m` puts the
+    working directory first on sys.path, where a user's own plugins/ folder would shadow ours."""
+    package = sys.modules.get("plugins")
+    paths = {pathlib.Path(p).resolve() for p in getattr(package, "__path__", [])}
+    name = "plugins"
+    if package is not None and BUILTIN_PLUGINS not in paths:
+        name = "framework_builtin_plugins"  # "plugins" is someone else's package here
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(
+            name, BUILTIN_PLUGINS / "__init__.py", submodule_search_locations=[str(BUILTIN_PLUGINS)])
+        package = importlib.util.module_from_spec(spec)
+        sys.modules[name] = package
+        spec.loader.exec_module(package)
+    for info in sorted(pkgutil.iter_modules([str(BUILTIN_PLUGINS)]), key=lambda i: i.name):
+        if not info.name.startswith("_"):
+            importlib.import_module(f"{name}.{info.name}")
+    return BUILTIN_PLUGINS
+
+
 def load_plugins(extra_dirs=()) -> None:
     """Import the built-in `plugins` package, a `plugins/` folder in the working directory, any `extra_dirs`,
     and every entry point of the group `framework.plugins`. Idempotent."""
     if "builtin" not in _loaded:
         _loaded.add("builtin")
-        import plugins as builtin
-
-        for info in sorted(pkgutil.iter_modules(builtin.__path__), key=lambda i: i.name):
-            if not info.name.startswith("_"):
-                importlib.import_module(f"plugins.{info.name}")
+        builtin_dir = _import_builtin_plugins()
         for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
             ep.load()
-        builtin_dirs = {pathlib.Path(p).resolve() for p in builtin.__path__}
         local = pathlib.Path("plugins").resolve()
-        if local.is_dir() and local not in builtin_dirs:
+        if local.is_dir() and local != builtin_dir:
             extra_dirs = (local, *extra_dirs)
     for folder in extra_dirs:
         folder = pathlib.Path(folder).resolve()

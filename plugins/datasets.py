@@ -111,7 +111,8 @@ class _CifarUnpickler(pickle.Unpickler):
 
     ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
                ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
-               ("numpy._core.multiarray", "scalar")}
+               ("numpy._core.multiarray", "scalar"),
+               ("_codecs", "encode")}  # how protocol-2 pickles written by Python 3 store bytes
 
     def find_class(self, module, name):
         if (module, name) in self.ALLOWED:

@@ -15,7 +15,7 @@ EVAL_CHUNK = 4096  # rows per eval forward pass, bounds scratch memory
 
 @dataclass
 class MLPConfig:
-    hidden_sizes: list[int] = param([100], "units per hidden layer; [] gives a linear classifier",
+    hidden_sizes: list[int] = param([256], "units per hidden layer; [] gives a linear classifier",
                                     range="[1, inf)")
     activation: str = param("relu", "hidden nonlinearity", choices=ACTIVATIONS)
     leaky_slope: float = param(0.01, "slope of leaky_relu for negative inputs", range="(0, 1)")

@@ -1,0 +1,33 @@
+"""`python -m framework.list [kind] [--options]`: what is registered, with one line each (and its options)."""
+from __future__ import annotations
+
+import sys
+
+from .params import help_table
+from .registry import ALL, load_plugins
+
+
+def main(argv=None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    show_options = "--options" in args
+    kinds = [a for a in args if not a.startswith("-")]
+    load_plugins()
+    known = {r.group: r for r in ALL} | {r.kind: r for r in ALL}
+    unknown = [k for k in kinds if k not in known]
+    if unknown:
+        print(f"error: unknown kind {unknown[0]!r}; choose from {', '.join(r.group for r in ALL)}.",
+              file=sys.stderr)
+        return 2
+    for registry in [known[k] for k in kinds] or ALL:
+        print(f"{registry.group} (select with {registry.group}=NAME):")
+        for name in registry.names():
+            entry = registry.get(name)
+            print(f"  {name:<14} {entry.description}")
+            if show_options:
+                for field, default, text in help_table(entry.config_cls):
+                    print(f"      {field} = {default!r}: {text}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

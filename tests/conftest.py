@@ -1,0 +1,38 @@
+"""Shared test helpers: compose the real config through Hydra, run the CLI in a subprocess."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from framework.cli import CONF_DIR, register_configs
+
+# Quiet, quick runs: no pre-flight, TensorBoard or checkpoints unless a test asks for them.
+FAST = ["preflight=off", "++tensorboard.enabled=false", "++checkpoint.every=0"]
+
+
+def compose_config(*overrides: str):
+    """The real conf/config.yaml composed with `overrides`, as `python -m framework` would see it."""
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+def run_cli(*args: str, module: str = "framework", cwd=None, timeout: float = 600, env=None):
+    """`python -m <module> args...` in a subprocess; returns CompletedProcess with text stdout/stderr."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env=full_env)
+
+
+@pytest.fixture
+def cli(tmp_path):
+    """Run the CLI with outputs going under tmp_path."""
+
+    def run(*args, module="framework", cwd=None, **kw):
+        return run_cli(*args, module=module, cwd=cwd or tmp_path, **kw)
+
+    return run

@@ -1,0 +1,215 @@
+"""Every kernel against a plain-NumPy reference and against a centered-difference numerical gradient (float64)."""
+import numpy as np
+import pytest
+
+from framework import kernels as K
+
+
+def numerical_grad(f, x, h=1e-6):
+    """Centered difference df/dx for a scalar function f of the array x (modified in place, restored)."""
+    g = np.zeros_like(x)
+    flat, gf = x.reshape(-1), g.reshape(-1)
+    for i in range(flat.size):
+        old = flat[i]
+        flat[i] = old + h
+        fp = f()
+        flat[i] = old - h
+        fm = f()
+        flat[i] = old
+        gf[i] = (fp - fm) / (2 * h)
+    return g
+
+
+def rel_err(a, b):
+    return np.max(np.abs(a - b) / np.maximum(1e-12, np.abs(a) + np.abs(b)))
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
+
+
+def test_affine_forward_backward(rng):
+    x, W, b = rng.standard_normal((5, 4)), rng.standard_normal((4, 3)), rng.standard_normal(3)
+    out = np.empty((5, 3))
+    K.affine_forward(x, W, b, out)
+    np.testing.assert_allclose(out, x @ W + b, rtol=1e-14)
+    dout = rng.standard_normal((5, 3))
+    dx, dW, db = np.empty_like(x), np.empty_like(W), np.empty_like(b)
+    K.affine_backward(dout, x, W, dx, dW, db, True)
+    np.testing.assert_allclose(dW, x.T @ dout, rtol=1e-13)
+    np.testing.assert_allclose(db, dout.sum(axis=0), rtol=1e-13)
+    np.testing.assert_allclose(dx, dout @ W.T, rtol=1e-13)
+
+    def f():
+        return float(np.sum((x @ W + b) * dout))
+
+    assert rel_err(dW, numerical_grad(f, W)) < 1e-7
+    assert rel_err(db, numerical_grad(f, b)) < 1e-7
+    assert rel_err(dx, numerical_grad(f, x)) < 1e-7
+
+
+@pytest.mark.parametrize("kind,ref", [
+    (K.ACT_RELU, lambda z: np.maximum(z, 0)),
+    (K.ACT_LEAKY_RELU, lambda z: np.where(z > 0, z, 0.1 * z)),
+    (K.ACT_TANH, np.tanh),
+])
+def test_activations(rng, kind, ref):
+    z = rng.standard_normal((6, 5))
+    z[np.abs(z) < 0.05] = 0.3  # keep away from the kink at 0 for the numerical check
+    a = np.empty_like(z)
+    K.activation_forward(z, a, kind, 0.1)
+    np.testing.assert_allclose(a, ref(z), rtol=1e-14)
+    dout = rng.standard_normal(z.shape)
+    dz = np.empty_like(z)
+    K.activation_backward(dout, a, dz, kind, 0.1)
+    num = numerical_grad(lambda: float(np.sum(ref(z) * dout)), z)
+    assert rel_err(dz, num) < 1e-7
+
+
+def test_dropout_mask_is_inverted_dropout(rng):
+    u = rng.random(200_000)
+    K.dropout_mask(u, 0.8)
+    assert set(np.unique(u)) == {0.0, 1.25}
+    assert abs(np.mean(u > 0) - 0.8) < 0.005
+    assert abs(u.mean() - 1.0) < 0.01  # expectation preserved: no rescale needed at test time
+    a, out = rng.standard_normal(u.size), np.empty(u.size)
+    K.dropout_forward(a, u, out)
+    np.testing.assert_array_equal(out, a * u)
+
+
+def softmax_ref(s, y):
+    p = np.exp(s - s.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    loss = -np.mean(np.log(p[np.arange(len(y)), y]))
+    d = p.copy()
+    d[np.arange(len(y)), y] -= 1
+    return loss, d / len(y)
+
+
+def svm_ref(s, y):
+    n = len(y)
+    margins = np.maximum(0, s - s[np.arange(n), y][:, None] + 1)
+    margins[np.arange(n), y] = 0
+    d = (margins > 0).astype(float)
+    d[np.arange(n), y] = -d.sum(axis=1)
+    return margins.sum() / n, d / n
+
+
+@pytest.mark.parametrize("kernel,ref", [(K.softmax_loss, softmax_ref), (K.svm_loss, svm_ref)])
+def test_losses(rng, kernel, ref):
+    s, y = rng.standard_normal((7, 4)) * 3, rng.integers(0, 4, 7)
+    d = np.empty_like(s)
+    loss = kernel(s, y, d)
+    ref_loss, ref_d = ref(s, y)
+    assert abs(loss - ref_loss) <= 1e-13 * abs(ref_loss)
+    np.testing.assert_allclose(d, ref_d, rtol=1e-12, atol=1e-15)
+    num = numerical_grad(lambda: kernel(s, y, np.empty_like(s)), s)
+    assert rel_err(d, num) < 1e-6
+
+
+def test_softmax_is_stable_for_huge_scores():
+    s = np.array([[1000.0, 0.0, -1000.0]])
+    d = np.empty_like(s)
+    assert np.isfinite(K.softmax_loss(s, np.array([1]), d))
+    assert K.softmax_loss(s, np.array([1]), d) == pytest.approx(1000.0)
+
+
+def test_l2_penalty_grad(rng):
+    theta, mask = rng.standard_normal(20), (rng.random(20) > 0.3).astype(float)
+    grad = np.ones(20)
+    pen = K.l2_penalty_grad(theta, mask, 0.3, grad)
+    assert pen == pytest.approx(0.5 * 0.3 * np.sum(mask * theta ** 2), rel=1e-14)
+    np.testing.assert_allclose(grad, 1 + 0.3 * mask * theta, rtol=1e-14)
+
+
+def mlp_ref(theta, X, y, sizes, act, masks, loss):
+    """Plain NumPy MLP in the CS231n style: forward with caches, then backward."""
+    f = {"relu": (lambda z: np.maximum(z, 0), lambda a: (a > 0) * 1.0),
+         "tanh": (np.tanh, lambda a: 1 - a ** 2)}[act]
+    params, p = [], 0
+    for i in range(len(sizes) - 1):
+        W = theta[p:p + sizes[i] * sizes[i + 1]].reshape(sizes[i], sizes[i + 1])
+        p += W.size
+        b = theta[p:p + sizes[i + 1]]
+        p += b.size
+        params.append((W, b))
+    hs, acts = [X], []
+    for i, (W, b) in enumerate(params[:-1]):
+        a = f[0](hs[-1] @ W + b)
+        acts.append(a)
+        hs.append(a * masks[i] if masks else a)
+    scores = hs[-1] @ params[-1][0] + params[-1][1]
+    value, d = (softmax_ref if loss == "softmax" else svm_ref)(scores, y)
+    grads = []
+    for i in range(len(params) - 1, -1, -1):
+        W, b = params[i]
+        grads.append((hs[i].T @ d, d.sum(axis=0)))
+        if i > 0:
+            dh = d @ W.T
+            if masks:
+                dh = dh * masks[i - 1]
+            d = dh * f[1](acts[i - 1])
+    flat = np.concatenate([np.concatenate([dW.ravel(), db]) for dW, db in reversed(grads)])
+    return value, flat
+
+
+@pytest.mark.parametrize("act", ["relu", "tanh"])
+@pytest.mark.parametrize("loss", ["softmax", "svm"])
+@pytest.mark.parametrize("dropout", [False, True])
+def test_mlp_loss_grad_matches_numpy_reference(rng, act, loss, dropout):
+    sizes = np.array([6, 5, 4, 3], dtype=np.int64)
+    P = sum(int(sizes[i] * sizes[i + 1] + sizes[i + 1]) for i in range(3))
+    theta = rng.standard_normal(P) * 0.5
+    X, y = rng.standard_normal((20, 6)), rng.integers(0, 3, 20)
+    idx = rng.permutation(20)[:8].astype(np.int64)
+    masks = []
+    if dropout:
+        masks = [(rng.random((8, h)) < 0.7) / 0.7 for h in (5, 4)]
+    flat_masks = np.concatenate([m.ravel() for m in masks]) if masks else np.empty(0)
+    work = np.empty(K.mlp_work_size(8, list(sizes), dropout))
+    grad = np.empty(P)
+    act_code = {"relu": K.ACT_RELU, "tanh": K.ACT_TANH}[act]
+    loss_code = {"softmax": K.LOSS_SOFTMAX, "svm": K.LOSS_SVM}[loss]
+    value = K.mlp_loss_grad(theta, grad, X, y, idx, sizes, act_code, 0.01, loss_code, flat_masks, work,
+                            np.empty(8, dtype=np.int64))
+    ref_value, ref_grad = mlp_ref(theta, X[idx], y[idx], list(sizes), act, masks, loss)
+    assert abs(value - ref_value) <= 1e-12 * abs(ref_value)
+    np.testing.assert_allclose(grad, ref_grad, rtol=1e-10, atol=1e-14)
+
+    def f():
+        return K.mlp_loss_grad(theta, np.empty(P), X, y, idx, sizes, act_code, 0.01, loss_code, flat_masks,
+                               work, np.empty(8, dtype=np.int64))
+
+    num = numerical_grad(f, theta)
+    # ReLU and hinge kinks can be crossed by the step; compare on the coordinates far from any kink
+    close = np.abs(grad - num) <= 1e-6 * np.maximum(1.0, np.abs(num))
+    assert close.mean() > 0.97
+
+
+def test_mlp_scores_and_float32(rng):
+    sizes = np.array([4, 8, 3], dtype=np.int64)
+    P = 4 * 8 + 8 + 8 * 3 + 3
+    theta, X = rng.standard_normal(P), rng.standard_normal((10, 4))
+    out = np.empty((10, 3))
+    K.mlp_scores(theta, X, sizes, K.ACT_RELU, 0.01, out, np.empty(10 * 8))
+    W1, b1 = theta[:32].reshape(4, 8), theta[32:40]
+    W2, b2 = theta[40:64].reshape(8, 3), theta[64:]
+    np.testing.assert_allclose(out, np.maximum(X @ W1 + b1, 0) @ W2 + b2, rtol=1e-13)
+    out32 = np.empty((10, 3), dtype=np.float32)
+    K.mlp_scores(theta.astype(np.float32), X.astype(np.float32), sizes, K.ACT_RELU, 0.01, out32,
+                 np.empty(80, dtype=np.float32))
+    np.testing.assert_allclose(out32, out, rtol=1e-4, atol=1e-4)
+
+
+def test_ema_and_norm_kernels(rng):
+    a, b = rng.standard_normal(30), rng.standard_normal(30)
+    ema = a.copy()
+    K.ema_update(ema, b, 0.9)
+    np.testing.assert_allclose(ema, 0.9 * a + (1 - 0.9) * b, rtol=1e-14)
+    bounds = np.array([[0, 10], [10, 30]], dtype=np.int64)
+    out = np.empty(2)
+    K.block_norms(a, bounds, out)
+    np.testing.assert_allclose(out, [np.linalg.norm(a[:10]), np.linalg.norm(a[10:])], rtol=1e-14)
+    K.block_diff_norms(a, b, bounds, out)
+    np.testing.assert_allclose(out, [np.linalg.norm((a - b)[:10]), np.linalg.norm((a - b)[10:])], rtol=1e-14)
