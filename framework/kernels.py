@@ -152,25 +152,20 @@ def gather_rows(X, idx, out):
 
 
 @jit
-def mlp_loss_grad(theta, grad, X, y, idx, sizes, act, alpha, loss_kind, masks, work, ybatch):
-    """Forward and backward of an MLP (0 or more hidden layers) on the rows `idx` of X.
+def mlp_forward(theta, X, idx, sizes, act, alpha, masks, work):
+    """Training-mode forward pass of an MLP (0 or more hidden layers) on the rows `idx` of X.
 
-    theta, grad: (P,) flat parameters W1 (D, H1), b1 (H1,), ..., WL (H_{L-1}, C), bL (C,).
-    sizes: (L+1,) int64 [D, H1, ..., C]. masks: flat dropout masks, one (N, H_l) block per hidden layer,
-    or an empty array for no dropout. work: flat scratch of size mlp_work_size(...); ybatch: (>= N,) int64
-    scratch for the batch labels.
-    Returns the mean data loss (no regularization) as float64; grad is overwritten.
+    theta: (P,) flat parameters W1 (D, H1), b1 (H1,), ..., WL (H_{L-1}, C), bL (C,).
+    sizes: (L+1,) int64 [D, H1, ..., C]. masks: flat dropout masks, one (N, H_l) block per hidden layer, or an
+    empty array for no dropout. work: flat scratch of size mlp_work_size(...), laid out as
+    [h_0 | a_1 | (h_1) | ... | a_{L-1} | (h_{L-1}) | scores | dscores ping | pong] (h_l only with dropout).
+    Returns the scores (N, C) view; `mlp_dscores(work, ...)` is where a loss writes dL/dscores.
     """
     n = idx.size
     layers = sizes.size - 1
-    # work = [h_0 | a_1 | h_1 | ... | a_{L-1} | h_{L-1} | scores | d_ping | d_pong]
-    pos = 0
-    h0 = work[pos:pos + n * sizes[0]].reshape(n, sizes[0])
-    pos += n * sizes[0]
+    h0 = work[:n * sizes[0]].reshape(n, sizes[0])
+    pos = n * sizes[0]
     gather_rows(X, idx, h0)
-    yb = ybatch[:n]
-    for k in range(n):
-        yb[k] = y[idx[k]]
     use_dropout = masks.size > 0
     h_prev = h0
     p = 0
@@ -183,6 +178,7 @@ def mlp_loss_grad(theta, grad, X, y, idx, sizes, act, alpha, loss_kind, masks, w
         a = work[pos:pos + n * d_out].reshape(n, d_out)
         pos += n * d_out
         affine_forward(h_prev, W, b, a)
+        h_prev = a
         if l < layers - 1:
             activation_forward(a, a, act, alpha)
             if use_dropout:
@@ -191,26 +187,51 @@ def mlp_loss_grad(theta, grad, X, y, idx, sizes, act, alpha, loss_kind, masks, w
                 dropout_forward(a, masks[mpos:mpos + n * d_out].reshape(n, d_out), h)
                 mpos += n * d_out
                 h_prev = h
-            else:
-                h_prev = a
-        else:
-            h_prev = a
-    scores = h_prev
-    c = sizes[layers]
+    return h_prev
+
+
+@jit
+def _forward_size(n, sizes, use_dropout):
+    """Length of the forward part of the scratch (inputs, activations, scores) for n rows."""
+    total = n * sizes[0]
+    for l in range(1, sizes.size):
+        total += n * sizes[l]
+        if use_dropout and l < sizes.size - 1:
+            total += n * sizes[l]
+    return total
+
+
+@jit
+def _max_width(sizes):
     width = 0
-    for l in range(1, layers + 1):
+    for l in range(1, sizes.size):
         width = max(width, sizes[l])
+    return width
+
+
+@jit
+def mlp_dscores(work, n, sizes, use_dropout):
+    """The (N, C) view of the scratch where a loss writes dL/dscores for mlp_backward."""
+    pos = _forward_size(n, sizes, use_dropout)
+    c = sizes[sizes.size - 1]
+    return work[pos:pos + n * c].reshape(n, c)
+
+
+@jit
+def mlp_backward(theta, grad, sizes, act, alpha, masks, work, n):
+    """Backward pass after mlp_forward and a loss that filled mlp_dscores: overwrites grad (P,)."""
+    layers = sizes.size - 1
+    use_dropout = masks.size > 0
+    c = sizes[layers]
+    pos = _forward_size(n, sizes, use_dropout)
+    width = _max_width(sizes)
     ping = work[pos:pos + n * width]
     pong = work[pos + n * width:pos + 2 * n * width]
     dcur = ping[:n * c].reshape(n, c)
-    if loss_kind == LOSS_SVM:
-        loss = svm_loss(scores, yb, dcur)
-    else:
-        loss = softmax_loss(scores, yb, dcur)
-    # backward, walking the work buffer from the end
-    back = pos - n * c
-    mback = mpos
-    p_end = p
+    h0 = work[:n * sizes[0]].reshape(n, sizes[0])
+    back = pos - n * c  # walk the scratch from the end: the input of layer l sits just before `back`
+    mback = masks.size
+    p_end = theta.size
     for l in range(layers - 1, -1, -1):
         d_in, d_out = sizes[l], sizes[l + 1]
         p_w = p_end - d_in * d_out - d_out
@@ -219,25 +240,40 @@ def mlp_loss_grad(theta, grad, X, y, idx, sizes, act, alpha, loss_kind, masks, w
         db = grad[p_w + d_in * d_out:p_end]
         p_end = p_w
         if l > 0:
-            # input of this layer: h_l (dropout output) or a_l
+            h_in = work[back - n * d_in:back].reshape(n, d_in)
             if use_dropout:
-                h_in = work[back - n * d_in:back].reshape(n, d_in)
                 a_in = work[back - 2 * n * d_in:back - n * d_in].reshape(n, d_in)
                 back -= 2 * n * d_in
             else:
-                h_in = work[back - n * d_in:back].reshape(n, d_in)
                 a_in = h_in
                 back -= n * d_in
             dnext = (pong if (layers - 1 - l) % 2 == 0 else ping)[:n * d_in].reshape(n, d_in)
             affine_backward(dcur, h_in, W, dnext, dW, db, True)
             if use_dropout:
-                m = masks[mback - n * d_in:mback].reshape(n, d_in)
+                dropout_forward(dnext, masks[mback - n * d_in:mback].reshape(n, d_in), dnext)
                 mback -= n * d_in
-                dropout_forward(dnext, m, dnext)
             activation_backward(dnext, a_in, dnext, act, alpha)
             dcur = dnext
         else:
             affine_backward(dcur, h0, W, dcur, dW, db, False)
+
+
+@jit
+def mlp_loss_grad(theta, grad, X, y, idx, sizes, act, alpha, loss_kind, masks, work, ybatch):
+    """Forward, softmax or SVM loss, and backward of an MLP on the rows `idx` of X (see mlp_forward for the
+    arguments; ybatch: (>= N,) int64 scratch for the batch labels). Returns the mean data loss (float64, no
+    regularization); grad (P,) is overwritten."""
+    n = idx.size
+    scores = mlp_forward(theta, X, idx, sizes, act, alpha, masks, work)
+    yb = ybatch[:n]
+    for k in range(n):
+        yb[k] = y[idx[k]]
+    dscores = mlp_dscores(work, n, sizes, masks.size > 0)
+    if loss_kind == LOSS_SVM:
+        loss = svm_loss(scores, yb, dscores)
+    else:
+        loss = softmax_loss(scores, yb, dscores)
+    mlp_backward(theta, grad, sizes, act, alpha, masks, work, n)
     return loss
 
 
