@@ -20,6 +20,9 @@ class DataConfig:
                                       "split)", range="[0, 1)")
     standardize: bool = param(False, "divide each feature by its training std after mean subtraction")
     max_train: int = param(0, "use at most this many training examples (0 = all)", range="[0, inf)")
+    split_seed: int = param(0, "seed of the train/val/test split (and of generated data); fixed apart from the "
+                               "run's seed so runs with different seeds share one split, as fair comparisons "
+                               "and ensembles need", range="[0, inf)")
 
 
 @dataclass

@@ -24,7 +24,7 @@ from .metrics import accuracy, loss_from_scores
 from .registry import DATASETS, MODELS, OPTIMIZERS, REGULARIZERS, SCHEDULES
 
 log = logging.getLogger("framework")
-STREAMS = ("init", "split", "order", "dropout")  # independent random streams of a run
+STREAMS = ("init", "order", "dropout")  # independent random streams of a run (the split has data.split_seed)
 TRAIN_EVAL_ROWS = 1000  # train accuracy is measured on this fixed prefix of the training split
 
 
@@ -111,6 +111,13 @@ class Callback:
     def on_train_end(self, run: "Run") -> None: ...  # also on divergence or failure (see run.status)
 
 
+def load_splits(name: str, options: dict, dtype=np.float64) -> Splits:
+    """The dataset `name` loaded, split and preprocessed; deterministic from its `split_seed`."""
+    data_cfg = DATASETS.config(name, **options)
+    split_rng = np.random.default_rng(data_cfg.split_seed)
+    return prepare(DATASETS.build(name, **options).load(split_rng), data_cfg, split_rng, dtype)
+
+
 def make_rngs(seed: int) -> dict[str, np.random.Generator]:
     children = np.random.SeedSequence(seed).spawn(len(STREAMS))
     return {name: np.random.Generator(np.random.PCG64(s)) for name, s in zip(STREAMS, children)}
@@ -125,9 +132,7 @@ class Run:
         self.settings = s = Settings.from_cfg(cfg)
         self.rngs = make_rngs(s.seed)
         self.data_name, data_opts = component_config(cfg.data)
-        self.data = data if data is not None else prepare(
-            DATASETS.build(self.data_name, **data_opts).load(self.rngs["split"]),
-            DATASETS.config(self.data_name, **data_opts), self.rngs["split"], s.dtype)
+        self.data = data if data is not None else load_splits(self.data_name, data_opts, s.dtype)
         self.model_name, model_opts = component_config(cfg.model)
         self.model = MODELS.build(self.model_name, **model_opts).setup(
             self.data.input_dim, self.data.num_classes, s.dtype)
@@ -467,7 +472,12 @@ def train(cfg, run_dir=None, callbacks=None) -> dict:
         cfg = OmegaConf.create(cfg)
     if run_dir is None:
         run_dir = _hydra_run_dir() or pathlib.Path("outputs/runs") / time.strftime("%Y-%m-%d/%H-%M-%S")
-    run = Run(cfg, run_dir)
+    if cfg.get("resume"):  # continue a stopped run from its checkpoint, in that run's directory
+        from .checkpoint import resume_run
+
+        run = resume_run(cfg, run_dir)
+    else:
+        run = Run(cfg, run_dir)
     run.callbacks = default_callbacks(run) + list(callbacks or [])
     return run.fit()
 
