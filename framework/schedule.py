@@ -30,8 +30,12 @@ class Schedule:
     def factor(self, t: float) -> float:
         return 1.0
 
+    def raw(self, t: float, base: float) -> float:
+        """The schedule's value before warm-up (default base * factor(t)); override to ignore base."""
+        return base * self.factor(t)
+
     def value(self, t: float, base: float) -> float:
-        v = base * self.factor(t)
+        v = self.raw(t, base)
         if self.cfg.warmup > 0 and t < self.cfg.warmup:
             v *= (t + 1) / (self.cfg.warmup + 1)
         return v
