@@ -262,6 +262,8 @@ class Run:
             losses = opt.run_epoch(theta, state, self._full_batch_loss_grad, self.lr)
             for loss in losses:
                 self._check_loss(loss)
+            if self.ema is not None:  # one average update per full-batch epoch
+                self._update_ema()
             self.epoch_losses = np.asarray(losses, dtype=np.float64) if len(losses) else np.full(1, np.nan)
             self.step += 1
             self.cursor = 1
@@ -286,10 +288,7 @@ class Run:
             if project:
                 self.regularizer.project(theta, self.layout)
             if self.ema is not None:
-                n = self.ema_count
-                decay = min(s.ema_decay, (1.0 + n) / (10.0 + n)) if s.ema_warmup else s.ema_decay
-                K.ema_update(self.ema, theta, decay)
-                self.ema_count = n + 1
+                self._update_ema()
             self.step += 1
             self.cursor = b + 1
             if monitor:
@@ -303,6 +302,13 @@ class Run:
             if progress is not None and (b % tick == 0 or b == self.steps_per_epoch - 1):
                 progress.update(b + 1 - progress.n)
                 progress.set_postfix(loss=f"{loss:.4f}", refresh=False)
+
+    def _update_ema(self) -> None:
+        """ema <- d*ema + (1-d)*theta, with d warmed up as min(decay, (1+n)/(10+n)) over n updates."""
+        s, n = self.settings, self.ema_count
+        decay = min(s.ema_decay, (1.0 + n) / (10.0 + n)) if s.ema_warmup else s.ema_decay
+        K.ema_update(self.ema, self.theta, decay)
+        self.ema_count = n + 1
 
     @property
     def _has_projection(self) -> bool:
@@ -478,6 +484,16 @@ def train(cfg, run_dir=None, callbacks=None) -> dict:
         run = resume_run(cfg, run_dir)
     else:
         run = Run(cfg, run_dir)
+    if not cfg.get("resume"):  # a resumed run was checked when it started; checks never touch run state
+        from .errors import CheckFailed
+        from .preflight import run_preflight
+
+        try:
+            run_preflight(run)
+        except CheckFailed as exc:
+            run.status, run.message = "failed", str(exc)
+            run.finish()
+            raise
     run.callbacks = default_callbacks(run) + list(callbacks or [])
     return run.fit()
 

@@ -11,7 +11,8 @@ from hydra import compose, initialize_config_dir
 from framework.cli import CONF_DIR, register_configs
 
 # Quiet, quick runs: no pre-flight, TensorBoard or checkpoints unless a test asks for them.
-FAST = ["preflight=off", "++tensorboard.enabled=false", "++checkpoint.every=0"]
+FAST_BASE = ["preflight=off", "++tensorboard.enabled=false"]
+FAST = [*FAST_BASE, "checkpoint=null"]
 
 
 def compose_config(*overrides: str):

@@ -34,7 +34,8 @@ def test_default_run_reaches_97_percent_test_accuracy(tmp_path):
     assert summary["metrics"]["test_acc"] >= 0.97, summary["metrics"]
 
 
-@pytest.mark.parametrize("overrides", [["data=spiral", "model.hidden_sizes=[64]", "epochs=30", "lr=1e-2"],
+@pytest.mark.parametrize("overrides", [["data=spiral", "data.points_per_class=200", "model.hidden_sizes=[100]",
+                                        "epochs=40", "lr=3e-2"],
                                        ["dtype=float32"], ["model=svm", "dtype=float32"],
                                        ["model.activation=tanh", "model.keep_prob=0.8"],
                                        ["model.activation=leaky_relu", "model.loss=svm"]])
