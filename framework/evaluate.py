@@ -1,0 +1,132 @@
+"""`python -m framework.evaluate checkpoint=<file.h5> [npz=<file.npz>] [split=test] [use=raw] [json=false]`:
+the accuracy and loss of a checkpoint on the test split of its own dataset (rebuilt deterministically from the
+data config saved in the checkpoint) or on an .npz file of raw features (X_test/y_test, else X/y).
+
+Plain key=value arguments (no Hydra: an evaluation writes no output folder).
+"""
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+
+from .errors import ConfigError, DataError, FrameworkError
+
+USAGE = """usage: python -m framework.evaluate checkpoint=<file.h5> [npz=<file.npz>] [split=test] [use=raw] [json=false]
+
+  checkpoint=FILE   a checkpoint written by training, e.g. outputs/runs/<date>/<time>/checkpoints/best.h5
+  npz=FILE          evaluate on this .npz (raw features X_test, y_test, or X, y) instead of the checkpoint's
+                    own dataset
+  split=NAME        test (default) | val | train: which split of the checkpoint's dataset (ignored with npz=)
+  use=WEIGHTS       raw (default) | ema (running average) | best (the best epoch's weights kept in the file)
+  json=BOOL         true: print one JSON object instead of text
+"""
+DEFAULTS = {"checkpoint": None, "npz": None, "split": "test", "use": "raw", "json": "false"}
+
+
+def parse_args(argv: list[str]) -> dict:
+    """key=value arguments -> options dict (DEFAULTS filled in); ConfigError for anything else."""
+    options = dict(DEFAULTS)
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        key = key.lstrip("+")
+        if not sep or key not in DEFAULTS:
+            raise ConfigError(key if sep else arg, value if sep else None,
+                              f"key=value arguments with keys {', '.join(DEFAULTS)}", "Run with --help for usage.")
+        options[key] = value
+    if not options["checkpoint"]:
+        raise ConfigError("checkpoint", None, "the path of a checkpoint file",
+                          "e.g. checkpoint=outputs/runs/<date>/<time>/checkpoints/best.h5")
+    if options["split"] not in ("test", "val", "train"):
+        raise ConfigError("split", options["split"], "test, val or train")
+    if str(options["json"]).lower() not in ("true", "false"):
+        raise ConfigError("json", options["json"], "true or false")
+    options["json"] = str(options["json"]).lower() == "true"
+    return options
+
+
+def rebuild_splits(ckpt):
+    """The checkpoint's dataset split and preprocessed exactly as its training run did (same data config, same
+    split seed), checked against the preprocessing saved in the file. Returns framework.data.Splits."""
+    from .train import component_config, load_splits
+
+    name, opts = component_config(ckpt.cfg.data)
+    splits = load_splits(name, opts, ckpt.dtype)  # the same function a training run uses
+    same = splits.mean.shape == ckpt.mean.shape and np.allclose(splits.mean, ckpt.mean, rtol=1e-12, atol=1e-12) \
+        and np.allclose(splits.scale, ckpt.scale, rtol=1e-12, atol=1e-12)
+    if not same:
+        raise DataError(f"The dataset {name!r} rebuilt from the checkpoint's config differs from the one the "
+                        "model was trained on (its training-split mean differs): the data or the split code "
+                        "changed since, so its test split may overlap the training data. Evaluate on a file "
+                        "instead: npz=<file> with X_test, y_test.")
+    return splits
+
+
+def load_npz(path) -> tuple[np.ndarray, np.ndarray]:
+    """(X, y) from an .npz: X_test/y_test if present, else X/y. Never unpickles."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            keys = set(z.files)
+            for xk, yk in (("X_test", "y_test"), ("X", "y")):
+                if xk in keys and yk in keys:
+                    return np.asarray(z[xk]), np.asarray(z[yk])
+    except FileNotFoundError:
+        raise DataError(f"npz={path}: no such file.") from None
+    except (OSError, ValueError) as exc:
+        raise DataError(f"npz={path}: not a readable .npz of numeric arrays ({exc}).") from None
+    raise DataError(f"npz={path}: needs arrays X_test and y_test (or X and y); it has {sorted(keys)}.")
+
+
+def evaluate(checkpoint, npz=None, split: str = "test", use: str = "raw") -> dict:
+    """Accuracy and mean data loss of a checkpoint; returns a dict (accuracy, loss, n, data, weights, ...)."""
+    from . import load  # a checkpoint or an ensemble file
+    from .data import check_arrays
+    from .metrics import accuracy, loss_from_scores
+
+    ckpt = load(checkpoint)
+    theta = ckpt.weights(use)
+    if npz:
+        X, y = load_npz(npz)
+        check_arrays(X.reshape(len(X), -1) if X.ndim > 2 else X, y, ckpt.num_classes, f"npz={npz}")
+        X = ckpt.transform(X)
+        source = f"{npz}"
+    else:
+        splits = rebuild_splits(ckpt)
+        X, y = {"test": (splits.X_test, splits.y_test), "val": (splits.X_val, splits.y_val),
+                "train": (splits.X_train, splits.y_train)}[split]
+        if len(y) == 0:
+            raise DataError(f"The checkpoint's dataset has an empty {split} split (data.test_fraction=0?): "
+                            "pass npz=<file> to evaluate on your own test data.")
+        source = f"{split} split of {ckpt.info['dataset']}"
+    y = np.asarray(y).astype(np.int64)
+    scores = ckpt.model.scores(theta, X)
+    return {"checkpoint": str(checkpoint), "model": ckpt.model_name, "epoch": ckpt.epoch, "step": ckpt.step,
+            "data": source, "n": int(len(y)), "weights": use,
+            "accuracy": float(accuracy(scores, y)),
+            "loss": float(loss_from_scores(scores, y, ckpt.model.loss_kind))}
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if any(a in ("-h", "--help", "help") for a in argv):
+        print(USAGE)
+        return 0
+    try:
+        options = parse_args(argv)
+        result = evaluate(options["checkpoint"], options["npz"], options["split"], options["use"])
+    except FrameworkError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    if options["json"]:
+        print(json.dumps(result))
+    else:
+        print(f"checkpoint: {result['checkpoint']} ({result['model']}, epoch {result['epoch']}, "
+              f"step {result['step']})")
+        print(f"data: {result['data']}, {result['n']} examples; weights: {result['weights']}")
+        print(f"accuracy: {result['accuracy']:.4f}  loss: {result['loss']:.4f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
