@@ -1,0 +1,268 @@
+"""Search logic without training: sampling distributions, malformed spaces, coarse-to-fine narrowing, grid points,
+ranking, border warnings (notes 5.6), the summary read from files alone, Optuna's TPE, the Numba warm-up."""
+import json
+import math
+import pathlib
+
+import numpy as np
+import pytest
+import yaml
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from scipy import stats
+
+from framework import search as S
+from framework.errors import ConfigError
+
+
+def space(*texts, digits=4):
+    params, fixed = S.space_from_overrides(OverridesParser.create().parse_overrides(list(texts)), digits)
+    return params, fixed
+
+
+def draw(params, n, seed=0):
+    sampler = S.RandomSampler(params, seed)
+    return [sampler.ask()[1] for _ in range(n)]
+
+
+# --- sampling -------------------------------------------------------------------------------------------------
+def test_random_search_is_log_uniform_for_log_ranges_and_uniform_for_linear_ones():
+    params, fixed = space("lr=tag(log, interval(1e-6, 1e-1))", "model.keep_prob=interval(0.2, 0.9)", "epochs=3")
+    assert [p.name for p in params] == ["lr", "model.keep_prob"] and fixed == [("epochs", "epochs=3")]
+    trials = draw(params, 200)
+    lr = np.array([t["lr"] for t in trials])
+    keep = np.array([t["model.keep_prob"] for t in trials])
+    assert lr.min() >= 1e-6 and lr.max() <= 1e-1 and keep.min() >= 0.2 and keep.max() <= 0.9
+    # log10(lr) ~ U(-6, -1); keep_prob ~ U(0.2, 0.9)
+    assert stats.kstest(np.log10(lr), stats.uniform(loc=-6, scale=5).cdf).pvalue > 0.01
+    assert stats.kstest(keep, stats.uniform(loc=0.2, scale=0.7).cdf).pvalue > 0.01
+    # ...and the test can tell the scales apart: lr itself is far from uniform on [1e-6, 1e-1]
+    assert stats.kstest(lr, stats.uniform(loc=1e-6, scale=0.1 - 1e-6).cdf).pvalue < 1e-10
+    assert stats.kstest(keep, stats.loguniform(0.2, 0.9).cdf).pvalue < 0.01
+
+
+def test_sampled_values_round_trip_through_the_override_grammar():
+    params, _ = space("lr=tag(log, interval(1e-6, 1e-1))", "batch_size=range(16, 129, 16)",
+                      "model.hidden_sizes=choice([50],[100, 50])")
+    parser = OverridesParser.create()
+    for values in draw(params, 50, seed=3):
+        for p in params:
+            text = p.text(values[p.name])
+            parsed = parser.parse_override(f"{p.key}={text}").value()
+            expected = values[p.name] if p.numeric else parser.parse_override(f"x={values[p.name]}").value()
+            assert parsed == expected and type(parsed) is type(expected)
+        assert values["lr"] == float(f"{values['lr']:.4g}")  # 4 significant digits: readable folder names
+
+
+def test_integer_ranges_and_choices_are_uniform():
+    params, _ = space("batch_size=range(16, 129, 16)", "opt=choice(sgd, adam, rmsprop)")
+    trials = draw(params, 2400, seed=1)
+    sizes = [t["batch_size"] for t in trials]
+    assert set(sizes) == set(range(16, 129, 16))
+    counts = [sizes.count(v) for v in range(16, 129, 16)]
+    assert stats.chisquare(counts).pvalue > 0.01
+    opts = [t["opt"] for t in trials]
+    assert stats.chisquare([opts.count(o) for o in ("sgd", "adam", "rmsprop")]).pvalue > 0.01
+
+
+def test_log_integer_range_favours_small_values_like_a_log_uniform():
+    params, _ = space("width=tag(log, range(1, 1000))")
+    widths = np.array([t["width"] for t in draw(params, 2000, seed=2)])
+    assert widths.min() >= 1 and widths.max() <= 999 and np.all(widths == widths.astype(int))
+    # half of a log-uniform on [1, 1000) lies below sqrt(1000) ~ 31.6
+    assert 0.45 < np.mean(widths < 31.6) < 0.55
+
+
+def test_stages_draw_independent_streams():
+    params, _ = space("lr=tag(log, interval(1e-6, 1e-1))")
+    a = S.make_sampler("random", params, 0, 1, 5)
+    b = S.make_sampler("random", params, 0, 2, 5)
+    assert [a.ask()[1] for _ in range(5)] != [b.ask()[1] for _ in range(5)]
+    again = S.make_sampler("random", params, 0, 1, 5)
+    first = S.make_sampler("random", params, 0, 1, 5)
+    assert [again.ask()[1] for _ in range(5)] == [first.ask()[1] for _ in range(5)]
+
+
+# --- malformed spaces -----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("text, words", [
+    ("lr=interval(1, 0)", "low < high"),
+    ("lr=interval(0.5, 0.5)", "low < high"),
+    ("lr=tag(log, interval(0, 1e-1))", "both ends > 0"),
+    ("lr=tag(log, interval(-1, 1))", "both ends > 0"),
+    ("batch_size=range(64, 16)", "non-empty range"),
+    ("batch_size=tag(log, range(0, 64))", "both ends > 0"),
+    ("lr=range(0.1, 1.0, 0.1)", "integers"),
+    ("lr=tag(logg, interval(1e-6, 1e-1))", "tag `log` only"),
+    ("opt=tag(log, choice(sgd, adam))", "interval(...) or range(...)"),
+])
+def test_malformed_search_spaces_name_the_parameter(text, words):
+    with pytest.raises(ConfigError) as info:
+        space(text)
+    message = str(info.value)
+    assert words in message and f"'{text.split('=')[0]}'" in message and "no trial was started" in message
+
+
+# --- coarse to fine -------------------------------------------------------------------------------------------
+def test_narrowing_works_in_log_space_and_stays_inside_the_original_range():
+    params, _ = space("lr=tag(log, interval(1e-6, 1e-1))", "keep=interval(0, 1)", "w=range(16, 257, 16)",
+                      "act=choice(relu, tanh)")
+    top = [{"lr": 1e-3, "keep": 0.4, "w": 64, "act": "tanh"}, {"lr": 1e-2, "keep": 0.6, "w": 64, "act": "relu"}]
+    lr, keep, w, act = S.narrow(params, top, margin=0.25, min_width=0.1)
+    # one decade spanned, plus a quarter decade on each side
+    assert lr.low == pytest.approx(10 ** -3.25, rel=1e-3) and lr.high == pytest.approx(10 ** -1.75, rel=1e-3)
+    assert lr.log and lr.kind == "float"
+    assert (keep.low, keep.high) == pytest.approx((0.35, 0.65))
+    # a single value keeps 10% of the original width (0.1 * 240 = 24 around 64), rounded outward onto the grid
+    assert (w.low, w.high, w.step) == (48, 80, 16)
+    assert act.choices == ["relu", "tanh"]
+    # top values at the edge: the window shifts inside the original range instead of leaving it
+    (edge,) = S.narrow([params[1]], [{"keep": 0.97}, {"keep": 1.0}], margin=0.25, min_width=0.1)
+    assert (edge.low, edge.high) == pytest.approx((0.9, 1.0))
+    assert S.narrow(params, [], 0.25, 0.1) == params
+
+
+def test_grid_points_are_cell_centres_of_each_scale():
+    params, _ = space("lr=tag(log, interval(1e-5, 1e-1))", "keep=interval(0, 1)", "act=choice(relu, tanh)")
+    points = S.grid_points(params, 18)
+    assert len(points) == 18  # 3 x 3 x 2
+    assert sorted({p["lr"] for p in points}) == pytest.approx([10 ** (-5 + 4 * (i + 0.5) / 3) for i in range(3)],
+                                                             rel=1e-3)
+    assert sorted({p["keep"] for p in points}) == pytest.approx([1 / 6, 0.5, 5 / 6], rel=1e-3)
+    assert len(S.grid_points(params, 17)) == 8  # 2 x 2 x 2: never more trials than the budget
+
+
+# --- ranking and border warnings ------------------------------------------------------------------------------
+def test_rank_breaks_accuracy_ties_by_validation_loss_and_puts_failures_last():
+    trials = [{"num": 0, "val_acc": None, "status": "failed"},
+              {"num": 1, "val_acc": 0.9, "val_loss": 0.5, "status": "ok"},
+              {"num": 2, "val_acc": 0.9, "val_loss": 0.3, "status": "ok"},
+              {"num": 3, "val_acc": 0.95, "val_loss": 0.9, "status": "diverged"},
+              {"num": 4, "val_acc": 0.7, "val_loss": None, "status": "ok"}]
+    assert [t["num"] for t in S.rank(trials)] == [3, 2, 1, 4, 0]
+    assert S.best_trial(trials)["num"] == 2  # a diverged trial is never the best
+
+
+@pytest.mark.parametrize("value, direction", [(9e-8, "higher"), (1.1e-9, "lower"), (1e-8, None), (6e-8, None)])
+def test_border_warning_in_log_space(value, direction):
+    (lr,), _ = space("lr=tag(log, interval(1e-9, 1e-7))")
+    warnings = S.border_warnings({"params": {"lr": value}}, [lr])
+    # positions in log10: 9e-8 -> 0.977, 1.1e-9 -> 0.021, 1e-8 -> 0.5, 6e-8 -> 0.889 (inside: no warning)
+    if direction is None:
+        assert warnings == []
+    else:
+        (w,) = warnings
+        assert w["param"] == "lr" and w["direction"] == direction and direction in w["message"]
+
+
+def test_border_warning_in_linear_space_uses_linear_positions():
+    (keep,), _ = space("keep=interval(0, 1)")
+    assert S.border_warnings({"params": {"keep": 0.05}}, [keep])[0]["direction"] == "lower"
+    assert S.border_warnings({"params": {"keep": 0.12}}, [keep]) == []
+    # 0.8 sits at 0.80 of the linear [0.001, 1] but at 0.968 of its log10 range [-3, 0]: the scale matters
+    (lin,), _ = space("x=interval(0.001, 1.0)")
+    (log,), _ = space("x=tag(log, interval(0.001, 1.0))")
+    assert S.border_warnings({"params": {"x": 0.8}}, [lin]) == []
+    assert S.border_warnings({"params": {"x": 0.8}}, [log])[0]["direction"] == "higher"
+
+
+# --- the summary from files alone -----------------------------------------------------------------------------
+def fake_job(root: pathlib.Path, num: int, overrides: list[str], summary=None, checkpoints=(), log_lines=()):
+    folder = root / f"{num}_{','.join(overrides)}"
+    (folder / ".hydra").mkdir(parents=True)
+    (folder / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    (folder / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump({"hydra": {"job": {"num": num}}}))
+    if summary is not None:
+        (folder / "summary.json").write_text(json.dumps(summary))
+    if checkpoints:
+        (folder / "checkpoints").mkdir()
+        for name in checkpoints:
+            (folder / "checkpoints" / name).write_bytes(b"")
+    if log_lines:
+        (folder / "__main__.log").write_text("\n".join(log_lines) + "\n")
+    return folder
+
+
+def ok_summary(acc, epochs=3, status="ok", message=""):
+    return {"status": status, "message": message, "epochs_completed": epochs, "wall_time_s": 1.5,
+            "metrics": {"best_val_acc": acc, "val/loss": 0.5}}
+
+
+def test_summarize_reads_a_grid_sweep_from_files_while_trials_run(tmp_path, capsys):
+    fake_job(tmp_path, 0, ["lr=0.001", "optimizer=adam"], ok_summary(0.91))
+    fake_job(tmp_path, 1, ["lr=0.01", "optimizer=adam"], checkpoints=["epoch001_val0.8800.h5",
+                                                                      "epoch002_val0.9300.h5", "last.h5"])
+    fake_job(tmp_path, 2, ["lr=0.1", "optimizer=adam"],
+             ok_summary(None, 0, "diverged", "Loss became nan at epoch 1"))
+    fake_job(tmp_path, 3, ["lr=0.1", "optimizer=sgd"], log_lines=[
+        "[2024-01-01 00:00:00,000][framework][ERROR] Invalid value for 'model.hidden_sizes[0]': 0."])
+    (tmp_path / ".submitit").mkdir()  # launcher bookkeeping is not a job
+    assert S.main(["summarize", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    # trial 1 is still running: its progress comes from the checkpoint names (epoch 2, val 0.93)
+    assert [r.split(" | ")[1:4] for r in rows] == [["1", "-", "running"], ["0", "-", "ok"],
+                                                    ["2", "-", "diverged"], ["3", "-", "running"]]
+    assert "0.9300 | 2 |" in rows[0] and "0.9100 | 3 |" in rows[1]
+    # the searched space is inferred from the overrides that differ; the best finished trial has the smallest lr
+    assert "| lr | log-uniform [0.001, 0.1] |" in out and "| optimizer | choice of adam, sgd |" in out
+    assert "lr: the best trial's value 0.001 lies in the bottom 10%" in out and "toward lower values" in out
+    assert "Loss became nan at epoch 1" in out
+
+
+def test_summarize_merges_the_sweeper_record_and_marks_failures(tmp_path, capsys):
+    (lr,), _ = space("lr=tag(log, interval(1e-4, 1e-1))")
+    record = S.SearchRecord(tmp_path, "random", 0, [lr], [], [{"index": 1, "n_trials": 3, "top_k": 2,
+                                                                "overrides": ["epochs=1"]}])
+    record.start_stage(1, [lr])
+    for num, value in enumerate([1e-3, 2e-2, 5e-2]):
+        record.add_trial(num, 1, {"lr": value}, [f"lr={value}", "epochs=1"])
+    f0 = fake_job(tmp_path, 0, ["lr=0.001", "epochs=1"], ok_summary(0.9, 1))
+    f1 = fake_job(tmp_path, 1, ["lr=0.02", "epochs=1"])
+    S.settle(record.by_num[0], f0, 0.9, None)
+    S.settle(record.by_num[1], f1, None, "RuntimeError: boom")
+    record.save()  # trial 2 was never launched: pending
+    summary = S.write_summary(tmp_path, stage=1)
+    statuses = {t["num"]: t["status"] for t in summary["trials"]}
+    assert statuses == {0: "ok", 1: "failed", 2: "pending"}
+    assert summary["best"]["num"] == 0 and summary["trials"][1]["message"] == "RuntimeError: boom"
+    for ext in ("md", "json", "png"):
+        assert (tmp_path / f"stage1_summary.{ext}").stat().st_size > 0
+    assert (tmp_path / "stage1_summary.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert S.main(["summarize", str(tmp_path / "missing")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+# --- TPE ------------------------------------------------------------------------------------------------------
+def test_tpe_concentrates_near_the_optimum_of_a_smooth_objective():
+    params, _ = space("lr=tag(log, interval(1e-6, 1e-1))", "keep=interval(0, 1)")
+    sampler = S.make_sampler("tpe", params, 0, 1, 40)
+    lrs = []
+    for _ in range(40):
+        handle, values = sampler.ask()
+        assert 1e-6 <= values["lr"] <= 1e-1 and 0 <= values["keep"] <= 1
+        lrs.append(values["lr"])
+        sampler.tell(handle, -(math.log10(values["lr"]) + 3) ** 2 - (values["keep"] - 0.3) ** 2)
+    early, late = np.abs(np.log10(lrs[:10]) + 3), np.abs(np.log10(lrs[-10:]) + 3)
+    assert late.mean() < early.mean() and late.mean() < 1.0
+
+
+def test_tpe_without_optuna_is_a_clear_error(monkeypatch):
+    monkeypatch.setitem(__import__("sys").modules, "optuna", None)
+    params, _ = space("lr=tag(log, interval(1e-6, 1e-1))")
+    with pytest.raises(S.SearchError, match=r"needs Optuna.*pip install"):
+        S.make_sampler("tpe", params, 0, 1, 10)
+
+
+# --- Numba warm-up --------------------------------------------------------------------------------------------
+def test_warm_up_runs_one_tiny_epoch_without_leaving_files(tmp_path, monkeypatch):
+    from hydra import compose, initialize_config_dir
+
+    from framework.cli import CONF_DIR, register_configs
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=["model.hidden_sizes=[8]", "epochs=50"])
+    monkeypatch.chdir(tmp_path)
+    seconds = S.warm_numba_cache(cfg)
+    assert seconds is not None and seconds < 30
+    assert list(tmp_path.iterdir()) == []
+    assert cfg.epochs == 50  # the caller's config is untouched
