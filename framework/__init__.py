@@ -20,7 +20,12 @@ from .train import Callback, Run, train
 
 
 def load(path):
-    """Open a checkpoint (or ensemble file) for prediction; see framework.checkpoint."""
+    """Open a checkpoint (framework.checkpoint.Checkpoint) or an ensemble file (framework.ensemble.Ensemble) for
+    prediction; both offer predict, predict_proba, scores, transform, weights, cfg, num_classes."""
+    from .ensemble import is_ensemble_file, load_ensemble
+
+    if is_ensemble_file(path):
+        return load_ensemble(path)
     from .checkpoint import load as _load
 
     return _load(path)

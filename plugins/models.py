@@ -150,6 +150,17 @@ class MLP(Model):
             out[f"layer{i}"] = h
         return out
 
+    def distill_loss_grad(self, theta, grad, X, y, soft, idx=None, T=1.0, alpha=0.0, noise=None):
+        """Distillation loss on rows `idx` of X (all if None) against soft targets soft (N_rows, C, the model's
+        dtype) at temperature T, hard labels weighted by alpha (see kernels.soft_target_loss; softmax whatever
+        the model's own loss). Writes grad (P,); returns the mean loss (float64)."""
+        if idx is None:
+            idx = np.arange(X.shape[0], dtype=np.int64)
+        self._reserve(idx.size)
+        masks = self._empty if noise is None else noise
+        return K.mlp_distill_loss_grad(theta, grad, X, y, soft, idx, self.sizes, self._act, self.cfg.leaky_slope,
+                                       masks, self._work, float(T), float(alpha))
+
 
 @MODELS.register("mlp", config=MLPConfig)
 def build_mlp(cfg: MLPConfig) -> MLP:
