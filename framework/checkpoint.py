@@ -715,7 +715,40 @@ def make_callback(run: Run) -> CheckpointCallback | None:
 # ----------------------------------------------------------------------------------------------------------------
 # loading for prediction
 # ----------------------------------------------------------------------------------------------------------------
-class Checkpoint:
+class Predictor:
+    """Prediction on raw features for anything holding `model`, `weights(use)`, `layout`, `mean`/`scale` (D,),
+    `input_dim` and `dtype`: a checkpoint or an ensemble file. X: raw features (N, D) or images (N, ...)."""
+
+    kind = "model"  # what error messages call it
+
+    def blocks(self, use: str = "raw") -> dict[str, np.ndarray]:
+        """Named weight arrays {W1: (D, H), b1: (H,), ...} (views)."""
+        return self.layout.views(self.weights(use))
+
+    def transform(self, X) -> np.ndarray:
+        """Raw features (N, D) or (N, ...) -> preprocessed (N, D) in the model's dtype."""
+        X = np.asarray(X)
+        X = X.reshape(len(X), -1) if X.ndim != 2 else X
+        if X.shape[1] != self.input_dim:
+            from .errors import DataError
+
+            raise DataError(f"The {self.kind} expects {self.input_dim} features per row, got {X.shape[1]}.")
+        return np.ascontiguousarray((X.astype(np.float64) - self.mean) / self.scale, dtype=self.dtype)
+
+    def scores(self, X, use: str = "raw") -> np.ndarray:
+        """Class scores (N, C)."""
+        return self.model.scores(self.weights(use), self.transform(X))
+
+    def predict_proba(self, X, use: str = "raw") -> np.ndarray:
+        """Class probabilities (N, C), float64."""
+        return self.model.predict_proba(self.weights(use), self.transform(X))
+
+    def predict(self, X, use: str = "raw") -> np.ndarray:
+        """Predicted labels (N,) int64."""
+        return np.argmax(self.scores(X, use), axis=1)
+
+
+class Checkpoint(Predictor):
     """A checkpoint opened for prediction (see `load`). X given to predict/predict_proba/scores are raw features
     (N, D) or images (N, ...): the training split's preprocessing (mean subtraction, optional scaling) is
     applied here. `use`: "raw" weights (default), "ema" (running average) or "best" (the best epoch's)."""
@@ -760,32 +793,6 @@ class Checkpoint:
         if use == "best":
             return self.best_params
         raise ConfigError("use", use, "raw, ema or best")
-
-    def blocks(self, use: str = "raw") -> dict[str, np.ndarray]:
-        """Named weight arrays {W1: (D, H), b1: (H,), ...} (views)."""
-        return self.layout.views(self.weights(use))
-
-    def transform(self, X) -> np.ndarray:
-        """Raw features (N, D) or (N, ...) -> preprocessed (N, D) in the model's dtype."""
-        X = np.asarray(X)
-        X = X.reshape(len(X), -1) if X.ndim != 2 else X
-        if X.shape[1] != self.input_dim:
-            from .errors import DataError
-
-            raise DataError(f"The model expects {self.input_dim} features per row, got {X.shape[1]}.")
-        return np.ascontiguousarray((X.astype(np.float64) - self.mean) / self.scale, dtype=self.dtype)
-
-    def scores(self, X, use: str = "raw") -> np.ndarray:
-        """Class scores (N, C)."""
-        return self.model.scores(self.weights(use), self.transform(X))
-
-    def predict_proba(self, X, use: str = "raw") -> np.ndarray:
-        """Softmax of the scores (N, C), float64."""
-        return self.model.predict_proba(self.weights(use), self.transform(X))
-
-    def predict(self, X, use: str = "raw") -> np.ndarray:
-        """Predicted labels (N,) int64."""
-        return np.argmax(self.scores(X, use), axis=1)
 
     def __repr__(self):
         return (f"Checkpoint({self.path.name}: {self.model_name} {self.layout}, epoch {self.epoch}, step "

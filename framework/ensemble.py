@@ -50,6 +50,7 @@ from dataclasses import dataclass
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from .checkpoint import Predictor
 from .errors import ConfigError, DataError, FrameworkError
 from .kernels import jit
 from .layout import Layout
@@ -173,6 +174,10 @@ class EnsembleModel(Model):
             return np.mean(np.stack([np.asarray(p, dtype=np.float64) for p in parts]), axis=0)
         return np.log(np.maximum(combine_proba(parts, self.combine), TINY))
 
+    def predict_proba(self, theta, X) -> np.ndarray:
+        """The combined probabilities (N, C), float64 (not a softmax of `scores`)."""
+        return self.proba(theta, X)
+
     def proba(self, theta, X, T: float = 1.0) -> np.ndarray:
         """Class probabilities (N, C) float64 at temperature T (T > 1 softens them: distillation targets)."""
         parts = self.member_scores(theta, X)
@@ -192,11 +197,13 @@ class Part:
     theta: np.ndarray
 
 
-class Ensemble:
+class Ensemble(Predictor):
     """Members' models combined into one predictor, with the methods of a framework.checkpoint.Checkpoint.
     X given to predict/predict_proba/scores are raw features (N, D) or images (N, ...): the members' shared
     training-split preprocessing is applied here. `use` must be "raw": a file holds one set of weights per member
     (which ones was chosen when the ensemble was built)."""
+
+    kind = "ensemble"
 
     def __init__(self, name: str, strategy: str, combine: str, parts: list[Part], *, num_classes: int,
                  input_dim: int, mean, scale, data_cfg, image_shape=None, metrics=None, settings=None, path=None):
@@ -242,29 +249,6 @@ class Ensemble:
             raise ConfigError("use", use, "raw: an ensemble file holds one set of weights per member, chosen when "
                                           "the ensemble was built (python -m framework.ensemble weights=...)")
         return self.params
-
-    def blocks(self, use: str = "raw") -> dict[str, np.ndarray]:
-        return self.layout.views(self.weights(use))
-
-    def transform(self, X) -> np.ndarray:
-        """Raw features (N, D) or (N, ...) -> preprocessed (N, D) in the ensemble's dtype."""
-        X = np.asarray(X)
-        X = X.reshape(len(X), -1) if X.ndim != 2 else X
-        if X.shape[1] != self.input_dim:
-            raise DataError(f"The ensemble expects {self.input_dim} features per row, got {X.shape[1]}.")
-        return np.ascontiguousarray((X.astype(np.float64) - self.mean) / self.scale, dtype=self.dtype)
-
-    def scores(self, X, use: str = "raw") -> np.ndarray:
-        """Combined class scores (N, C) (see EnsembleModel.scores)."""
-        return self.model.scores(self.weights(use), self.transform(X))
-
-    def predict_proba(self, X, use: str = "raw") -> np.ndarray:
-        """Combined class probabilities (N, C), float64."""
-        return self.model.proba(self.weights(use), self.transform(X))
-
-    def predict(self, X, use: str = "raw") -> np.ndarray:
-        """Predicted labels (N,) int64."""
-        return np.argmax(self.scores(X, use), axis=1)
 
     def member_proba(self, X) -> list[np.ndarray]:
         """Each member's softmax probabilities (N, C)."""
