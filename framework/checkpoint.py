@@ -34,6 +34,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .errors import ConfigError, FrameworkError
 from .train import Callback, Run, component_config
+from .files import temp_path
 
 log = logging.getLogger("framework")
 
@@ -187,7 +188,7 @@ def apply_state(run: Run, state: dict, schedule_names: dict | None = None) -> No
 # writing
 # ----------------------------------------------------------------------------------------------------------------
 def _tmp_name(path: pathlib.Path) -> pathlib.Path:
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    return temp_path(path)
 
 
 def _fsync_dir(folder: pathlib.Path) -> None:

@@ -59,6 +59,7 @@ from .model import Model
 from .params import param, validate
 from .registry import MODELS, SCHEDULES, Registry
 from .train import component_config, flat_hparams, write_json_atomic
+from .files import save_figure_atomic, write_text_atomic
 
 log = logging.getLogger("framework")
 
@@ -1121,20 +1122,8 @@ def plot_report(report: dict, path: pathlib.Path) -> bool:
     ax.set_title("members (grey), ensembles and students (blue): validation light, test dark", fontsize=9)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))  # outside: bars fill the axes
     ax.grid(axis="y", alpha=0.3)
-    path = pathlib.Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fig.savefig(tmp, format="png", dpi=90)
-    os.replace(tmp, path)
+    save_figure_atomic(fig, path)
     return True
-
-
-def _write_text_atomic(path: pathlib.Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -1214,7 +1203,7 @@ def build_ensembles(cfg, out_dir) -> dict:
     report = _json_safe(report)
     markdown = render_markdown(report)
     out_dir.mkdir(parents=True, exist_ok=True)
-    _write_text_atomic(out_dir / "report.md", markdown)
+    write_text_atomic(out_dir / "report.md", markdown)
     write_json_atomic(out_dir / "report.json", report)
     if settings.plot:
         plot_report(report, out_dir / "report.png")

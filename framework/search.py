@@ -34,6 +34,7 @@ from dataclasses import asdict, dataclass, field, replace
 import numpy as np
 
 from .errors import ConfigError, DivergedError, FrameworkError
+from .files import save_figure_atomic, write_text_atomic
 
 log = logging.getLogger("framework.search")
 
@@ -743,18 +744,8 @@ def plot(summary: dict, path: pathlib.Path) -> bool:
         ax.set_ylabel("best validation accuracy")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
-    path = pathlib.Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fig.savefig(tmp, format="png", dpi=90)
-    os.replace(tmp, path)
+    save_figure_atomic(fig, path)
     return True
-
-
-def _write_text_atomic(path: pathlib.Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def write_summary(sweep_dir, stage: int | None = None, with_plot: bool = True) -> dict:
@@ -766,7 +757,7 @@ def write_summary(sweep_dir, stage: int | None = None, with_plot: bool = True) -
     summary = summarize(sweep, stage)
     name = f"stage{stage}_summary" if stage is not None else FINAL_NAME
     folder = pathlib.Path(sweep_dir)
-    _write_text_atomic(folder / f"{name}.md", render_markdown(summary))
+    write_text_atomic(folder / f"{name}.md", render_markdown(summary))
     write_json_atomic(folder / f"{name}.json", summary)
     if with_plot:
         plot(summary, folder / f"{name}.png")

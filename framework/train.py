@@ -6,10 +6,8 @@ callbacks (TensorBoard, checkpoints, diagnostics) see the Run object at epoch en
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
 import pathlib
 import time
 from dataclasses import dataclass, field
@@ -19,7 +17,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from . import kernels as K
 from .data import Splits, prepare
-from .errors import ConfigError, DivergedError, FrameworkError
+from .errors import ConfigError, DivergedError
+from .files import write_json_atomic
 from .metrics import accuracy, loss_from_scores
 from .registry import DATASETS, MODELS, OPTIMIZERS, REGULARIZERS, SCHEDULES
 
@@ -431,17 +430,6 @@ def flat_hparams(cfg) -> dict:
 
     walk("", container)
     return out
-
-
-def write_json_atomic(path: pathlib.Path, payload: dict) -> None:
-    """Write JSON via a temporary file in the same folder, then rename (never a half-written file)."""
-    path = pathlib.Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(payload, f, indent=2, default=str)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 # Optional engine features, each a module exposing `make_callback(run) -> Callback | None`. Imported by name

@@ -1,5 +1,4 @@
 """Every conf file composes through Hydra's compose API and builds its component; docs are inline."""
-import pathlib
 import re
 
 import pytest

@@ -118,9 +118,10 @@ def built(seeds):
     """Every strategy on the seed runs (soup on snapshots of one run: one initialization)."""
     ctx = context(seeds[0])
     out = {}
+    (seeds_built,) = E.Seeds(None).build(ctx)
     for combine in E.COMBINES:
-        (b,) = E.Seeds(None).build(ctx) if combine == ctx.combine else [
-            E.Built(ctx.ensemble(f"seeds_{combine}", "seeds", b.members, combine), b.members)]
+        b = seeds_built if combine == ctx.combine else E.Built(
+            ctx.ensemble(f"seeds_{combine}", "seeds", seeds_built.members, combine), seeds_built.members)
         out[b.ensemble.name] = b
     for b in (E.Snapshots(E.SnapshotsConfig(select="last", k=4)).build(ctx) + E.EMA(None).build(ctx)
               + E.Soup(E.SoupConfig(pool="snapshots")).build(ctx)):
