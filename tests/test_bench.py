@@ -1,0 +1,152 @@
+"""framework.bench: the reference steps (plain NumPy, PyTorch) compute the framework's update, and the measurement
+code runs end to end on tiny sizes."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from framework import bench
+
+TINY = [bench.Workload("one_hidden", 7, (6,), 4, 3), bench.Workload("two_hidden", 9, (8, 5), 3, 4)]
+STEPS = 6
+
+
+def torch_or_skip():
+    return pytest.importorskip("torch", reason="torch is an optional extra (pip install framework[bench])")
+
+
+def trained(workload, ema):
+    """A float64 Run and reference steppers built from its initial theta; the Run then trains one epoch."""
+    run = bench.make_run(workload, "float64", STEPS, ema_decay=ema, seed=3)
+    theta0 = run.theta.copy()
+    refs = {"numpy": bench.NumpySteps(run)}
+    if bench.torch_available():
+        refs["torch"] = bench.TorchSteps(run)
+        refs["torch fused"] = bench.TorchSteps(run, fused=True)
+    run.train_epoch()
+    assert not np.array_equal(run.theta, theta0)  # the comparison below is about a real update
+    return run, refs
+
+
+def feed(run, ref):
+    """The reference takes the same batches, in the same order, as the framework's epoch."""
+    B = run.settings.batch_size
+    losses = []
+    for b in range(run.steps_per_epoch):
+        idx = run.perm[b * B:(b + 1) * B]
+        losses.append(float(ref.step(idx)) if isinstance(ref, bench.NumpySteps)
+                      else ref.step(ref.torch.from_numpy(idx)).item())
+    return losses
+
+
+@pytest.mark.parametrize("workload", TINY, ids=lambda w: w.name)
+@pytest.mark.parametrize("ema", [0.0, 0.9])
+def test_numpy_reference_step_matches_framework(workload, ema):
+    run, refs = trained(workload, ema)
+    ref = refs["numpy"]
+    losses = feed(run, ref)
+    # the framework's recorded loss is data loss + L2 penalty, as the reference computes it
+    np.testing.assert_allclose(losses, run.epoch_losses, rtol=1e-10, atol=0)
+    np.testing.assert_allclose(ref.flat(), run.theta, rtol=1e-10, atol=1e-12)
+    if ema:
+        np.testing.assert_allclose(ref.flat("ema"), run.ema, rtol=1e-10, atol=1e-12)
+    for name, m in ref.configs.items():  # Adam's moments too
+        block = run.layout[name]
+        np.testing.assert_allclose(m["m"].ravel(), run.opt_state.m[block.offset:block.stop], rtol=1e-9, atol=1e-15)
+        np.testing.assert_allclose(m["v"].ravel(), run.opt_state.v[block.offset:block.stop], rtol=1e-9, atol=1e-18)
+
+
+@pytest.mark.parametrize("workload", TINY, ids=lambda w: w.name)
+@pytest.mark.parametrize("variant", ["torch", "torch fused"])
+def test_torch_step_matches_framework(workload, variant):
+    torch_or_skip()
+    run, refs = trained(workload, 0.9)
+    ref = refs[variant]
+    feed(run, ref)
+    np.testing.assert_allclose(ref.flat(), run.theta, rtol=1e-10, atol=1e-12)
+    if variant == "torch":
+        np.testing.assert_allclose(ref.flat("ema"), run.ema, rtol=1e-10, atol=1e-12)
+
+
+def test_reference_detects_a_different_update():
+    """The comparison has teeth: a reference with another L2 strength ends elsewhere."""
+    run, refs = trained(TINY[0], 0.0)
+    ref = refs["numpy"]
+    ref.hp["reg"] *= 10
+    feed(run, ref)
+    assert np.abs(ref.flat() - run.theta).max() > 1e-8
+
+
+def test_workload_flop_counts():
+    w1 = bench.WORKLOADS["W1"]
+    assert w1.params == 64 * 100 + 100 + 100 * 10 + 10
+    assert w1.step_flops == 6 * 32 * w1.params
+    # forward and dW for both layers, dX only for the second
+    assert w1.exact_gemm_flops == 2 * 32 * (64 * 100 * 2 + 100 * 10 * 3)
+
+
+def test_step_allocates_no_arrays():
+    """tracemalloc sees no NumPy buffer per step (a (32, 64) batch copy alone would be 16 KiB) and the Numba
+    runtime frees whatever it allocates (only argument wrappers)."""
+    run = bench.make_run(bench.WORKLOADS["W1"], "float64", 21, ema_decay=0.99)
+    alloc = bench.allocations(run, 100)
+    assert alloc["steps"] >= 100
+    assert alloc["traced_peak_bytes"] < 4096, alloc
+    assert alloc["traced_net_bytes"] < 2048, alloc
+    assert alloc["nrt_unfreed"] == 0, alloc
+
+
+def test_bench_pair_smoke_on_tiny_sizes():
+    """Every figure of one workload and dtype, from the real measurement code, on a tiny net."""
+    wl = bench.Workload("tiny", 8, (16,), 5, 4)
+    with_torch = bench.torch_available()
+    pair = bench.bench_pair(wl, "float64", rounds=2, block_s=0.002, alloc_steps=10, with_torch=with_torch,
+                            profile_calls=5, steps_per_epoch=5)
+    variants = {"fw", "fw+ema", "fw nomon", "fw+callbacks", "numpy"} | (
+        {"torch", "torch fused", "torch+ema"} if with_torch else set())
+    assert set(pair["step_us"]) == variants
+    for name, t in pair["times"].items():
+        assert len(t["samples_s"]) == 2 and all(s > 0 for s in t["samples_s"]), name
+        assert t["min_s"] <= t["median_s"]
+    assert pair["vs_numpy"] == pytest.approx(pair["step_us"]["numpy"] / pair["step_us"]["fw"])
+    assert pair["gemm_peak_gflops"] > 0
+    assert pair["peak_fraction"] == pytest.approx(pair["exact_peak_fraction"] * wl.step_flops / wl.exact_gemm_flops)
+    prof = pair["profile"]["fw+ema"]
+    assert prof["ema"] > 0 and pair["profile"]["fw"]["ema"] == 0
+    assert 0 < prof["gemm"] and 0 < prof["dispatch"]
+    start = {"interpreter_and_imports_s": 0.3, "build_run_s": 0.1, "cpu_s": 1.0, "peak_rss_mb": 100.0}
+    cold = start | {"to_first_step_s": 9.0, "first_step_s": 8.6}
+    warm = start | {"to_first_step_s": 1.5, "first_step_s": 1.1}
+    result = {"machine": bench.machine_info(1) | {"loadavg_end": (0.0, 0.0, 0.0), "bench_peak_rss_mb": 1.0},
+              "repeats": 2, "pairs": [pair], "elapsed_s": 1.0,
+              "startup": {"float64": {"cold": cold, "warm": [warm], "cold_s": 9.0, "warm_s": 1.5, "compile_s": 7.5}}}
+    result["goals"] = bench.judge(result)
+    by_goal = {g["goal"]: g["pass"] for g in result["goals"]}
+    assert by_goal["warm-cache start to first step <= 1 s [float64]"] is False  # 1.5 s
+    assert by_goal["cold first compile <= 10 s [float64]"] is True  # 9 s
+    text = bench.report(result)
+    assert "MISS  warm-cache start to first step <= 1 s [float64]: 1.50" in text
+    assert "tiny 8-16-5 batch 4" in text
+    json.dumps(result)  # --json writes exactly this
+
+
+def test_cli_rejects_unknown_workload(capsys):
+    with pytest.raises(SystemExit) as exc:
+        bench.main(["--workloads", "W9"])
+    assert exc.value.code == 2
+    assert "W9" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_first_step_subprocess_reports_its_times(tmp_path):
+    """The start-up probe: a fresh process builds the W1 Run and takes one step (warm or cold Numba cache)."""
+    proc = subprocess.run([sys.executable, "-m", "framework.bench", "--first-step", "float64"], capture_output=True,
+                          text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert info["t_main"] <= info["t_built"] <= info["t_done"]
+    assert info["peak_rss_mb"] > 10
