@@ -377,7 +377,13 @@ class Run:
             self.finish()
             raise
         self.wall_time += time.perf_counter() - start
-        return self.finish()
+        summary = self.finish()
+        m = summary["metrics"]
+        log.info("done in %.1f s: best val acc %.4f at epoch %s, its test acc %.4f (%d steps, %.0f steps/s). "
+                 "Run folder: %s (view: tensorboard --logdir %s)", self.wall_time, m.get("best_val_acc") or math.nan,
+                 summary["best_epoch"], m.get("test_acc") or math.nan, self.step, summary["steps_per_s"] or 0,
+                 self.run_dir, self.run_dir)
+        return summary
 
     def finish(self) -> dict:
         """Test score of the best epoch, summary.json, callbacks' on_train_end. Returns the summary."""
