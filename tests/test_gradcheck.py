@@ -7,9 +7,10 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from framework import MODELS, REGULARIZERS, ConfigError, Model, OPTIMIZERS, Regularizer, RegularizerConfig
+from framework import MODELS, REGULARIZERS, ConfigError, OPTIMIZERS, Regularizer, RegularizerConfig
 from framework.gradcheck import check_gradients, make_options, relative_error
-from framework.layout import Layout
+
+from user_models import NumpySoftmax
 
 D, C = 12, 5  # features, classes of the synthetic data
 
@@ -20,48 +21,6 @@ def data(n=40, seed=0):
 
 
 # --- models a user would write: plain NumPy Model subclasses ----------------------------------------------------
-class NumpySoftmax(Model):
-    """Linear softmax classifier scores = X W + b; `weight_factor`/`bias_factor` != 1 break the backward,
-    `loss_factor` scales the whole loss (and its gradient), `offset` adds a constant to the loss."""
-
-    loss_kind = "softmax"
-
-    def __init__(self, weight_factor=1.0, bias_factor=1.0, loss_factor=1.0, offset=0.0):
-        super().__init__(None)
-        self.weight_factor, self.bias_factor = weight_factor, bias_factor
-        self.loss_factor, self.offset = loss_factor, offset
-
-    def setup(self, input_dim, num_classes, dtype=np.float64):
-        super().setup(input_dim, num_classes, dtype)
-        self.layout = Layout([("W", (input_dim, num_classes), True), ("b", (num_classes,), False)])
-        return self
-
-    def init_params(self, rng, small=False):
-        theta = np.zeros(self.layout.size, dtype=self.dtype)
-        self.layout.view(theta, "W")[:] = rng.standard_normal(self.layout["W"].shape) * (0.001 if small else 0.3)
-        self.layout.view(theta, "b")[:] = 0.0 if small else rng.standard_normal(self.num_classes) * 0.3
-        return theta
-
-    def scores(self, theta, X):
-        return X @ self.layout.view(theta, "W") + self.layout.view(theta, "b")
-
-    def loss_grad(self, theta, grad, X, y, idx=None, noise=None):
-        if idx is not None:
-            X, y = X[idx], y[idx]
-        n = len(y)
-        s = self.scores(theta, X)
-        s = s - s.max(axis=1, keepdims=True)
-        p = np.exp(s) / np.exp(s).sum(axis=1, keepdims=True)
-        loss = -np.log(p[np.arange(n), y]).mean()
-        dscores = p
-        dscores[np.arange(n), y] -= 1.0
-        dscores /= n
-        grad[:] = 0.0
-        self.layout.view(grad, "W")[:] = X.T @ dscores * self.weight_factor * self.loss_factor
-        self.layout.view(grad, "b")[:] = dscores.sum(axis=0) * self.bias_factor * self.loss_factor
-        return float(loss * self.loss_factor + self.offset)
-
-
 class NumpySVM(NumpySoftmax):
     """Linear multiclass SVM with winner records (notes 1.5). `forget_indicator=True` is the classic bug of
     leaving out the [margin > 0] factor in the backward: invisible while every margin is active."""

@@ -11,55 +11,21 @@ import time
 import numpy as np
 import pytest
 
-from framework import MODELS, OPTIMIZERS, REGULARIZERS, Model, Regularizer
+from framework import MODELS, OPTIMIZERS, REGULARIZERS, Regularizer
 from framework.errors import CheckFailed, ConfigError
-from framework.layout import Layout
 from framework.preflight import (check_chance_loss, check_data, check_overfit, check_reg_rise, preflight_config,
                                  run_preflight)
 from framework.train import Run, default_callbacks
 
 from conftest import FAST, compose_config
+from user_models import NumpySoftmax as _NumpySoftmax
 
 SMALL = ["epochs=1", "data.max_train=300", "++tensorboard.enabled=false", "++checkpoint.every=0"]
 
 
-class NumpySoftmax(Model):
-    """A user's linear softmax model in plain NumPy. `grad_factor` scales dW (0 = a backward that forgets the
-    weights), `init_std` is the std used even for small=True (a model whose 'small' init is not small)."""
-
-    loss_kind = "softmax"
-
-    def __init__(self, grad_factor=1.0, bias_factor=1.0, init_std=None):
-        super().__init__(None)
-        self.grad_factor, self.bias_factor, self.init_std = grad_factor, bias_factor, init_std
-
-    def setup(self, input_dim, num_classes, dtype=np.float64):
-        super().setup(input_dim, num_classes, dtype)
-        self.layout = Layout([("W", (input_dim, num_classes), True), ("b", (num_classes,), False)])
-        return self
-
-    def init_params(self, rng, small=False):
-        std = self.init_std if self.init_std is not None else (0.001 if small else 0.1)
-        theta = np.zeros(self.layout.size, dtype=self.dtype)
-        self.layout.view(theta, "W")[:] = rng.standard_normal(self.layout["W"].shape) * std
-        return theta
-
-    def scores(self, theta, X):
-        return X @ self.layout.view(theta, "W") + self.layout.view(theta, "b")
-
-    def loss_grad(self, theta, grad, X, y, idx=None, noise=None):
-        if idx is not None:
-            X, y = X[idx], y[idx]
-        n = len(y)
-        s = self.scores(theta, X)
-        s = s - s.max(axis=1, keepdims=True)
-        p = np.exp(s) / np.exp(s).sum(axis=1, keepdims=True)
-        loss = -np.log(p[np.arange(n), y]).mean()
-        p[np.arange(n), y] -= 1.0
-        p /= n
-        self.layout.view(grad, "W")[:] = X.T @ p * self.grad_factor
-        self.layout.view(grad, "b")[:] = p.sum(axis=0) * self.bias_factor
-        return float(loss)
+def NumpySoftmax(grad_factor=1.0, **kw):
+    """The shared user model with this file's init (W std 0.1, zero bias); grad_factor scales dW."""
+    return _NumpySoftmax(weight_factor=grad_factor, std=0.1, random_bias=False, **kw)
 
 
 def swap_model(run, model):
