@@ -75,8 +75,9 @@ class EventWriter:
         logdir = pathlib.Path(logdir)
         logdir.mkdir(parents=True, exist_ok=True)
         while True:
+            # TensorBoard reads a run's files in name order: pad the counter so writer 10 sorts after writer 9
             name = (f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}."
-                    f"{next(_file_numbers)}")
+                    f"{next(_file_numbers):06d}")
             try:
                 self._file = open(logdir / name, "xb", buffering=1 << 16)  # never another writer's file
                 break

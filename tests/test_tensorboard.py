@@ -135,6 +135,15 @@ def test_writer_appends_to_a_run_directory(tmp_path):
     assert [(e.step, e.value) for e in acc.Scalars("loss")] == [(1, 2.0), (2, 1.0)]
 
 
+def test_files_of_one_second_and_process_read_in_creation_order(tmp_path):
+    """Twelve writers in the same second: TensorBoard (name order) must still see them in creation order."""
+    for step in range(12):
+        with EventWriter(tmp_path) as w:
+            w.scalar("loss", float(step), step=step)
+    acc, _ = read(tmp_path)
+    assert [e.step for e in acc.Scalars("loss")] == list(range(12))
+
+
 def test_resumed_run_appends_to_its_directory(tmp_path):
     """A run resumed from its checkpoint adds a second event file next to the first; together they hold every
     epoch and every iteration once."""
