@@ -29,6 +29,15 @@ def run_cli(*args: str, module: str = "framework", cwd=None, timeout: float = 60
                           timeout=timeout, env=full_env)
 
 
+def assert_clean_failure(result, pieces=()):
+    """A user mistake through the CLI: non-zero exit, no traceback, and every piece of text in the message."""
+    text = result.stderr + result.stdout
+    assert result.returncode != 0, text
+    assert "Traceback" not in text, text
+    for piece in pieces:
+        assert piece in text, (piece, text)
+
+
 @pytest.fixture
 def cli(tmp_path):
     """Run the CLI with outputs going under tmp_path."""
