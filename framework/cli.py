@@ -8,6 +8,7 @@ import math
 import pathlib
 import re
 import sys
+import time
 
 from omegaconf import OmegaConf
 
@@ -26,6 +27,23 @@ def _suffix(override_dirname: str) -> str:
     return "_" + clean[:120]
 
 
+def _run_dir(resume, default: str) -> str:
+    """Hydra's folder for this session: `default`, or for `resume=<run>` a `resumes/<time>` folder inside that
+    run, so the resumed session's .hydra/ and log stay with the run it continues (training itself writes into
+    the run folder)."""
+    if not resume:
+        return default
+    from .checkpoint import resume_target
+
+    try:
+        _, run_dir = resume_target(resume)
+    except FrameworkError:
+        return default  # train() reports the bad resume= in one paragraph
+    if run_dir is None:
+        return default
+    return str(run_dir / "resumes" / time.strftime("%Y-%m-%d_%H-%M-%S"))
+
+
 def register_configs() -> None:
     """Import plugins, then give every registered component without a YAML file in conf/<group>/ a config
     node built from its dataclass defaults, so `optimizer=my_opt` works with no other change."""
@@ -36,6 +54,7 @@ def register_configs() -> None:
     load_plugins()
     if not OmegaConf.has_resolver("fw_suffix"):
         OmegaConf.register_new_resolver("fw_suffix", _suffix)
+        OmegaConf.register_new_resolver("fw_run_dir", _run_dir)
     cs = ConfigStore.instance()
     for registry in ALL:
         for name in registry.names():
@@ -110,11 +129,24 @@ def check_group_choices(argv) -> None:
                 groups[group].get(value)  # raises ConfigError listing the registered names
 
 
+PATH_KEYS = ("resume", "checkpoint")  # overrides whose value is a path
+
+
+def quote_path_override(arg: str) -> str:
+    """`resume=outputs/runs/d/t_epochs=2,seed=1` -> quoted, so run folders named after their overrides can be
+    pasted as they are (Hydra's grammar would read the '=' and ',' inside the path)."""
+    key, sep, value = arg.partition("=")
+    if sep and key.lstrip("+") in PATH_KEYS and value[:1] not in ("'", '"') and re.search(r"[=,\s\[\]{}()']", value):
+        return f"{key}='{value}'" if "'" not in value else f'{key}="{value}"'
+    return arg
+
+
 def main_entry(hydra_main):
     """Run a @hydra.main function, first turning a FrameworkError raised while preparing configs into a clean
     exit (plugin import problems and unknown component names surface here)."""
     try:
         register_configs()
+        sys.argv[1:] = [quote_path_override(arg) for arg in sys.argv[1:]]
         check_group_choices(sys.argv[1:])
     except FrameworkError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -4,6 +4,7 @@ that would change the architecture, or point at bad files, fail cleanly and leav
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import queue
 import signal
@@ -213,3 +214,19 @@ def test_resume_can_train_longer_with_a_new_lr(finished_run):
     assert list(ck.history["lr"]) == [0.001, 0.002]  # top-level lr follows its target optimizer.lr
     assert ck.cfg.model.hidden_sizes == [16]  # the checkpoint's config, not the default one
     assert (finished_run / "run" / "checkpoints" / "epoch002_val" f"{ck.metrics['val_acc']:.4f}.h5").exists()
+
+
+def test_cli_resume_of_a_folder_named_after_its_overrides_stays_in_that_folder(cli, tmp_path):
+    """The run folder `<time>_epochs=2,preflight=off` pastes as is into resume= (its '=' and ',' would otherwise
+    trip Hydra's grammar); the resumed session's .hydra/ and log go to <run>/resumes/<time>/, no new run folder."""
+    first = cli("epochs=2", "preflight=off", "tensorboard.enabled=false")
+    assert first.returncode == 0, first.stderr
+    (run_dir,) = tmp_path.glob("outputs/runs/*/*")
+    assert "=" in run_dir.name and "," in run_dir.name
+    second = cli(f"resume={run_dir.relative_to(tmp_path)}", "epochs=3")
+    assert second.returncode == 0, second.stderr
+    assert list(tmp_path.glob("outputs/runs/*/*")) == [run_dir]
+    (session,) = (run_dir / "resumes").iterdir()
+    assert (session / ".hydra" / "overrides.yaml").is_file()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["epochs_completed"] == 3 and summary["status"] == "ok"
