@@ -256,7 +256,22 @@ def adam(w, dw, config):
     return w - config["learning_rate"] * mt / (np.sqrt(vt) + config["epsilon"]), config
 
 
-class NumpySteps:
+class ReferenceSteps:
+    """Minibatch loop shared by the reference implementations: `step(idx)` on consecutive batches of an order
+    that `new_order()` redraws each epoch (whole batches only: every timed step has the same size)."""
+
+    def run_steps(self, n: int) -> int:
+        B = self.batch
+        per_epoch = len(self.y) // B
+        for _ in range(n):
+            if self.cursor == per_epoch:
+                self.perm, self.cursor = self.new_order(), 0
+            self.step(self.perm[self.cursor * B:(self.cursor + 1) * B])
+            self.cursor += 1
+        return n
+
+
+class NumpySteps(ReferenceSteps):
     """The same step in plain NumPy: separate arrays per parameter, fresh arrays for every intermediate."""
 
     def __init__(self, run, ema: bool | None = None):
@@ -307,15 +322,8 @@ class NumpySteps:
             self.ema_count += 1
         return loss
 
-    def run_steps(self, n: int) -> int:
-        B = self.batch
-        per_epoch = len(self.y) // B
-        for _ in range(n):
-            if self.cursor == per_epoch:
-                self.perm, self.cursor = self.rng.permutation(len(self.y)), 0
-            self.step(self.perm[self.cursor * B:(self.cursor + 1) * B])
-            self.cursor += 1
-        return n
+    def new_order(self):
+        return self.rng.permutation(len(self.y))
 
     def flat(self, which="params") -> np.ndarray:
         """Parameters (or the EMA) as one (P,) vector in the framework's layout."""
@@ -334,7 +342,7 @@ def torch_available() -> bool:
     return True
 
 
-class TorchSteps:
+class TorchSteps(ReferenceSteps):
     """The same step in PyTorch eager: nn.Linear/ReLU, cross_entropy, Adam with coupled weight decay = L2
     (grad += reg * W) on the weights only, optionally fused, optionally an EMA of the parameters."""
 
@@ -387,15 +395,8 @@ class TorchSteps:
             self.ema_count += 1
         return loss
 
-    def run_steps(self, n: int) -> int:
-        B = self.batch
-        per_epoch = len(self.y) // B
-        for _ in range(n):
-            if self.cursor == per_epoch:
-                self.perm, self.cursor = self.torch.from_numpy(self.gen.permutation(len(self.y))), 0
-            self.step(self.perm[self.cursor * B:(self.cursor + 1) * B])
-            self.cursor += 1
-        return n
+    def new_order(self):
+        return self.torch.from_numpy(self.gen.permutation(len(self.y)))
 
     def flat(self, which="params") -> np.ndarray:
         src = self.param_list if which == "params" else self.ema
