@@ -335,7 +335,7 @@ def load_ensemble(path) -> Ensemble:
     ensembles or newer than this framework."""
     import h5py
 
-    from .checkpoint import _numeric, _str_attr
+    from .checkpoint import _get_blocks, _numeric, _str_attr
 
     path = pathlib.Path(path)
     if not path.is_file():
@@ -359,15 +359,8 @@ def load_ensemble(path) -> Ensemble:
             for key in sorted(f["members"]):
                 g = f["members"][key]
                 layout = json.loads(_str_attr(g.attrs, "layout", path))
-                blocks = []
-                for block in layout:
-                    values = _numeric(g[block["name"]], path)
-                    if tuple(values.shape) != tuple(block["shape"]):
-                        raise EnsembleError(f"{path}: member {key} block {block['name']} has shape {values.shape}, "
-                                            f"its layout says {tuple(block['shape'])}.")
-                    blocks.append(values.reshape(-1))
                 parts.append(Part(_str_attr(g.attrs, "label", path), _str_attr(g.attrs, "source", path),
-                                  OmegaConf.create(_str_attr(g.attrs, "config", path)), np.concatenate(blocks)))
+                                  OmegaConf.create(_str_attr(g.attrs, "config", path)), _get_blocks(g, layout, path)))
                 layouts.append(layout)
             image_shape = json.loads(_str_attr(a, "image_shape", path))
             metrics = json.loads(_str_attr(a, "metrics", path))
