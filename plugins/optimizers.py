@@ -126,29 +126,19 @@ class Momentum(Optimizer):
 
     State = VelocityState
     momentum_field = "mu"
+    kernel = staticmethod(momentum_kernel)  # Nesterov differs only here
 
     def apply(self, theta, grad, state, lr, momentum=None):
         mu = self.cfg.mu if momentum is None else momentum
-        momentum_kernel(theta, grad, state.v, state.count, lr, mu)
+        self.kernel(theta, grad, state.v, state.count, lr, mu)
 
 
-@dataclass
-class NesterovConfig(OptimizerConfig):
-    lr: float = param(1e-2, "learning rate", range="(0, inf)")
-    mu: float = param(0.9, "momentum (friction) coefficient; typical 0.5, 0.9, 0.95, 0.99", range="[0, 1)")
-
-
-@OPTIMIZERS.register("nesterov", config=NesterovConfig)
-class Nesterov(Optimizer):
+@OPTIMIZERS.register("nesterov", config=MomentumConfig)
+class Nesterov(Momentum):
     """Nesterov momentum in the notes' ahead form (4.3): v_prev = v; v = mu * v - lr * dx;
     x += -mu * v_prev + (1 + mu) * v. The stored parameters are the lookahead point x + mu * v."""
 
-    State = VelocityState
-    momentum_field = "mu"
-
-    def apply(self, theta, grad, state, lr, momentum=None):
-        mu = self.cfg.mu if momentum is None else momentum
-        nesterov_kernel(theta, grad, state.v, state.count, lr, mu)
+    kernel = staticmethod(nesterov_kernel)
 
 
 @dataclass
