@@ -14,8 +14,9 @@ thread pool run back to back with a pause when the pool changes; medians reporte
 - torch: PyTorch eager on the CPU (nn.Linear/ReLU, cross_entropy, torch.optim.Adam with L2 as coupled weight
   decay on the weights only, which is the framework's update exactly), plain and `fused=True`, and plain with
   an EMA (`torch._foreach_lerp_`). Skipped when torch is not installed (`pip install framework[bench]`).
-- gemm: NumPy matmul of the step's biggest GEMMs (the first layer's forward X @ W1 and weight gradient
-  X.T @ dA1, same shapes, dtype and threads): the GEMM peak of this machine for these shapes.
+- gemm: the step's biggest GEMMs (the first layer's forward X @ W1 and weight gradient X.T @ dA1, same shapes,
+  dtype and threads), once with NumPy's matmul (OpenBLAS) and once with the framework's own register-tiled
+  kernels.gemm; the faster of the two is the GEMM peak of this machine for these shapes.
 
 FLOP/s of a step count 6 * batch * parameters (the usual forward + backward estimate; the first layer's dX
 GEMM it includes is never computed, so this convention can exceed the GEMM peak). The table also gives the
@@ -58,6 +59,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import kernels as K
 from .kernels import jit
 
 
@@ -411,9 +413,10 @@ class TorchSteps(ReferenceSteps):
 # GEMM peak
 # ----------------------------------------------------------------------------------------------------------------
 class GemmPeak:
-    """NumPy matmul of the step's biggest GEMMs: X (N, D) @ W1 (D, H1) and X.T @ dA1 (N, H1) -> (D, H1)."""
+    """The step's biggest GEMMs, X (N, D) @ W1 (D, H1) and X.T @ dA1 (N, H1) -> (D, H1), with NumPy's matmul
+    (OpenBLAS) or, with `own=True`, the framework's kernels.gemm; the peak is the faster of the two."""
 
-    def __init__(self, workload: Workload, dtype, seed: int = 0):
+    def __init__(self, workload: Workload, dtype, seed: int = 0, own: bool = False):
         rng = np.random.default_rng(seed)
         n, d, h = workload.batch, workload.D, workload.sizes[1]
         self.x = rng.standard_normal((n, d)).astype(dtype)
@@ -422,12 +425,23 @@ class GemmPeak:
         self.a = np.empty((n, h), dtype)
         self.dw = np.empty((d, h), dtype)
         self.flops = 2 * (2 * n * d * h)
+        self.own = own
 
     def run_steps(self, n: int) -> int:
+        if self.own:
+            _own_gemm_pair(self.x, self.w, self.a, self.da, self.dw, n)
+            return n
         for _ in range(n):
             np.matmul(self.x, self.w, out=self.a)
             np.matmul(self.x.T, self.da, out=self.dw)
         return n
+
+
+@jit
+def _own_gemm_pair(x, w, a, da, dw, n):
+    for _ in range(n):
+        K.gemm(x, w, a, a, 0, False)
+        K.gemm(x.T, da, dw, dw, 0, False)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -536,7 +550,6 @@ def profile_step(run, number: int) -> dict:
     the EMA, each called alone on a fixed batch; train_epoch's own Python (timed with those four stubbed out);
     `other` = the rest (fresh batches' cache misses, monitor steps); and the Python -> Numba dispatch cost inside
     the kernel columns. Every figure is the best of 5 repeats (seconds per call), robust on a busy machine."""
-    from . import kernels as K
 
     model, theta, grad = run.model, run.theta, run.grad
     X, y = run.data.X_train, run.data.y_train
@@ -564,8 +577,9 @@ def profile_step(run, number: int) -> dict:
     work = tuple(np.zeros((B, s), theta.dtype) for s in sizes)
     weights = tuple(np.zeros((a, b), theta.dtype) for a, b in zip(sizes[:-1], sizes[1:]))
     dweights = tuple(np.zeros_like(w) for w in weights)
-    step_gemms(work, weights, dweights)
-    out["gemm"] = _call_time(lambda: step_gemms(work, weights, dweights), number)
+    wt = np.zeros(max(w.size for w in weights), theta.dtype)
+    step_gemms(work, weights, dweights, wt)
+    out["gemm"] = _call_time(lambda: step_gemms(work, weights, dweights, wt), number)
     # dispatch: a no-op jitted call with the argument count of each kernel the step calls
     from plugins.optimizers import adam_kernel
 
@@ -604,23 +618,26 @@ def python_overhead(run, number: int) -> float:
 
 
 @jit
-def step_gemms(work, weights, dweights):
-    """Every GEMM of an MLP step (forward; dW; dX except for the first layer) with np.dot inside Numba, as the
-    model kernel calls them. work: (L+1) arrays (N, sizes[l]); weights, dweights: L arrays (sizes[l], sizes[l+1])."""
+def step_gemms(work, weights, dweights, wt):
+    """Every GEMM of an MLP step as the model kernel runs them (kernels.gemm: forward; dW; dX through W.T except
+    for the first layer). work: (L+1) arrays (N, sizes[l]); weights, dweights: L arrays (sizes[l], sizes[l+1]);
+    wt: (>= max weight size,) scratch."""
     layers = len(weights)
     for l in range(layers):
-        np.dot(work[l], weights[l], work[l + 1])
+        K.gemm(work[l], weights[l], work[l + 1], work[l + 1], 0, False)
     for l in range(layers - 1, -1, -1):
-        np.dot(work[l].T, work[l + 1], dweights[l])
+        K.gemm(work[l].T, work[l + 1], dweights[l], dweights[l], 0, False)
         if l > 0:
-            np.dot(work[l + 1], weights[l].T, work[l])
+            d, h = weights[l].shape
+            WT = wt[:d * h].reshape(h, d)
+            K.transpose_into(weights[l], WT)
+            K.gemm(work[l + 1], WT, work[l], work[l], 0, False)
 
 
 def monitor_cost(run, number: int) -> dict:
     """What monitoring adds at the run's settings, timed directly (robust on a busy machine): at every
     `monitor.every`-th step train_epoch copies theta, runs three block-norm kernels and the callbacks' on_monitor;
     step callbacks run every step. Seconds per monitor step and per step (amortised)."""
-    from . import kernels as K
 
     every = run.settings.monitor_every
 
@@ -737,14 +754,17 @@ def bench_pair(workload: Workload, dtype: str, rounds: int, block_s: float, allo
         variants["torch fused"] = TorchSteps(runs["fw"], fused=True, ema=False)
         variants["torch+ema"] = TorchSteps(runs["fw"], fused=False, ema=True)
     variants["gemm"] = GemmPeak(workload, dtype)
+    variants["gemm own"] = GemmPeak(workload, dtype, own=True)
     times = interleaved(variants, rounds, block_s, switch_pause_s=POOL_SWITCH_PAUSE_S if threads > 1 else 0.02)
     time.sleep(POOL_SWITCH_PAUSE_S)
     variants["fw+callbacks"].close()
     med = {k: v["median_s"] for k, v in times.items()}
     fw = med["fw"]
-    peak = variants["gemm"].flops / med["gemm"]
+    flops = variants["gemm"].flops
+    peak = flops / min(med["gemm"], med["gemm own"])
     out = {"workload": workload.label(), "dtype": dtype, "params": workload.params, "times": times,
-           "step_us": {k: v * 1e6 for k, v in med.items() if k != "gemm"},
+           "step_us": {k: v * 1e6 for k, v in med.items() if not k.startswith("gemm")},
+           "gemm_gflops": {"numpy": flops / med["gemm"] / 1e9, "framework": flops / med["gemm own"] / 1e9},
            "vs_numpy": med["numpy"] / fw,
            "gemm_peak_gflops": peak / 1e9,
            "fw_gflops": workload.step_flops / fw / 1e9,
@@ -755,7 +775,7 @@ def bench_pair(workload: Workload, dtype: str, rounds: int, block_s: float, allo
            "monitor_overhead_best": times["fw+callbacks"]["min_s"] / times["fw nomon"]["min_s"] - 1.0}
     best = {k: v["min_s"] for k, v in times.items()}
     out["best_of"] = {"vs_numpy": best["numpy"] / best["fw"], "peak_fraction":
-                      workload.step_flops / best["fw"] / (variants["gemm"].flops / best["gemm"])}
+                      workload.step_flops / best["fw"] / (flops / min(best["gemm"], best["gemm own"]))}
     if with_torch:
         out.update({"vs_torch": med["torch"] / fw, "vs_torch_fused": med["torch fused"] / fw,
                     "ema_vs_torch_ema": med["torch+ema"] / med["fw+ema"]})
