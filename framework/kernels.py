@@ -320,13 +320,14 @@ def svm_loss(scores, y, dscores):
 
 @jit_sum
 def l2_penalty_grad(theta, mask, reg, grad):
-    """Adds reg * theta * mask to grad; returns the penalty 0.5 * reg * sum(mask * theta**2) (float64)."""
+    """Adds reg * theta * mask to grad; returns the penalty 0.5 * reg * sum(mask * theta**2) (float64).
+    mask: (P,) 0/1 in theta's dtype; branch-free so it runs in full vectors, in theta's dtype."""
+    r = theta.dtype.type(reg)
     total = 0.0
     for i in range(theta.size):
-        if mask[i] != 0:
-            w = theta[i]
-            total += w * w
-            grad[i] += reg * w
+        w = theta[i] * mask[i]
+        total += w * w
+        grad[i] += r * w
     return 0.5 * reg * total
 
 
@@ -502,7 +503,8 @@ def mlp_scores(theta, X, sizes, act, alpha, out, work):
 @jit
 def ema_update(ema, theta, decay):
     """ema = decay * ema + (1 - decay) * theta, in place."""
-    keep = 1.0 - decay
+    f = theta.dtype.type
+    keep, decay = f(1.0 - decay), f(decay)
     for i in range(theta.size):
         ema[i] = decay * ema[i] + keep * theta[i]
 
