@@ -60,6 +60,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import kernels as K
+from .fused import FusedSteps
 from .kernels import jit
 
 
@@ -473,6 +474,7 @@ def interleaved(variants: dict, rounds: int, block_s: float, pause_s: float = 0.
     counts = {}
     for name in names:  # warm-up (compiles, caches) and calibration of the steps per block
         variants[name].run_steps(1)
+        variants[name].run_steps(4)  # a run's first step takes the plain path; these compile the fused chunk
         per = time_per_step(variants[name], 3)
         counts[name] = max(1, int(block_s / max(per, 1e-7)))
     groups: dict[str, list] = {}
@@ -571,7 +573,6 @@ def profile_step(run, number: int) -> dict:
     probe_ema = ema.copy()
     out["ema"] = _call_time(lambda: K.ema_update(probe_ema, theta, 0.99), number) if run.ema is not None else 0.0
     out["python"] = python_overhead(run, number)
-    out["other"] = out["step"] - out["model"] - out["regularizer"] - out["optimizer"] - out["ema"] - out["python"]
     # GEMMs alone: the step's np.dot calls inside Numba, same shapes and dtype
     sizes = [int(s) for s in model.sizes]
     work = tuple(np.zeros((B, s), theta.dtype) for s in sizes)
@@ -587,12 +588,18 @@ def profile_step(run, number: int) -> dict:
                K.ema_update if run.ema is not None else None]
     calls = [len(inspect.signature(k.py_func).parameters) for k in kernels if k is not None]
     out["dispatch"] = sum(_call_time(lambda k=k: _noop(k)(*([theta] * k)), number * 10) for k in calls)
+    # fused steps (framework.fused) make these calls inside one jitted call per chunk: no per-step dispatch
+    out["fused"] = run.settings.fused_steps and FusedSteps.plan(run) is not None
+    kernels_s = out["model"] + out["regularizer"] + out["optimizer"] + out["ema"]
+    if out["fused"]:
+        kernels_s -= out["dispatch"]
+    out["other"] = out["step"] - kernels_s - out["python"]
     return out
 
 
 def python_overhead(run, number: int) -> float:
     """Seconds per step of train_epoch with the model, regularizer, optimizer and EMA kernels replaced by no-ops
-    (instance attributes and the EMA kernel's module global, all restored afterwards)."""
+    (instance attributes, the EMA kernel's module global and FusedSteps.steps, all restored afterwards)."""
     train_module = sys.modules[type(run).__module__]
     kernels = train_module.K
 
@@ -603,6 +610,8 @@ def python_overhead(run, number: int) -> float:
             return getattr(kernels, name)
 
     saved = (run.theta.copy(), run.opt_state, run.step, run.ema_count)
+    fused_steps = FusedSteps.steps
+    FusedSteps.steps = lambda self, b0, b1: (b1 - b0, 1.0)  # a chunk of stubbed steps
     run.model.loss_grad = lambda *args: 1.0
     run.regularizer.penalty_grad = lambda *args: 0.0
     run.optimizer.apply = lambda *args: None
@@ -610,6 +619,7 @@ def python_overhead(run, number: int) -> float:
     try:
         return _call_time(lambda: FrameworkSteps(run).run_steps(number), 1) / number
     finally:
+        FusedSteps.steps = fused_steps
         train_module.K = kernels
         for obj, name in ((run.model, "loss_grad"), (run.regularizer, "penalty_grad"), (run.optimizer, "apply")):
             del obj.__dict__[name]
@@ -898,7 +908,8 @@ def report(result: dict) -> str:
             f"  {k} {b[k]:.2f}{'x' if k != 'peak_fraction' else ''}" for k in b))
     lines += ["", "where a framework step goes (us, best of 5; model = forward+loss+backward kernel incl. its GEMMs; "
               "python = train_epoch's own code, timed with the kernels stubbed; other = the rest, e.g. cache misses "
-              "on fresh batches; dispatch = Python->Numba call cost, already inside the kernel columns)"]
+              "on fresh batches; dispatch = Python->Numba call cost, inside the kernel columns; with fused steps the "
+              "kernels run in one call per chunk and other excludes it)"]
     head = ["step", "model", "of it GEMM", "regularizer", "optimizer", "ema", "python", "other", "dispatch"]
     lines.append(f"{'workload':<34} {'dtype':<8} {'variant':<7}" + "".join(f"{c:>12}" for c in head))
     for p in result["pairs"]:

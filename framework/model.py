@@ -61,6 +61,12 @@ class Model:
 
     activation_kind = None  # "relu" | "leaky_relu" | "tanh" | None
 
+    def fused_loss(self, batch: int):
+        """The loss_grad of a noise-free training step as one kernel call, for fused steps (framework.fused):
+        a FusedCall whose kernel returns the mean data loss and overwrites grad, with slots THETA, GRAD, X, Y,
+        IDX; or None (default) to keep one Python call per step. batch: the largest batch it will see."""
+        return None
+
     # --- derived ---
     def predict_proba(self, theta, X) -> np.ndarray:
         """Softmax of the scores (N, C), float64."""

@@ -58,6 +58,11 @@ class Optimizer:
         """Update theta (P,) and state in place from grad (P,) with learning rate lr."""
         raise NotImplementedError
 
+    def fused_update(self, state, lr: float, momentum: float | None = None):
+        """`apply` as one kernel call for fused steps (a FusedCall with slots THETA and GRAD; framework.fused),
+        or None (default) to keep one Python call per step."""
+        return None
+
     def update(self, theta, grad, state, lr: float | None = None, momentum: float | None = None):
         """Pure form: returns (new theta, new state); the inputs are not modified. lr=None: configured lr."""
         theta = np.array(theta, copy=True)

@@ -39,6 +39,11 @@ class Regularizer:
         """Add dR/dtheta into grad (P,) in place and return R(theta) (float)."""
         return 0.0
 
+    def fused_penalty(self, mask):
+        """penalty_grad as one kernel call for fused steps (a FusedCall with slots THETA and GRAD whose kernel
+        returns R and adds dR/dtheta into grad), or None (default) to keep one Python call per step."""
+        return None
+
     def penalty(self, theta, mask) -> float:
         return float(self.penalty_grad(theta, np.zeros_like(theta), mask))
 

@@ -19,11 +19,13 @@ from . import kernels as K
 from .data import Splits, prepare
 from .errors import ConfigError, DivergedError
 from .files import write_json_atomic
+from .fused import FusedSteps
 from .metrics import accuracy, loss_from_scores
 from .registry import DATASETS, MODELS, OPTIMIZERS, REGULARIZERS, SCHEDULES
 
 log = logging.getLogger("framework")
 STREAMS = ("init", "order", "dropout")  # independent random streams of a run (the split has data.split_seed)
+PROGRESS_SPAN = 256  # fused steps between progress-bar updates (a W1 step takes ~15 us)
 TRAIN_EVAL_ROWS = 1000  # train accuracy is measured on this fixed prefix of the training split
 
 
@@ -65,6 +67,7 @@ class Settings:
     monitor_every: int
     loss_multiple: float
     grace_steps: int
+    fused_steps: bool = True
     extra: dict = field(default_factory=dict)
 
     @classmethod
@@ -97,7 +100,15 @@ class Settings:
             if "loss_multiple" in stop else 0.0,
             grace_steps=_number(stop, "grace_steps", 0, integer=True, text="an integer >= 0")
             if "grace_steps" in stop else 100,
+            fused_steps=_flag(cfg, "fused_steps", True),
         )
+
+
+def _flag(cfg, key: str, default: bool) -> bool:
+    value = cfg.get(key, default)
+    if not isinstance(value, bool):
+        raise ConfigError(key, value, "true or false")
+    return value
 
 
 class Callback:
@@ -247,10 +258,7 @@ class Run:
 
     def train_epoch(self, progress=None) -> None:
         """One epoch of minibatch steps from self.cursor (resume may start mid-epoch)."""
-        d, s, model, opt = self.data, self.settings, self.model, self.optimizer
-        theta, grad, state, mask = self.theta, self.grad, self.opt_state, self.reg_mask
-        reg_active = self.regularizer.active
-        project = self._has_projection
+        d, s, opt = self.data, self.settings, self.optimizer
         per_iteration = self.schedule.unit == "iteration" or (
             self.momentum_schedule is not None and self.momentum_schedule.unit == "iteration")
         every = s.monitor_every
@@ -258,7 +266,7 @@ class Run:
             self.perm = self.rngs["order"].permutation(len(d.y_train)).astype(np.int64)
             self.epoch_losses[:] = np.nan
         if opt.full_batch:
-            losses = opt.run_epoch(theta, state, self._full_batch_loss_grad, self.lr)
+            losses = opt.run_epoch(self.theta, self.opt_state, self._full_batch_loss_grad, self.lr)
             for loss in losses:
                 self._check_loss(loss)
             if self.ema is not None:  # one average update per full-batch epoch
@@ -267,40 +275,69 @@ class Run:
             self.step += 1
             self.cursor = 1
             return
-        B = s.batch_size
-        X, y, perm, rng = d.X_train, d.y_train, self.perm, self.rngs["dropout"]
         tick = max(1, self.steps_per_epoch // 20)
-        for b in range(self.cursor, self.steps_per_epoch):
-            if per_iteration:
-                self.refresh_hyperparameters()
-            idx = perm[b * B:(b + 1) * B]
-            noise = model.sample_noise(rng, idx.size)
-            loss = model.loss_grad(theta, grad, X, y, idx, noise)
-            if reg_active:
-                loss += self.regularizer.penalty_grad(theta, grad, mask)
-            self._check_loss(loss)
-            self.epoch_losses[b] = loss
-            monitor = every and self.step % every == 0
-            if monitor:
-                np.copyto(self.prev_theta, theta)
-            opt.apply(theta, grad, state, self.lr, self.momentum)
-            if project:
-                self.regularizer.project(theta, self.layout)
-            if self.ema is not None:
-                self._update_ema()
-            self.step += 1
-            self.cursor = b + 1
-            if monitor:
-                K.block_diff_norms(theta, self.prev_theta, self.bounds, self.update_norms)
-                K.block_norms(theta, self.bounds, self.param_norms)
-                K.block_norms(grad, self.bounds, self.grad_norms)
-                for cb in self.callbacks:
-                    cb.on_monitor(self)
-            for cb in self.step_callbacks:
-                cb.on_step(self)
-            if progress is not None and (b % tick == 0 or b == self.steps_per_epoch - 1):
-                progress.update(b + 1 - progress.n)
-                progress.set_postfix(loss=f"{loss:.4f}", refresh=False)
+        last = self.steps_per_epoch - 1
+        fused = FusedSteps.plan(self) if s.fused_steps else None
+        b = self.cursor
+        while b <= last:
+            if fused is not None and self.initial_loss is not None and not (every and self.step % every == 0):
+                # the steps up to the next monitor step (which takes the plain path) or progress tick, in one call
+                stop = last + 1
+                if every:
+                    stop = min(stop, b + every - self.step % every)
+                if progress is not None:  # progress moves at chunk ends, at least every PROGRESS_SPAN steps
+                    span = max(tick, PROGRESS_SPAN)
+                    stop = min(stop, (b // span + 1) * span)
+                done, loss = fused.steps(b, stop)
+                self.step += done
+                self.cursor = b + done
+                if b + done < stop:
+                    self._check_loss(loss)  # raises: the chunk stopped before this step's update
+                b += done
+                if progress is not None:
+                    progress.update(b - progress.n)
+                    progress.set_postfix(loss=f"{loss:.4f}", refresh=False)
+                continue
+            self._plain_step(b, per_iteration, progress, tick)
+            b += 1
+
+    def _plain_step(self, b: int, per_iteration: bool, progress, tick: int) -> None:
+        """Step b of the epoch with one Python call per kernel (any plugin; monitor steps)."""
+        model, opt, theta, grad = self.model, self.optimizer, self.theta, self.grad
+        state, mask, reg_active = self.opt_state, self.reg_mask, self.regularizer.active
+        B, X, y, perm, rng = self.settings.batch_size, self.data.X_train, self.data.y_train, self.perm, \
+            self.rngs["dropout"]
+        every = self.settings.monitor_every
+        if per_iteration:
+            self.refresh_hyperparameters()
+        idx = perm[b * B:(b + 1) * B]
+        noise = model.sample_noise(rng, idx.size)
+        loss = model.loss_grad(theta, grad, X, y, idx, noise)
+        if reg_active:
+            loss += self.regularizer.penalty_grad(theta, grad, mask)
+        self._check_loss(loss)
+        self.epoch_losses[b] = loss
+        monitor = every and self.step % every == 0
+        if monitor:
+            np.copyto(self.prev_theta, theta)
+        opt.apply(theta, grad, state, self.lr, self.momentum)
+        if self._has_projection:
+            self.regularizer.project(theta, self.layout)
+        if self.ema is not None:
+            self._update_ema()
+        self.step += 1
+        self.cursor = b + 1
+        if monitor:
+            K.block_diff_norms(theta, self.prev_theta, self.bounds, self.update_norms)
+            K.block_norms(theta, self.bounds, self.param_norms)
+            K.block_norms(grad, self.bounds, self.grad_norms)
+            for cb in self.callbacks:
+                cb.on_monitor(self)
+        for cb in self.step_callbacks:
+            cb.on_step(self)
+        if progress is not None and (b % tick == 0 or b == self.steps_per_epoch - 1):
+            progress.update(b + 1 - progress.n)
+            progress.set_postfix(loss=f"{loss:.4f}", refresh=False)
 
     def _update_ema(self) -> None:
         """ema <- d*ema + (1-d)*theta, with d warmed up as min(decay, (1+n)/(10+n)) over n updates."""

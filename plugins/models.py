@@ -7,6 +7,7 @@ import numpy as np
 
 from framework import MODELS, Model, param
 from framework import kernels as K
+from framework.fused import GRAD, IDX, THETA, X, Y, FusedCall
 
 ACTIVATIONS = {"relu": K.ACT_RELU, "leaky_relu": K.ACT_LEAKY_RELU, "tanh": K.ACT_TANH}
 LOSSES = {"softmax": K.LOSS_SOFTMAX, "svm": K.LOSS_SVM}
@@ -100,6 +101,13 @@ class MLP(Model):
         masks = self._empty if noise is None else noise
         return K.mlp_loss_grad(theta, grad, X, y, idx, self.sizes, self._act, self.cfg.leaky_slope,
                                self._loss, masks, self._work, self._ybatch)
+
+    def fused_loss(self, batch):
+        if self._dropout:  # masks come from a NumPy Generator per step
+            return None
+        self._reserve(batch)
+        return FusedCall(K.mlp_loss_grad, (THETA, GRAD, X, Y, IDX, self.sizes, self._act, self.cfg.leaky_slope,
+                                           self._loss, self._empty, self._work, self._ybatch))
 
     def scores(self, theta, X):
         X = np.ascontiguousarray(X, dtype=self.dtype)

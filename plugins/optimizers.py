@@ -8,6 +8,7 @@ from typing import NamedTuple
 import numpy as np
 
 from framework import OPTIMIZERS, FrameworkError, Optimizer, OptimizerConfig, param
+from framework.fused import GRAD, THETA, FusedCall
 from framework.kernels import jit
 
 # --- kernels: theta, grad, slots (P,) float64 or float32; count (1,) int64; scalars float64 ---
@@ -127,6 +128,9 @@ class SGD(Optimizer):
     def apply(self, theta, grad, state, lr, momentum=None):
         sgd_kernel(theta, grad, state.count, lr)
 
+    def fused_update(self, state, lr, momentum=None):
+        return FusedCall(sgd_kernel, (THETA, GRAD, state.count, float(lr)))
+
 
 @dataclass
 class MomentumConfig(OptimizerConfig):
@@ -145,6 +149,10 @@ class Momentum(Optimizer):
     def apply(self, theta, grad, state, lr, momentum=None):
         mu = self.cfg.mu if momentum is None else momentum
         self.kernel(theta, grad, state.v, state.count, lr, mu)
+
+    def fused_update(self, state, lr, momentum=None):
+        mu = self.cfg.mu if momentum is None else momentum
+        return FusedCall(self.kernel, (THETA, GRAD, state.v, state.count, float(lr), float(mu)))
 
 
 @OPTIMIZERS.register("nesterov", config=MomentumConfig)
@@ -171,6 +179,9 @@ class Adagrad(Optimizer):
     def apply(self, theta, grad, state, lr, momentum=None):
         adagrad_kernel(theta, grad, state.cache, state.count, lr, self.cfg.eps)
 
+    def fused_update(self, state, lr, momentum=None):
+        return FusedCall(adagrad_kernel, (THETA, GRAD, state.cache, state.count, float(lr), float(self.cfg.eps)))
+
 
 @dataclass
 class RMSPropConfig(OptimizerConfig):
@@ -188,6 +199,10 @@ class RMSProp(Optimizer):
 
     def apply(self, theta, grad, state, lr, momentum=None):
         rmsprop_kernel(theta, grad, state.cache, state.count, lr, self.cfg.decay, self.cfg.eps)
+
+    def fused_update(self, state, lr, momentum=None):
+        return FusedCall(rmsprop_kernel, (THETA, GRAD, state.cache, state.count, float(lr), float(self.cfg.decay),
+                                          float(self.cfg.eps)))
 
 
 @dataclass
@@ -208,6 +223,11 @@ class Adam(Optimizer):
     def apply(self, theta, grad, state, lr, momentum=None):
         beta1 = self.cfg.beta1 if momentum is None else momentum
         adam_kernel(theta, grad, state.m, state.v, state.count, lr, beta1, self.cfg.beta2, self.cfg.eps)
+
+    def fused_update(self, state, lr, momentum=None):
+        beta1 = self.cfg.beta1 if momentum is None else momentum
+        return FusedCall(adam_kernel, (THETA, GRAD, state.m, state.v, state.count, float(lr), float(beta1),
+                                       float(self.cfg.beta2), float(self.cfg.eps)))
 
 
 # --- L-BFGS (full batch) ---

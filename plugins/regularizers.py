@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from framework import REGULARIZERS, Regularizer, RegularizerConfig, param
+from framework.fused import GRAD, THETA, FusedCall
 from framework.kernels import jit, l2_penalty_grad
 
 
@@ -92,6 +93,9 @@ class L2(Regularizer):
     def penalty_grad(self, theta, grad, mask):
         return l2_penalty_grad(theta, mask, self.cfg.reg, grad)
 
+    def fused_penalty(self, mask):
+        return FusedCall(l2_penalty_grad, (THETA, mask, self.cfg.reg, GRAD))
+
 
 @dataclass
 class L1Config(RegularizerConfig):
@@ -104,6 +108,9 @@ class L1(Regularizer):
 
     def penalty_grad(self, theta, grad, mask):
         return l1_penalty_grad(theta, mask, self.cfg.reg, grad)
+
+    def fused_penalty(self, mask):
+        return FusedCall(l1_penalty_grad, (THETA, mask, self.cfg.reg, GRAD))
 
 
 @dataclass
@@ -119,6 +126,9 @@ class Elastic(Regularizer):
 
     def penalty_grad(self, theta, grad, mask):
         return elastic_penalty_grad(theta, mask, self.cfg.reg, self.cfg.l1_ratio, grad)
+
+    def fused_penalty(self, mask):
+        return FusedCall(elastic_penalty_grad, (THETA, mask, self.cfg.reg, self.cfg.l1_ratio, GRAD))
 
 
 @dataclass
