@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import inspect
+import math
 import os
 import pathlib
 import sys
@@ -78,15 +79,15 @@ update_kernel = getattr(sys.modules[{update_module!r}], {update_name!r})
 
 @njit(cache=True, error_model="numpy", nogil=True)
 def run_chunk(theta, grad, X, y, perm, batch, b0, b1, lp, pp, up, ema, ema_decay, ema_warmup, ema_count,
-              losses, use_limit, limit, grace, step0):
+              losses, limit, grace, step0):
     """Steps b0..b1-1 of an epoch (batches perm[b*batch:(b+1)*batch]); returns (steps done, last loss). Stops
-    before the update of a step whose loss is not finite or, with use_limit, exceeds limit after grace steps."""
+    before the update of a step whose loss is not finite or exceeds limit (inf: off) after grace steps."""
     loss = 0.0
     for b in range(b0, b1):
         idx = perm[b * batch:(b + 1) * batch]
         loss = {loss_call}
         {penalty_line}
-        if not np.isfinite(loss) or (use_limit and step0 + b - b0 >= grace and loss > limit):
+        if not np.isfinite(loss) or (step0 + b - b0 >= grace and loss > limit):
             return b - b0, loss
         losses[b] = loss
         {update_call}
@@ -153,6 +154,11 @@ class FusedSteps:
         self.penalty = penalty
         self.function = chunk_function(loss, penalty, update)
         self.empty = run.theta[:0]
+        # argument values built once: a tuple per call would sit in CPython's tuple free lists and read as memory
+        # growth over the first thousands of calls
+        self.loss_values = loss.values()
+        self.penalty_values = penalty.values() if penalty else ()
+        self.update_key, self.update_values = None, ()
 
     @classmethod
     def plan(cls, run) -> "FusedSteps | None":
@@ -179,13 +185,16 @@ class FusedSteps:
         """Run batches b0..b1-1 of the current epoch; returns (steps done, the last loss computed). Fewer
         steps than asked means the last loss failed the divergence checks (its update was not applied)."""
         run, s = self.run, self.run.settings
-        update = run.optimizer.fused_update(run.opt_state, run.lr, run.momentum)  # this epoch's lr, state arrays
+        key = (id(run.opt_state), run.lr, run.momentum)  # this epoch's lr and state arrays
+        if key != self.update_key:
+            self.update_key = key
+            self.update_values = run.optimizer.fused_update(run.opt_state, run.lr, run.momentum).values()
         ema = run.ema if run.ema is not None else self.empty
-        limit = s.loss_multiple * run.initial_loss if s.loss_multiple > 0 else 0.0
-        done, loss = self.function(run.theta, run.grad, run.data.X_train, run.data.y_train, run.perm, s.batch_size, b0, b1,
-                        self.loss.values(), self.penalty.values() if self.penalty else (), update.values(), ema,
-                        s.ema_decay, s.ema_warmup, run.ema_count, run.epoch_losses, s.loss_multiple > 0, limit,
-                        s.grace_steps, run.step)
+        limit = s.loss_multiple * run.initial_loss if s.loss_multiple > 0 else math.inf
+        done, loss = self.function(run.theta, run.grad, run.data.X_train, run.data.y_train, run.perm, s.batch_size,
+                                   b0, b1, self.loss_values, self.penalty_values, self.update_values, ema,
+                                   s.ema_decay, s.ema_warmup, run.ema_count, run.epoch_losses, limit,
+                                   s.grace_steps, run.step)
         if run.ema is not None:
             run.ema_count += done
         return done, loss

@@ -277,7 +277,7 @@ class Run:
             return
         tick = max(1, self.steps_per_epoch // 20)
         last = self.steps_per_epoch - 1
-        fused = FusedSteps.plan(self) if s.fused_steps else None
+        fused = self._fused_plan() if s.fused_steps else None
         b = self.cursor
         while b <= last:
             if fused is not None and self.initial_loss is not None and not (every and self.step % every == 0):
@@ -300,6 +300,13 @@ class Run:
                 continue
             self._plain_step(b, per_iteration, progress, tick)
             b += 1
+
+    def _fused_plan(self) -> FusedSteps | None:
+        """The run's fused path, made once (its conditions do not change during a run)."""
+        key = (len(self.step_callbacks), type(self.model), type(self.regularizer), type(self.optimizer))
+        if getattr(self, "_fused_key", None) != key:
+            self._fused_key, self._fused = key, FusedSteps.plan(self)
+        return self._fused
 
     def _plain_step(self, b: int, per_iteration: bool, progress, tick: int) -> None:
         """Step b of the epoch with one Python call per kernel (any plugin; monitor steps)."""
