@@ -34,9 +34,9 @@ folder; time from process start to the first step done, and the child's peak RSS
 Allocations: tracemalloc (NumPy buffers and Python objects) and Numba's NRT counters around >= 1000 steps
 (W1) of the plain step.
 
-Threads: BLAS (NumPy's and SciPy's OpenBLAS, the latter used by np.dot inside Numba) and torch get `--threads`
-threads (default: all cores); Numba's own thread pool is unused (no parallel=True kernels), so BLAS x Numba
-threads never exceed the cores.
+Threads: BLAS (NumPy's OpenBLAS, used by the NumPy reference step and the GEMM peak) and torch get `--threads`
+threads (default: all cores); the framework's step runs on one core (its own single-threaded GEMM, no
+parallel=True kernels), so BLAS x Numba threads never exceed the cores.
 """
 from __future__ import annotations
 
@@ -573,7 +573,7 @@ def profile_step(run, number: int) -> dict:
     probe_ema = ema.copy()
     out["ema"] = _call_time(lambda: K.ema_update(probe_ema, theta, 0.99), number) if run.ema is not None else 0.0
     out["python"] = python_overhead(run, number)
-    # GEMMs alone: the step's np.dot calls inside Numba, same shapes and dtype
+    # GEMMs alone: the step's kernels.gemm calls, same shapes and dtype
     sizes = [int(s) for s in model.sizes]
     work = tuple(np.zeros((B, s), theta.dtype) for s in sizes)
     weights = tuple(np.zeros((a, b), theta.dtype) for a, b in zip(sizes[:-1], sizes[1:]))
