@@ -70,7 +70,7 @@ import sys
 import numpy as np
 from numba import njit
 
-from framework.kernels import ema_update
+from framework.kernels import block_diff_norms, block_norms, ema_update
 
 loss_kernel = getattr(sys.modules[{loss_module!r}], {loss_name!r})
 penalty_kernel = getattr(sys.modules[{penalty_module!r}], {penalty_name!r})
@@ -79,9 +79,11 @@ update_kernel = getattr(sys.modules[{update_module!r}], {update_name!r})
 
 @njit(cache=True, error_model="numpy", nogil=True)
 def run_chunk(theta, grad, X, y, perm, batch, b0, b1, lp, pp, up, ema, ema_decay, ema_warmup, ema_count,
-              losses, limit, grace, step0):
+              losses, limit, grace, step0, monitor_last, mon):
     """Steps b0..b1-1 of an epoch (batches perm[b*batch:(b+1)*batch]); returns (steps done, last loss). Stops
-    before the update of a step whose loss is not finite or exceeds limit (inf: off) after grace steps."""
+    before the update of a step whose loss is not finite or exceeds limit (inf: off) after grace steps. With
+    monitor_last, the last step is a monitor step: mon = (prev_theta, bounds, update_norms, param_norms,
+    grad_norms) get theta before its update and the block norms after, as Run's plain step does."""
     loss = 0.0
     for b in range(b0, b1):
         idx = perm[b * batch:(b + 1) * batch]
@@ -90,11 +92,20 @@ def run_chunk(theta, grad, X, y, perm, batch, b0, b1, lp, pp, up, ema, ema_decay
         if not np.isfinite(loss) or (step0 + b - b0 >= grace and loss > limit):
             return b - b0, loss
         losses[b] = loss
+        watch = monitor_last and b == b1 - 1
+        if watch:
+            prev = mon[0]
+            for i in range(theta.size):
+                prev[i] = theta[i]
         {update_call}
         if ema.size > 0:
             n = ema_count + b - b0
             decay = min(ema_decay, (1.0 + n) / (10.0 + n)) if ema_warmup else ema_decay
             ema_update(ema, theta, decay)
+        if watch:
+            block_diff_norms(theta, mon[0], mon[1], mon[2])
+            block_norms(theta, mon[1], mon[3])
+            block_norms(grad, mon[1], mon[4])
     return b1 - b0, loss
 '''
 
@@ -146,7 +157,8 @@ def chunk_function(loss: FusedCall, penalty: FusedCall | None, update: FusedCall
 
 
 class FusedSteps:
-    """The fused path of one Run, or None from `plan` when some part of the step cannot be fused."""
+    """The fused path of one Run, or None from `plan` when some part of the step cannot be fused. Holds the
+    Run's arrays (monitor buffers, the model's scratch): made once per run by Run._fused_plan."""
 
     def __init__(self, run, loss: FusedCall, penalty: FusedCall | None, update: FusedCall):
         self.run = run
@@ -159,6 +171,7 @@ class FusedSteps:
         self.loss_values = loss.values()
         self.penalty_values = penalty.values() if penalty else ()
         self.update_key, self.update_values = None, ()
+        self.monitor = (run.prev_theta, run.bounds, run.update_norms, run.param_norms, run.grad_norms)
 
     @classmethod
     def plan(cls, run) -> "FusedSteps | None":
@@ -181,9 +194,10 @@ class FusedSteps:
             return None
         return cls(run, loss, penalty, update)
 
-    def steps(self, b0: int, b1: int) -> tuple[int, float]:
+    def steps(self, b0: int, b1: int, monitor_last: bool = False) -> tuple[int, float]:
         """Run batches b0..b1-1 of the current epoch; returns (steps done, the last loss computed). Fewer
-        steps than asked means the last loss failed the divergence checks (its update was not applied)."""
+        steps than asked means the last loss failed the divergence checks (its update was not applied). With
+        monitor_last the last step fills run.prev_theta and the norm arrays (the caller runs on_monitor)."""
         run, s = self.run, self.run.settings
         key = (id(run.opt_state), run.lr, run.momentum)  # this epoch's lr and state arrays
         if key != self.update_key:
@@ -194,7 +208,7 @@ class FusedSteps:
         done, loss = self.function(run.theta, run.grad, run.data.X_train, run.data.y_train, run.perm, s.batch_size,
                                    b0, b1, self.loss_values, self.penalty_values, self.update_values, ema,
                                    s.ema_decay, s.ema_warmup, run.ema_count, run.epoch_losses, limit,
-                                   s.grace_steps, run.step)
+                                   s.grace_steps, run.step, monitor_last, self.monitor)
         if run.ema is not None:
             run.ema_count += done
         return done, loss

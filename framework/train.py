@@ -280,19 +280,25 @@ class Run:
         fused = self._fused_plan() if s.fused_steps else None
         b = self.cursor
         while b <= last:
-            if fused is not None and self.initial_loss is not None and not (every and self.step % every == 0):
-                # the steps up to the next monitor step (which takes the plain path) or progress tick, in one call
+            if fused is not None and self.initial_loss is not None:
+                # the steps up to and including the next monitor step, or up to a progress tick, in one call
                 stop = last + 1
+                watch = None
                 if every:
-                    stop = min(stop, b + every - self.step % every)
+                    watch = b + (-self.step) % every  # the next step with step % every == 0
+                    stop = min(stop, watch + 1)
                 if progress is not None:  # progress moves at chunk ends, at least every PROGRESS_SPAN steps
                     span = max(tick, PROGRESS_SPAN)
                     stop = min(stop, (b // span + 1) * span)
-                done, loss = fused.steps(b, stop)
+                monitor_last = watch == stop - 1
+                done, loss = fused.steps(b, stop, monitor_last)
                 self.step += done
                 self.cursor = b + done
                 if b + done < stop:
                     self._check_loss(loss)  # raises: the chunk stopped before this step's update
+                if monitor_last:
+                    for cb in self.callbacks:
+                        cb.on_monitor(self)
                 b += done
                 if progress is not None:
                     progress.update(b - progress.n)

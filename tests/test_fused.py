@@ -19,9 +19,9 @@ def fit_both(tmp_path, *overrides, checkpoints=False):
     calls = []
     original = fused.FusedSteps.steps
 
-    def counting(self, b0, b1):
+    def counting(self, b0, b1, monitor_last=False):
         calls.append(b1 - b0)
-        return original(self, b0, b1)
+        return original(self, b0, b1, monitor_last)
 
     fused.FusedSteps.steps = counting
     try:
@@ -56,7 +56,7 @@ def test_every_optimizer_fused_equals_plain(tmp_path, optimizer):
     if optimizer == "lbfgs":  # full batch: nothing to fuse
         assert calls == []
     else:
-        assert sum(calls) > 0.8 * a.step and max(calls) == 6  # monitor steps (every 7th) take the plain path
+        assert sum(calls) == a.step - 1 and max(calls) == 7  # a run's first step is plain; chunks end at monitor steps
 
 
 @pytest.mark.parametrize("regularizer", framework.REGULARIZERS.names())
@@ -132,3 +132,30 @@ def test_changed_kernel_source_gives_a_new_module(tmp_path, monkeypatch):
     fused.chunk_function(plan.loss, plan.penalty, update)
     second = sorted(p.name for p in (tmp_path / "cache").glob("framework_fused_*.py"))
     assert len(first) == 1 and len(second) == 2
+
+
+def test_monitor_steps_inside_chunks_see_the_same_numbers(tmp_path):
+    """A chunk ends with its monitor step: theta before the update and the block norms after, then on_monitor,
+    exactly as the plain loop does."""
+    from framework.train import Callback
+
+    class Record(Callback):
+        def __init__(self):
+            self.seen = []
+
+        def on_monitor(self, run):
+            self.seen.append((run.step, run.update_norms.copy(), run.param_norms.copy(), run.grad_norms.copy(),
+                              run.prev_theta.copy()))
+
+    seen = {}
+    for flag in (True, False):
+        cfg = compose_config(*FAST, "epochs=2", "monitor.every=5", f"fused_steps={flag}")
+        run = Run(cfg, tmp_path / str(flag))
+        run.callbacks = [Record()]
+        run.fit()
+        seen[flag] = run.callbacks[0].seen
+    assert len(seen[True]) == len(seen[False]) == -(-74 // 5)
+    for a, b in zip(seen[True], seen[False]):
+        assert a[0] == b[0]
+        for x, y in zip(a[1:], b[1:]):
+            assert np.array_equal(x, y)

@@ -248,3 +248,24 @@ def test_ema_and_norm_kernels(rng):
     np.testing.assert_allclose(out, [np.linalg.norm(a[:10]), np.linalg.norm(a[10:])], rtol=1e-14)
     K.block_diff_norms(a, b, bounds, out)
     np.testing.assert_allclose(out, [np.linalg.norm((a - b)[:10]), np.linalg.norm((a - b)[10:])], rtol=1e-14)
+
+
+def test_float32_exp_is_within_two_ulp_of_libm():
+    x = np.concatenate([-np.linspace(0, 87, 20001), [-0.0, -1e-30, -1e-7]]).astype(np.float32)
+    got = x.copy()
+    K.exp_nonpositive_f32(got)
+    ref = np.exp(x.astype(np.float64))
+    ulp = np.spacing(ref.astype(np.float32)).astype(np.float64)
+    assert np.max(np.abs(got - ref) / ulp) <= 2.0
+    far = np.array([-88.0, -200.0, -np.inf], dtype=np.float32)
+    K.exp_nonpositive_f32(far)
+    assert np.all((far >= 0) & (far < 2e-38))  # clamped: negligible beside the row's max term (1)
+
+
+def test_float32_softmax_matches_float64(rng):
+    s, y = (rng.standard_normal((33, 10)) * 4).astype(np.float32), rng.integers(0, 10, 33)
+    d32 = np.empty_like(s)
+    loss32 = K.softmax_loss(s, y, d32)
+    ref_loss, ref_d = softmax_ref(s.astype(np.float64), y)
+    assert abs(loss32 - ref_loss) <= 1e-6 * abs(ref_loss)
+    np.testing.assert_allclose(d32, ref_d, rtol=2e-6, atol=1e-8)
