@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import inspect
+import logging
 import math
 import os
 import pathlib
@@ -26,6 +27,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from .files import write_text_atomic
+
+log = logging.getLogger("framework")
 
 
 class Slot:
@@ -192,7 +195,12 @@ class FusedSteps:
         update = run.optimizer.fused_update(run.opt_state, run.lr, run.momentum)
         if update is None:
             return None
-        return cls(run, loss, penalty, update)
+        try:
+            return cls(run, loss, penalty, update)
+        except OSError as exc:  # no writable cache folder: the plain loop gives the same numbers
+            log.warning("fused steps off: cannot write the generated module under %s (%s); set "
+                        "FRAMEWORK_CACHE_DIR to a writable folder", cache_dir(), exc)
+            return None
 
     def steps(self, b0: int, b1: int, monitor_last: bool = False) -> tuple[int, float]:
         """Run batches b0..b1-1 of the current epoch; returns (steps done, the last loss computed). Fewer

@@ -159,3 +159,16 @@ def test_monitor_steps_inside_chunks_see_the_same_numbers(tmp_path):
         assert a[0] == b[0]
         for x, y in zip(a[1:], b[1:]):
             assert np.array_equal(x, y)
+
+
+def test_unwritable_cache_folder_falls_back_to_the_plain_loop(tmp_path, monkeypatch, caplog):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("FRAMEWORK_CACHE_DIR", str(blocker / "cache"))
+    monkeypatch.setattr(fused, "_modules", {})
+    cfg = compose_config(*FAST, "epochs=1", "model.hidden_sizes=[8]")
+    run = Run(cfg, tmp_path / "run")
+    assert fused.FusedSteps.plan(run) is None
+    assert "FRAMEWORK_CACHE_DIR" in caplog.text
+    run.fit()
+    assert run.step == run.steps_per_epoch
