@@ -35,8 +35,9 @@ Allocations: tracemalloc (NumPy buffers and Python objects) and Numba's NRT coun
 (W1) of the plain step.
 
 Threads: BLAS (NumPy's OpenBLAS, used by the NumPy reference step and the GEMM peak) and torch get `--threads`
-threads (default: all cores); the framework's step runs on one core (its own single-threaded GEMM, no
-parallel=True kernels), so BLAS x Numba threads never exceed the cores.
+threads (default: all cores), and so does the framework (numba.set_num_threads): its wide GEMMs (W2, W3) split their
+rows over that many Python threads running nogil kernels (framework.threads); W1 runs on one core; no kernel uses
+Numba parallel loops, so BLAS x Numba threads never exceed the cores.
 """
 from __future__ import annotations
 
@@ -815,6 +816,9 @@ def run_bench(workloads, dtypes, repeats: int, quick: bool, threads: int, startu
         import torch
 
         torch.set_num_threads(threads)
+    import numba
+
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))  # framework.threads: wide GEMMs
     result = {"machine": machine_info(threads), "quick": quick, "repeats": repeats, "pairs": [], "startup": {}}
     block_s = 0.04 if quick else 0.12
     t_all = time.perf_counter()

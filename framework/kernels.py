@@ -202,19 +202,25 @@ def affine_forward(x, W, b, out):
     gemm(x, W, out, b, 0, True)
 
 
-@jit_inline
-def affine_backward(dout, x, W, dx, dW, db, need_dx, wt):
-    """Given dout (N, H): dW (D, H) = x.T @ dout; db (H,) summed in row order; dx (N, D) = dout @ W.T if need_dx,
-    through wt, a (>= D*H,) scratch that takes W.T so the GEMM reads its rows contiguously."""
-    gemm(x.T, dout, dW, dW, 0, False)
+@jit
+def bias_grad(dout, db):
+    """db (H,) = column sums of dout (N, H), summed in row order."""
     n, h = dout.shape
     for j in range(h):
         db[j] = 0.0
     for i in range(n):
         for j in range(h):
             db[j] += dout[i, j]
+
+
+@jit_inline
+def affine_backward(dout, x, W, dx, dW, db, need_dx, wt):
+    """Given dout (N, H): dW (D, H) = x.T @ dout; db (H,) summed in row order; dx (N, D) = dout @ W.T if need_dx,
+    through wt, a (>= D*H,) scratch that takes W.T so the GEMM reads its rows contiguously."""
+    gemm(x.T, dout, dW, dW, 0, False)
+    bias_grad(dout, db)
     if need_dx:
-        d = W.shape[0]
+        d, h = W.shape
         WT = wt[:h * d].reshape(h, d)
         transpose_into(W, WT)
         gemm(dout, WT, dx, dx, 0, False)

@@ -7,11 +7,13 @@ import numpy as np
 
 from framework import MODELS, Model, param
 from framework import kernels as K
+from framework import threads
 from framework.fused import GRAD, IDX, THETA, X, Y, FusedCall
 
 ACTIVATIONS = {"relu": K.ACT_RELU, "leaky_relu": K.ACT_LEAKY_RELU, "tanh": K.ACT_TANH}
 LOSSES = {"softmax": K.LOSS_SOFTMAX, "svm": K.LOSS_SVM}
 EVAL_CHUNK = 4096  # rows per eval forward pass, bounds scratch memory
+WIDE_MIN_WORK = 1 << 25  # batch x parameters above which a step splits its GEMMs over threads (W2: 7.9e7)
 
 
 @dataclass
@@ -94,16 +96,64 @@ class MLP(Model):
         K.dropout_mask(u, self.cfg.keep_prob)
         return u
 
+    def _wide_threads(self, n: int) -> int:
+        """Threads for a step on n rows: > 1 when its products are wide enough to split (framework.threads)."""
+        if self._dropout or n * int(self.layout.size) < WIDE_MIN_WORK:
+            return 1
+        return threads.threads()
+
+    def _loss_grad_wide(self, theta, grad, X, y, idx, parts):
+        """mlp_loss_grad's kernels called from Python, each large GEMM split over `parts` threads: the same
+        calls in the same order, so the same numbers bit for bit (tests/test_fused.py)."""
+        n = idx.size
+        dims = [int(d) for d in self.sizes]
+        if getattr(self, "_wide_n", None) != n:
+            self._wide_acts = [np.empty((n, d), self.dtype) for d in dims]
+            self._wide_delta = [np.empty((n, d), self.dtype) for d in dims[1:]]
+            self._wide_wt = np.empty(max([a * b for a, b in zip(dims[1:-1], dims[2:])], default=1), self.dtype)
+            self._wide_n = n
+        acts, deltas, views = self._wide_acts, self._wide_delta, self.layout.views(theta)
+        gviews = self.layout.views(grad)
+        layers = len(dims) - 1
+        K.gather_rows(X, idx, acts[0])
+        for l in range(layers):
+            threads.gemm(acts[l], views[f"W{l + 1}"], acts[l + 1], views[f"b{l + 1}"], 0, True, parts)
+            if l < layers - 1:
+                K.activation_inplace(acts[l + 1], self._act, self.cfg.leaky_slope)
+        yb = self._ybatch[:n]
+        np.take(y, idx, out=yb)
+        dcur = deltas[-1]
+        loss_kernel = K.svm_loss if self._loss == K.LOSS_SVM else K.softmax_loss
+        loss = loss_kernel(acts[-1], yb, dcur)
+        for l in range(layers - 1, -1, -1):
+            W, dW, db = views[f"W{l + 1}"], gviews[f"W{l + 1}"], gviews[f"b{l + 1}"]
+            threads.gemm(acts[l].T, dcur, dW, dW, 0, False, parts)
+            K.bias_grad(dcur, db)
+            if l > 0:
+                d_in, d_out = W.shape
+                WT = self._wide_wt[:d_in * d_out].reshape(d_out, d_in)
+                K.transpose_into(W, WT)
+                dnext = deltas[l - 1]
+                threads.gemm(dcur, WT, dnext, dnext, 0, False, parts)
+                K.activation_grad_inplace(dnext, acts[l], self._act, self.cfg.leaky_slope)
+                dcur = dnext
+        return loss
+
     def loss_grad(self, theta, grad, X, y, idx=None, noise=None):
         if idx is None:
             idx = np.arange(X.shape[0], dtype=np.int64)
         self._reserve(idx.size)
+        parts = self._wide_threads(idx.size) if noise is None else 1
+        if parts > 1:
+            return self._loss_grad_wide(theta, grad, X, y, idx, parts)
         masks = self._empty if noise is None else noise
         return K.mlp_loss_grad(theta, grad, X, y, idx, self.sizes, self._act, self.cfg.leaky_slope,
                                self._loss, masks, self._work, self._ybatch)
 
     def fused_loss(self, batch):
         if self._dropout:  # masks come from a NumPy Generator per step
+            return None
+        if self._wide_threads(batch) > 1:  # wide layers: GEMMs split over threads from Python (loss_grad)
             return None
         self._reserve(batch)
         return FusedCall(K.mlp_loss_grad, (THETA, GRAD, X, Y, IDX, self.sizes, self._act, self.cfg.leaky_slope,

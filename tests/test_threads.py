@@ -1,0 +1,65 @@
+"""Wide layers split their GEMMs' rows over threads (framework.threads): the numbers equal one thread's, bit for
+bit, for every activation and loss; and the split only happens where it pays."""
+import numpy as np
+import pytest
+
+import plugins.models as models_module
+from framework import kernels as K
+from framework import threads
+from framework.train import Run
+
+from conftest import FAST, compose_config
+
+
+def fit(tmp_path, parts, *overrides, monkeypatch):
+    """Train with every product split over `parts` threads (thresholds lowered so the small digits MLP
+    qualifies)."""
+    monkeypatch.setattr(models_module, "WIDE_MIN_WORK", 0)
+    monkeypatch.setattr(threads, "PARALLEL_MIN_WORK", 0)
+    monkeypatch.setattr(threads, "threads", lambda: parts)
+    cfg = compose_config(*FAST, "epochs=2", "model.hidden_sizes=[40,24]", *overrides)
+    run = Run(cfg, tmp_path / str(parts))
+    run.fit()
+    return run
+
+
+@pytest.mark.parametrize("overrides", [[], ["dtype=float32"], ["model.activation=tanh", "model.loss=svm"],
+                                       ["model.activation=leaky_relu", "batch_size=45"]])
+def test_split_gemms_equal_one_thread_bit_for_bit(tmp_path, monkeypatch, overrides):
+    calls = []
+    original = threads.gemm
+
+    def counting(A, B, C, Z, ldz, init, parts):
+        calls.append(parts)
+        return original(A, B, C, Z, ldz, init, parts)
+
+    monkeypatch.setattr(threads, "gemm", counting)
+    one = fit(tmp_path, 1, *overrides, monkeypatch=monkeypatch)
+    assert calls == []  # one thread: the fused kernel path
+    two = fit(tmp_path, 2, *overrides, monkeypatch=monkeypatch)
+    three = fit(tmp_path, 3, *overrides, monkeypatch=monkeypatch)
+    assert calls and set(calls) == {2, 3}
+    for other in (two, three):
+        assert np.array_equal(one.theta, other.theta)
+        np.testing.assert_equal(one.history, other.history)
+
+
+def test_gemm_rows_split_matches_kernel(monkeypatch):
+    monkeypatch.setattr(threads, "PARALLEL_MIN_WORK", 0)
+    rng = np.random.default_rng(0)
+    A, B, bias = rng.standard_normal((203, 70)), rng.standard_normal((70, 33)), rng.standard_normal(33)
+    want, got = np.empty((203, 33)), np.empty((203, 33))
+    K.gemm(A, B, want, bias, 0, True)
+    for parts in (2, 3, 7):
+        threads.gemm(A, B, got, bias, 0, True, parts)
+        assert np.array_equal(want, got)
+    K.gemm(A.T.copy().T, B, want, want, 0, False)
+    threads.gemm(A.T.copy().T, B, got, got, 0, False, 4)
+    assert np.array_equal(want, got)
+
+
+def test_small_models_and_dropout_keep_the_fused_path(tmp_path):
+    run = Run(compose_config(*FAST, "epochs=1"), tmp_path / "a")
+    assert run.model._wide_threads(32) == 1  # 32 x 19k parameters: far below WIDE_MIN_WORK
+    wide = compose_config(*FAST, "epochs=1", "model.hidden_sizes=[4096,4096]", "model.keep_prob=0.5")
+    assert Run(wide, tmp_path / "b").model._wide_threads(256) == 1  # dropout masks: one call per step
