@@ -52,6 +52,9 @@ class FusedCall:
 
     kernel: Any
     args: tuple
+    # True: the kernel treats its (P,) arrays elementwise and (1,) int64 arrays as step counters it increments
+    # once, so framework.threads may run it on ranges of the parameters at the same time
+    elementwise: bool = False
 
     def values(self) -> tuple:
         return tuple(a for a in self.args if not isinstance(a, Slot))

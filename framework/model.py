@@ -61,6 +61,10 @@ class Model:
 
     activation_kind = None  # "relu" | "leaky_relu" | "tanh" | None
 
+    def step_threads(self, batch: int) -> int:
+        """Threads a training step on `batch` rows may use (framework.threads); 1 (default) keeps it serial."""
+        return 1
+
     def fused_loss(self, batch: int):
         """The loss_grad of a noise-free training step as one kernel call, for fused steps (framework.fused):
         a FusedCall whose kernel returns the mean data loss and overwrites grad, with slots THETA, GRAD, X, Y,

@@ -12,8 +12,10 @@ import atexit
 from concurrent.futures import ThreadPoolExecutor
 
 import numba
+import numpy as np
 
 from . import kernels as K
+from .fused import GRAD, THETA, FusedCall
 
 PARALLEL_MIN_WORK = 1 << 23  # multiply-adds per product below which one thread wins (a hand-off costs ~30 us)
 _pool: ThreadPoolExecutor | None = None
@@ -51,3 +53,50 @@ def gemm(A, B, C, Z, ldz: int, init: bool, parts: int) -> None:
     K.gemm(A[:cuts[1]], B, C[:cuts[1]], Z, ldz, init)
     for f in futures:
         f.result()
+
+
+def _ranges(size: int, parts: int) -> list[tuple[int, int]]:
+    """`parts` contiguous ranges of 0..size, cut at multiples of 64 elements (whole cache lines)."""
+    cuts = [min(size, size * t // parts // 64 * 64) for t in range(parts)] + [size]
+    return [(a, b) for a, b in zip(cuts, cuts[1:]) if b > a]
+
+
+def _run(tasks) -> None:
+    """Run callables, the first on this thread and the rest on the pool; wait for all."""
+    futures = [_executor(len(tasks) - 1).submit(t) for t in tasks[1:]] if len(tasks) > 1 else []
+    tasks[0]()
+    for f in futures:
+        f.result()
+
+
+def elementwise(call: FusedCall, theta: np.ndarray, grad: np.ndarray, parts: int) -> None:
+    """Run an elementwise FusedCall (an optimizer update) on `parts` ranges of the parameters at once: each range
+    gets slices of the (P,) arrays and its own copy of the (1,) int64 step counters, written back once after, so
+    every element sees the same step count and gets the value one call would give, bit for bit."""
+    size = theta.size
+    counters = [a for a in call.args if isinstance(a, np.ndarray) and a.shape == (1,) and a.dtype == np.int64]
+    copies = []
+
+    def task(lo, hi):
+        own = {id(c): c.copy() for c in counters}
+        copies.append(own)
+        args = []
+        for a in call.args:
+            if a is THETA or a is GRAD:
+                args.append((theta if a is THETA else grad)[lo:hi])
+            elif isinstance(a, np.ndarray) and a.shape == (size,):
+                args.append(a[lo:hi])
+            elif isinstance(a, np.ndarray) and id(a) in own:
+                args.append(own[id(a)])
+            else:
+                args.append(a)
+        return lambda: call.kernel(*args)
+
+    _run([task(lo, hi) for lo, hi in _ranges(size, parts)])
+    for c in counters:
+        c[:] = copies[0][id(c)]
+
+
+def ema_update(ema: np.ndarray, theta: np.ndarray, decay: float, parts: int) -> None:
+    """kernels.ema_update on `parts` ranges at once (elementwise: the same numbers as one call)."""
+    _run([(lambda lo=lo, hi=hi: K.ema_update(ema[lo:hi], theta[lo:hi], decay)) for lo, hi in _ranges(ema.size, parts)])

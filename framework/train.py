@@ -16,6 +16,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from . import kernels as K
+from . import threads
 from .data import Splits, prepare
 from .errors import ConfigError, DivergedError
 from .files import write_json_atomic
@@ -333,11 +334,16 @@ class Run:
         monitor = every and self.step % every == 0
         if monitor:
             np.copyto(self.prev_theta, theta)
-        opt.apply(theta, grad, state, self.lr, self.momentum)
+        parts = self.model.step_threads(idx.size)
+        update = opt.fused_update(state, self.lr, self.momentum) if parts > 1 else None
+        if update is not None and update.elementwise:  # a wide model: the update splits over its threads too
+            threads.elementwise(update, theta, grad, parts)
+        else:
+            opt.apply(theta, grad, state, self.lr, self.momentum)
         if self._has_projection:
             self.regularizer.project(theta, self.layout)
         if self.ema is not None:
-            self._update_ema()
+            self._update_ema(parts)
         self.step += 1
         self.cursor = b + 1
         if monitor:
@@ -352,11 +358,14 @@ class Run:
             progress.update(b + 1 - progress.n)
             progress.set_postfix(loss=f"{loss:.4f}", refresh=False)
 
-    def _update_ema(self) -> None:
+    def _update_ema(self, parts: int = 1) -> None:
         """ema <- d*ema + (1-d)*theta, with d warmed up as min(decay, (1+n)/(10+n)) over n updates."""
         s, n = self.settings, self.ema_count
         decay = min(s.ema_decay, (1.0 + n) / (10.0 + n)) if s.ema_warmup else s.ema_decay
-        K.ema_update(self.ema, self.theta, decay)
+        if parts > 1:
+            threads.ema_update(self.ema, self.theta, decay, parts)
+        else:
+            K.ema_update(self.ema, self.theta, decay)
         self.ema_count = n + 1
 
     @property

@@ -96,8 +96,9 @@ class MLP(Model):
         K.dropout_mask(u, self.cfg.keep_prob)
         return u
 
-    def _wide_threads(self, n: int) -> int:
-        """Threads for a step on n rows: > 1 when its products are wide enough to split (framework.threads)."""
+    def step_threads(self, n: int) -> int:
+        """Threads for a step on n rows: > 1 when its products are wide enough to split (framework.threads);
+        the optimizer update and the EMA then split too."""
         if self._dropout or n * int(self.layout.size) < WIDE_MIN_WORK:
             return 1
         return threads.threads()
@@ -143,7 +144,7 @@ class MLP(Model):
         if idx is None:
             idx = np.arange(X.shape[0], dtype=np.int64)
         self._reserve(idx.size)
-        parts = self._wide_threads(idx.size) if noise is None else 1
+        parts = self.step_threads(idx.size) if noise is None else 1
         if parts > 1:
             return self._loss_grad_wide(theta, grad, X, y, idx, parts)
         masks = self._empty if noise is None else noise
@@ -153,7 +154,7 @@ class MLP(Model):
     def fused_loss(self, batch):
         if self._dropout:  # masks come from a NumPy Generator per step
             return None
-        if self._wide_threads(batch) > 1:  # wide layers: GEMMs split over threads from Python (loss_grad)
+        if self.step_threads(batch) > 1:  # wide layers: GEMMs split over threads from Python (loss_grad)
             return None
         self._reserve(batch)
         return FusedCall(K.mlp_loss_grad, (THETA, GRAD, X, Y, IDX, self.sizes, self._act, self.cfg.leaky_slope,

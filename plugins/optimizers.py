@@ -129,7 +129,7 @@ class SGD(Optimizer):
         sgd_kernel(theta, grad, state.count, lr)
 
     def fused_update(self, state, lr, momentum=None):
-        return FusedCall(sgd_kernel, (THETA, GRAD, state.count, float(lr)))
+        return FusedCall(sgd_kernel, (THETA, GRAD, state.count, float(lr)), elementwise=True)
 
 
 @dataclass
@@ -152,7 +152,7 @@ class Momentum(Optimizer):
 
     def fused_update(self, state, lr, momentum=None):
         mu = self.cfg.mu if momentum is None else momentum
-        return FusedCall(self.kernel, (THETA, GRAD, state.v, state.count, float(lr), float(mu)))
+        return FusedCall(self.kernel, (THETA, GRAD, state.v, state.count, float(lr), float(mu)), elementwise=True)
 
 
 @OPTIMIZERS.register("nesterov", config=MomentumConfig)
@@ -180,7 +180,8 @@ class Adagrad(Optimizer):
         adagrad_kernel(theta, grad, state.cache, state.count, lr, self.cfg.eps)
 
     def fused_update(self, state, lr, momentum=None):
-        return FusedCall(adagrad_kernel, (THETA, GRAD, state.cache, state.count, float(lr), float(self.cfg.eps)))
+        return FusedCall(adagrad_kernel, (THETA, GRAD, state.cache, state.count, float(lr), float(self.cfg.eps)),
+                         elementwise=True)
 
 
 @dataclass
@@ -202,7 +203,7 @@ class RMSProp(Optimizer):
 
     def fused_update(self, state, lr, momentum=None):
         return FusedCall(rmsprop_kernel, (THETA, GRAD, state.cache, state.count, float(lr), float(self.cfg.decay),
-                                          float(self.cfg.eps)))
+                                          float(self.cfg.eps)), elementwise=True)
 
 
 @dataclass
@@ -227,7 +228,7 @@ class Adam(Optimizer):
     def fused_update(self, state, lr, momentum=None):
         beta1 = self.cfg.beta1 if momentum is None else momentum
         return FusedCall(adam_kernel, (THETA, GRAD, state.m, state.v, state.count, float(lr), float(beta1),
-                                       float(self.cfg.beta2), float(self.cfg.eps)))
+                                       float(self.cfg.beta2), float(self.cfg.eps)), elementwise=True)
 
 
 # --- L-BFGS (full batch) ---
