@@ -2,7 +2,7 @@
 
 The step's kernels run on one core (framework.fused; a Numba `parallel=True` GEMM would make every kernel that
 calls it uncacheable). For wide layers (W2, W3: milliseconds per product) the model instead drives its GEMMs
-from Python and splits each product's rows over a small thread pool: kernels.gemm releases the GIL, and every
+from Python and splits each product over a small thread pool: kernels.gemm releases the GIL, and every
 output row is the same FMA chain whichever thread computes it, so the numbers do not depend on the thread count.
 Threads: numba.get_num_threads() (NUMBA_NUM_THREADS, default all cores; the search preset sets 1 per job).
 """
@@ -37,28 +37,35 @@ def _executor(workers: int) -> ThreadPoolExecutor:
 
 
 def gemm(A, B, C, Z, ldz: int, init: bool, parts: int) -> None:
-    """kernels.gemm(A, B, C, Z, ldz, init) with C's rows split into `parts` ranges of whole tile strips, one per
-    thread (the caller's thread takes the first). Z: a bias row (ldz 0) or unused (init False)."""
+    """kernels.gemm(A, B, C, Z, ldz, init) split into `parts` pieces, one per thread (the caller's thread takes
+    the first): by rows of C when A is the bigger operand, else by columns, so each thread reads its share of
+    the bigger one and all of the smaller (splitting W3's X @ W1 by rows made both threads stream all of W1).
+    Z: a bias row (ldz 0) or unused (init False). Every element is the same FMA chain either way."""
     m, k = A.shape
     n = B.shape[1]
-    parts = min(parts, m // K.TILE_ROWS)
     if parts <= 1 or m * n * k < PARALLEL_MIN_WORK:
         K.gemm(A, B, C, Z, ldz, init)
         return
-    strips = -(-m // K.TILE_ROWS)
-    cuts = [min(m, strips * t // parts * K.TILE_ROWS) for t in range(parts + 1)]
-    pool = _executor(parts - 1)
-    futures = [pool.submit(K.gemm, A[cuts[t]:cuts[t + 1]], B, C[cuts[t]:cuts[t + 1]], Z, ldz, init)
-               for t in range(1, parts)]
-    K.gemm(A[:cuts[1]], B, C[:cuts[1]], Z, ldz, init)
-    for f in futures:
-        f.result()
+    if m >= n:
+        cuts = _cuts(m, parts, K.TILE_ROWS)
+        pieces = [(A[a:b], B, C[a:b], Z) for a, b in cuts]
+    else:
+        lanes = K.VECTOR_BITS // (8 * A.itemsize)
+        cuts = _cuts(n, parts, lanes)
+        pieces = [(A, B[:, a:b], C[:, a:b], Z[a:b] if init and ldz == 0 else Z) for a, b in cuts]
+    _run([(lambda p=p: K.gemm(p[0], p[1], p[2], p[3], ldz, init)) for p in pieces])
+
+
+def _cuts(size: int, parts: int, unit: int) -> list[tuple[int, int]]:
+    """`parts` contiguous ranges of 0..size cut at multiples of `unit` (fewer when size is small)."""
+    units = -(-size // unit)
+    edges = [min(size, units * t // parts * unit) for t in range(parts + 1)]
+    return [(a, b) for a, b in zip(edges, edges[1:]) if b > a]
 
 
 def _ranges(size: int, parts: int) -> list[tuple[int, int]]:
     """`parts` contiguous ranges of 0..size, cut at multiples of 64 elements (whole cache lines)."""
-    cuts = [min(size, size * t // parts // 64 * 64) for t in range(parts)] + [size]
-    return [(a, b) for a, b in zip(cuts, cuts[1:]) if b > a]
+    return _cuts(size, parts, 64)
 
 
 def _run(tasks) -> None:

@@ -59,8 +59,13 @@ def test_gemm_rows_split_matches_kernel(monkeypatch):
     want, got = np.empty((203, 33)), np.empty((203, 33))
     K.gemm(A, B, want, bias, 0, True)
     for parts in (2, 3, 7):
-        threads.gemm(A, B, got, bias, 0, True, parts)
+        threads.gemm(A, B, got, bias, 0, True, parts)  # m > n: split by rows
         assert np.array_equal(want, got)
+        wide_want, wide_got = np.empty((33, 203)), np.empty((33, 203))
+        At, row = np.ascontiguousarray(A.T), rng.standard_normal(203)
+        K.gemm(B.T, At, wide_want, row, 0, True)
+        threads.gemm(B.T, At, wide_got, row, 0, True, parts)  # m < n: split by columns
+        assert np.array_equal(wide_want, wide_got)
     K.gemm(A.T.copy().T, B, want, want, 0, False)
     threads.gemm(A.T.copy().T, B, got, got, 0, False, 4)
     assert np.array_equal(want, got)
