@@ -262,27 +262,6 @@ def activation_grad_inplace(d, a, kind, alpha):
 
 
 @jit
-def _copy(src, dst):
-    fs, fd = src.ravel(), dst.ravel()
-    for i in range(fs.size):
-        fd[i] = fs[i]
-
-
-@jit
-def activation_forward(z, out, kind, alpha):
-    """out = f(z) (out may be z)."""
-    _copy(z, out)
-    activation_inplace(out, kind, alpha)
-
-
-@jit
-def activation_backward(dout, a, dz, kind, alpha):
-    """dz = dout * f'(z), written from the activation output a = f(z) (dz may be dout)."""
-    _copy(dout, dz)
-    activation_grad_inplace(dz, a, kind, alpha)
-
-
-@jit
 def dropout_mask(uniform, keep_prob):
     """Turn uniform draws in [0, 1) into an inverted-dropout mask in place: 1/p where kept, else 0."""
     flat = uniform.ravel()
