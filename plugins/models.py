@@ -105,16 +105,16 @@ class MLP(Model):
 
     def _loss_grad_wide(self, theta, grad, X, y, idx, parts):
         """mlp_loss_grad's kernels called from Python, each large GEMM split over `parts` threads: the same
-        calls in the same order, so the same numbers bit for bit (tests/test_fused.py)."""
+        calls in the same order on the same scratch layout (kernels.mlp_forward; no dropout here), so the same
+        numbers bit for bit (tests/test_threads.py) and winners() reads this pass like the fused one's."""
         n = idx.size
         dims = [int(d) for d in self.sizes]
-        if getattr(self, "_wide_n", None) != n:
-            self._wide_acts = [np.empty((n, d), self.dtype) for d in dims]
-            self._wide_delta = [np.empty((n, d), self.dtype) for d in dims[1:]]
-            self._wide_wt = np.empty(max([a * b for a, b in zip(dims[1:-1], dims[2:])], default=1), self.dtype)
-            self._wide_n = n
-        acts, deltas, views = self._wide_acts, self._wide_delta, self.layout.views(theta)
-        gviews = self.layout.views(grad)
+        hidden, scores = self._forward_buffers(n)
+        acts = [self._work[:n * dims[0]].reshape(n, dims[0]), *hidden, scores]
+        pos, width = n * sum(dims), max(dims[1:])
+        ping, pong = self._work[pos:pos + n * width], self._work[pos + n * width:pos + 2 * n * width]
+        wt = self._work[pos + 2 * n * width:]
+        views, gviews = self.layout.views(theta), self.layout.views(grad)
         layers = len(dims) - 1
         K.gather_rows(X, idx, acts[0])
         for l in range(layers):
@@ -123,18 +123,18 @@ class MLP(Model):
                 K.activation_inplace(acts[l + 1], self._act, self.cfg.leaky_slope)
         yb = self._ybatch[:n]
         np.take(y, idx, out=yb)
-        dcur = deltas[-1]
+        dcur = ping[:n * dims[-1]].reshape(n, dims[-1])
         loss_kernel = K.svm_loss if self._loss == K.LOSS_SVM else K.softmax_loss
-        loss = loss_kernel(acts[-1], yb, dcur)
+        loss = loss_kernel(scores, yb, dcur)
         for l in range(layers - 1, -1, -1):
             W, dW, db = views[f"W{l + 1}"], gviews[f"W{l + 1}"], gviews[f"b{l + 1}"]
             threads.gemm(acts[l].T, dcur, dW, dW, 0, False, parts)
             K.bias_grad(dcur, db)
             if l > 0:
                 d_in, d_out = W.shape
-                WT = self._wide_wt[:d_in * d_out].reshape(d_out, d_in)
+                WT = wt[:d_in * d_out].reshape(d_out, d_in)
                 K.transpose_into(W, WT)
-                dnext = deltas[l - 1]
+                dnext = (pong if (layers - 1 - l) % 2 == 0 else ping)[:n * d_in].reshape(n, d_in)
                 threads.gemm(dcur, WT, dnext, dnext, 0, False, parts)
                 K.activation_grad_inplace(dnext, acts[l], self._act, self.cfg.leaky_slope)
                 dcur = dnext

@@ -76,3 +76,19 @@ def test_small_models_and_dropout_keep_the_fused_path(tmp_path):
     assert run.model.step_threads(32) == 1  # 32 x 19k parameters: far below WIDE_MIN_WORK
     wide = compose_config(*FAST, "epochs=1", "model.hidden_sizes=[4096,4096]", "model.keep_prob=0.5")
     assert Run(wide, tmp_path / "b").model.step_threads(256) == 1  # dropout masks: one call per step
+
+
+def test_kink_detection_reads_the_threaded_forward_pass(tmp_path, monkeypatch):
+    """winners() reads the activations loss_grad left in the model's scratch: the threaded path must leave them
+    where the fused kernel does."""
+    monkeypatch.setattr(models_module, "WIDE_MIN_WORK", 0)
+    monkeypatch.setattr(threads, "PARALLEL_MIN_WORK", 0)
+    run = Run(compose_config(*FAST, "epochs=1", "model.hidden_sizes=[40,24]"), tmp_path)
+    X, y = run.data.X_train[:32], run.data.y_train[:32]
+    found = {}
+    run.model._reserve(len(y))
+    for parts in (1, 2):
+        monkeypatch.setattr(threads, "threads", lambda parts=parts: parts)
+        run.model._work[:] = np.nan  # nothing left over from the other path
+        found[parts] = run.model.winners(run.theta, X, y)
+    assert found[1].size > 0 and np.array_equal(found[1], found[2])
