@@ -572,14 +572,11 @@ def profile_step(run, number: int) -> dict:
         if run.regularizer.active else 0.0
     lr, mom = run.lr, run.momentum
     parts = model.step_threads(B)  # wide models split the update and the EMA over threads (framework.threads)
-    split = opt.fused_update(probe_state, lr, mom) if parts > 1 else None
-    if split is not None and split.elementwise:
-        out["optimizer"] = _call_time(lambda: threads.elementwise(split, probe_theta, grad, parts), number)
-    else:
-        out["optimizer"] = _call_time(lambda: opt.apply(probe_theta, grad, probe_state, lr, mom), number)
+    out["optimizer"] = _call_time(lambda: threads.apply_update(opt, probe_theta, grad, probe_state, lr, mom, parts),
+                                  number)
     probe_ema = ema.copy()
-    out["ema"] = (_call_time(lambda: threads.ema_update(probe_ema, theta, 0.99, parts), number) if parts > 1
-                  else _call_time(lambda: K.ema_update(probe_ema, theta, 0.99), number)) if run.ema is not None else 0.0
+    out["ema"] = _call_time(lambda: threads.ema_update(probe_ema, theta, 0.99, parts), number) \
+        if run.ema is not None else 0.0
     out["python"] = python_overhead(run, number)
     # GEMMs alone: the step's kernels.gemm calls, same shapes and dtype
     sizes = [int(s) for s in model.sizes]
@@ -607,33 +604,19 @@ def profile_step(run, number: int) -> dict:
 
 def python_overhead(run, number: int) -> float:
     """Seconds per step of train_epoch with the model, regularizer, optimizer and EMA kernels replaced by no-ops
-    (instance attributes, the EMA kernel's module global, FusedSteps.steps and the threaded update/EMA, all
+    (the model's and regularizer's methods, train's calls through framework.threads and FusedSteps.steps, all
     restored afterwards)."""
-    train_module = sys.modules[type(run).__module__]
-    kernels = train_module.K
-
-    class Stubbed:
-        ema_update = staticmethod(lambda *args: None)
-
-        def __getattr__(self, name):
-            return getattr(kernels, name)
-
     saved = (run.theta.copy(), run.opt_state, run.step, run.ema_count)
-    fused_steps = FusedSteps.steps
+    real = (FusedSteps.steps, threads.apply_update, threads.ema_update)
     FusedSteps.steps = lambda self, b0, b1, monitor_last=False: (b1 - b0, 1.0)  # a chunk of stubbed steps
-    split = (threads.elementwise, threads.ema_update)  # wide models' threaded update and EMA
-    threads.elementwise = threads.ema_update = lambda *args: None
+    threads.apply_update = threads.ema_update = lambda *args: None
     run.model.loss_grad = lambda *args: 1.0
     run.regularizer.penalty_grad = lambda *args: 0.0
-    run.optimizer.apply = lambda *args: None
-    train_module.K = Stubbed()
     try:
         return _call_time(lambda: FrameworkSteps(run).run_steps(number), 1) / number
     finally:
-        FusedSteps.steps = fused_steps
-        threads.elementwise, threads.ema_update = split
-        train_module.K = kernels
-        for obj, name in ((run.model, "loss_grad"), (run.regularizer, "penalty_grad"), (run.optimizer, "apply")):
+        FusedSteps.steps, threads.apply_update, threads.ema_update = real
+        for obj, name in ((run.model, "loss_grad"), (run.regularizer, "penalty_grad")):
             del obj.__dict__[name]
         np.copyto(run.theta, saved[0])
         run.opt_state, run.step, run.ema_count = saved[1:]

@@ -104,6 +104,19 @@ def elementwise(call: FusedCall, theta: np.ndarray, grad: np.ndarray, parts: int
         c[:] = copies[0][id(c)]
 
 
+def apply_update(optimizer, theta: np.ndarray, grad: np.ndarray, state, lr: float, momentum, parts: int) -> None:
+    """optimizer.apply(theta, grad, state, lr, momentum), over `parts` threads when parts > 1 and the optimizer's
+    fused_update is elementwise (the built-ins); the same numbers either way."""
+    update = optimizer.fused_update(state, lr, momentum) if parts > 1 else None
+    if update is not None and update.elementwise:
+        elementwise(update, theta, grad, parts)
+    else:
+        optimizer.apply(theta, grad, state, lr, momentum)
+
+
 def ema_update(ema: np.ndarray, theta: np.ndarray, decay: float, parts: int) -> None:
-    """kernels.ema_update on `parts` ranges at once (elementwise: the same numbers as one call)."""
+    """kernels.ema_update, on `parts` ranges at once when parts > 1 (elementwise: the same numbers)."""
+    if parts <= 1:
+        K.ema_update(ema, theta, decay)
+        return
     _run([(lambda lo=lo, hi=hi: K.ema_update(ema[lo:hi], theta[lo:hi], decay)) for lo, hi in _ranges(ema.size, parts)])

@@ -334,12 +334,8 @@ class Run:
         monitor = every and self.step % every == 0
         if monitor:
             np.copyto(self.prev_theta, theta)
-        parts = self.model.step_threads(idx.size)
-        update = opt.fused_update(state, self.lr, self.momentum) if parts > 1 else None
-        if update is not None and update.elementwise:  # a wide model: the update splits over its threads too
-            threads.elementwise(update, theta, grad, parts)
-        else:
-            opt.apply(theta, grad, state, self.lr, self.momentum)
+        parts = self.model.step_threads(idx.size)  # a wide model: the update and EMA split over its threads too
+        threads.apply_update(opt, theta, grad, state, self.lr, self.momentum, parts)
         if self._has_projection:
             self.regularizer.project(theta, self.layout)
         if self.ema is not None:
@@ -362,10 +358,7 @@ class Run:
         """ema <- d*ema + (1-d)*theta, with d warmed up as min(decay, (1+n)/(10+n)) over n updates."""
         s, n = self.settings, self.ema_count
         decay = min(s.ema_decay, (1.0 + n) / (10.0 + n)) if s.ema_warmup else s.ema_decay
-        if parts > 1:
-            threads.ema_update(self.ema, self.theta, decay, parts)
-        else:
-            K.ema_update(self.ema, self.theta, decay)
+        threads.ema_update(self.ema, self.theta, decay, parts)
         self.ema_count = n + 1
 
     @property
