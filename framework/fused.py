@@ -2,8 +2,8 @@
 
 A small step (W1: 64-100-10, batch 32) costs ~15 us, of which ~3 us is Python and the unboxing of four kernel
 calls' arguments. When the model, the regularizer and the optimizer each describe their kernel call
-(`fused_loss`, `fused_penalty`, `fused_update` returning a `FusedCall`), `Run.train_epoch` runs the steps
-between two events (monitor step, progress tick, epoch end) in one call of a generated function that makes
+(`fused_loss`, `fused_penalty`, `fused_update` returning a `FusedCall`), `Run.train_epoch` runs the steps up to
+the next monitor step (included), progress tick or epoch end in one call of a generated function that makes
 exactly those kernel calls in the same order: the numbers are the same bit for bit (tests/test_fused.py). A
 plugin that returns None (the default, e.g. dropout, L-BFGS, max-norm) keeps the one-call-per-step loop.
 
@@ -183,9 +183,7 @@ class FusedSteps:
     def plan(cls, run) -> "FusedSteps | None":
         if run.optimizer.full_batch or run._has_projection or run.step_callbacks:
             return None
-        per_iteration = run.schedule.unit == "iteration" or (
-            run.momentum_schedule is not None and run.momentum_schedule.unit == "iteration")
-        if per_iteration:  # hyperparameters change inside a chunk
+        if run.per_iteration_schedules:  # hyperparameters change inside a chunk
             return None
         loss = run.model.fused_loss(run.settings.batch_size)
         if loss is None:

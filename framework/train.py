@@ -260,8 +260,7 @@ class Run:
     def train_epoch(self, progress=None) -> None:
         """One epoch of minibatch steps from self.cursor (resume may start mid-epoch)."""
         d, s, opt = self.data, self.settings, self.optimizer
-        per_iteration = self.schedule.unit == "iteration" or (
-            self.momentum_schedule is not None and self.momentum_schedule.unit == "iteration")
+        per_iteration = self.per_iteration_schedules
         every = s.monitor_every
         if self.cursor == 0:
             self.perm = self.rngs["order"].permutation(len(d.y_train)).astype(np.int64)
@@ -360,6 +359,12 @@ class Run:
         decay = min(s.ema_decay, (1.0 + n) / (10.0 + n)) if s.ema_warmup else s.ema_decay
         threads.ema_update(self.ema, self.theta, decay, parts)
         self.ema_count = n + 1
+
+    @property
+    def per_iteration_schedules(self) -> bool:
+        """Whether lr or momentum change every step (a schedule with unit: iteration), not once per epoch."""
+        return self.schedule.unit == "iteration" or (
+            self.momentum_schedule is not None and self.momentum_schedule.unit == "iteration")
 
     @property
     def _has_projection(self) -> bool:
