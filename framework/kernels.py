@@ -292,12 +292,20 @@ def exp_nonpositive_f32(flat):
     one, half, low = np.float32(1.0), np.float32(0.5), np.float32(-87.0)
     c2, c3, c4 = np.float32(1 / 2), np.float32(1 / 6), np.float32(1 / 24)
     c5, c6, c7 = np.float32(1 / 120), np.float32(1 / 720), np.float32(1 / 5040)
+    zero, last = np.float32(0.0), np.float32(_POW2_NEG.size - 1)
     for i in range(flat.size):
-        x = max(flat[i], low)
+        x = flat[i]
+        x = low if x < low else x  # not max(): a NaN must stay NaN (a diverged loss has to read as one)
         k = np.floor(x * _LOG2E_F32 + half)
         r = x - k * _LN2_HI_F32 - k * _LN2_LO_F32
         p = one + r * (one + r * (c2 + r * (c3 + r * (c4 + r * (c5 + r * (c6 + r * c7))))))
-        flat[i] = p * _POW2_NEG[-np.int32(k)]
+        # The table index, clamped while still a float: NaN or +inf (a diverged net) and positive inputs would
+        # index outside the table (Numba checks no bounds; that was a SIGSEGV). NaN fails both tests and lands
+        # on 0; p is NaN then anyway. In range (-87 <= x <= 0) nothing changes.
+        j = -k
+        j = j if j > zero else zero
+        j = j if j < last else last
+        flat[i] = p * _POW2_NEG[np.int32(j)]
 
 
 @jit
