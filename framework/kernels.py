@@ -33,9 +33,42 @@ jit_sum = njit(cache=True, error_model="numpy", nogil=True, fastmath={"reassoc"}
 # It lives in this file because Numba's disk cache tracks only the file of the function it compiles.
 # ----------------------------------------------------------------------------------------------------------------
 llvm.initialize_native_target()
-VECTOR_BITS = 512 if "+avx512f" in llvm.get_host_cpu_features().flatten() else 256
-TILE_ROWS = 8 if VECTOR_BITS == 512 else 4  # accumulators + 3 B vectors + 1 broadcast fit the 32 (16) registers
-TILE_VECS = 3
+_PROBE = """define void @probe(<{lanes} x float>* %p) {{
+  %v = load <{lanes} x float>, <{lanes} x float>* %p
+  %w = fadd <{lanes} x float> %v, %v
+  store <{lanes} x float> %w, <{lanes} x float>* %p
+  ret void
+}}"""
+
+
+def target_vector_bits() -> int:
+    """Width of the vector registers of the CPU Numba compiles for: 512 (AVX-512), 256 (AVX/AVX2) or 128.
+
+    Asked of Numba's own target machine, so NUMBA_CPU_NAME / NUMBA_CPU_FEATURES count, not only the host: one
+    vector add is compiled and the register names LLVM picks are read. (NUMBA_CPU_NAME=haswell alone still
+    passes the host's feature list, +avx512f included; add NUMBA_CPU_FEATURES=+64bit to get haswell's own.)"""
+    try:
+        from numba.core.registry import cpu_target
+        machine = cpu_target.target_context.codegen()._tm
+        for bits, register in ((512, "%zmm"), (256, "%ymm")):
+            module = llvm.parse_assembly(_PROBE.format(lanes=bits // 32))
+            if register in machine.emit_assembly(module):
+                return bits
+        return 128
+    except Exception:  # a Numba without this internal: the host's features (what Numba uses by default)
+        return 512 if "+avx512f" in llvm.get_host_cpu_features().flatten() else 256
+
+
+def tile_shape(vector_registers: int, vecs: int = 3) -> tuple[int, int]:
+    """(rows, vecs) of the GEMM tile for a register file: rows x vecs accumulators, vecs B loads and one A
+    broadcast must fit, or the tile spills inside its inner loop (8 x 3 on AVX-512's 32 registers spilled on
+    AVX2's 16: 30.9 vs 71.1 GFLOP/s for OpenBLAS). 32 -> 8 x 3 (28 live), 16 -> 4 x 3 (16 live)."""
+    return max(1, min(8, (vector_registers - vecs - 1) // vecs)), vecs
+
+
+VECTOR_BITS = target_vector_bits()
+VECTOR_REGISTERS = 32 if VECTOR_BITS == 512 else 16  # zmm0-31 with AVX-512; ymm/xmm0-15 otherwise (x86-64)
+TILE_ROWS, TILE_VECS = tile_shape(VECTOR_REGISTERS)
 K_BLOCK = 256  # rows of B per pass: a 256 x 3-vector panel of B stays in L1/L2 while every row strip uses it
 _I64 = ir.IntType(64)
 _I32 = ir.IntType(32)
@@ -132,13 +165,13 @@ def _make_tile(rows: int, vecs: int):
 
 # Three tile shapes keep the compiled code small (each kernel that calls gemm re-optimizes it): full strips of 3
 # vectors, full strips of 1 vector (narrow outputs like the class scores), and single rows for the remainder.
-_tile_wide, _tile_narrow, _tile_row = _make_tile(TILE_ROWS, 3), _make_tile(TILE_ROWS, 1), _make_tile(1, 1)
+_tile_wide, _tile_narrow, _tile_row = _make_tile(TILE_ROWS, TILE_VECS), _make_tile(TILE_ROWS, 1), _make_tile(1, 1)
 
 
 @jit_inline
 def _gemm_strip(A, B, C, Z, i0, j0, k0, kb, sa_i, sa_k, sb_k, ldc, ldz, n, init, vecs, rows, lanes):
-    """One strip of `rows` (TILE_ROWS or fewer) rows of C by `vecs` (<= 3) vectors of columns (see _make_tile)."""
-    if rows == TILE_ROWS and vecs >= 2:  # 2 vectors: the third is masked off
+    """One strip of `rows` (TILE_ROWS or fewer) rows of C by `vecs` (<= TILE_VECS) vectors of columns."""
+    if rows == TILE_ROWS and vecs >= 2:  # fewer than TILE_VECS vectors: the rest are masked off
         _tile_wide(A, B, C, Z, i0, j0, k0, kb, sa_i, sa_k, sb_k, ldc, ldz, n, init)
     elif rows == TILE_ROWS:
         _tile_narrow(A, B, C, Z, i0, j0, k0, kb, sa_i, sa_k, sb_k, ldc, ldz, n, init)
@@ -185,6 +218,31 @@ def gemm(A, B, C, Z, ldz, init):
     _gemm_blocks(_address(A), _address(B), _address(C), _address(Z), m, n, kdim, A.strides[0] // size,
                  A.strides[1] // size, B.strides[0] // size, C.strides[0] // size, ldz, 1 if init else 0,
                  VECTOR_BITS // (8 * size))
+
+
+@jit
+def gemm_blas(A, B, C, Z, ldz, init):
+    """gemm's contract through BLAS (np.dot inside njit: SciPy's OpenBLAS, with its own threads): C (M, N) =
+    A (M, K) @ B (K, N) [+ Z rows at stride ldz]. A and B contiguous in either order (x.T views are fine), C
+    C-contiguous. Z is added after the product (gemm seeds its sums with it: last-bit differences)."""
+    np.dot(A, B, C)
+    if init:
+        m, n = C.shape
+        fz = Z.ravel()
+        for i in range(m):
+            for j in range(n):
+                C[i, j] += fz[i * ldz + j]
+
+
+@jit
+def gemm_repeat(A, B, C, reps, blas):
+    """C = A @ B `reps` times through gemm, or gemm_blas with blas: timing from inside compiled code, as the
+    step calls them (a call from Python adds ~1 us of dispatch, as much as a small product takes)."""
+    for _ in range(reps):
+        if blas:
+            gemm_blas(A, B, C, C, 0, False)
+        else:
+            gemm(A, B, C, C, 0, False)
 
 
 @jit

@@ -99,6 +99,20 @@ def case_gemm(b):
     return K.gemm(b.floats((13, 9)).T, B, Cout, Cout, 0, False), None
 
 
+def case_gemm_blas(b):
+    A, B = b.floats((9, 13)), b.floats((13, 19))
+    Cout, bias = b.out((9, 19)), b.floats((19,))
+    K.gemm_blas(A, B, Cout, Cout, 0, False)
+    K.gemm_blas(A, B, Cout, bias, 0, True)
+    return K.gemm_blas(b.floats((13, 9)).T, B, Cout, b.floats((9, 19)), 19, True), None
+
+
+def case_gemm_repeat(b):
+    A, B, Cout = b.floats((9, 13)), b.floats((13, 19)), b.out((9, 19))
+    K.gemm_repeat(A, B, Cout, 2, False)
+    return K.gemm_repeat(A, B, Cout, 2, True), None
+
+
 def case_transpose_into(b):
     return K.transpose_into(b.floats((D, H)), b.out((H, D))), None
 
