@@ -5,10 +5,13 @@ calls it uncacheable). For wide layers (W2, W3: milliseconds per product) the mo
 from Python and splits each product over a small thread pool: kernels.gemm releases the GIL, and every
 output row is the same FMA chain whichever thread computes it, so the numbers do not depend on the thread count.
 Threads: numba.get_num_threads() (NUMBA_NUM_THREADS, default all cores; the search preset sets 1 per job).
+Each product runs the GEMM framework.gemm_choice picked for it on this machine: the own kernel (split here) or
+BLAS (one call; BLAS has its own threads).
 """
 from __future__ import annotations
 
 import atexit
+import os
 from concurrent.futures import ThreadPoolExecutor
 
 import numba
@@ -89,6 +92,11 @@ def uses_blas(sizes, n: int, dtype, parts: int) -> bool:
     """Whether any product of an MLP step on n rows runs on BLAS (measuring them all now, at start-up, when this
     machine has not seen them). The model then drives its GEMMs from Python (the fused kernel has only the own
     GEMM inside)."""
+    memo = (os.environ.get(gemm_choice.ENV), sizes.tobytes() if isinstance(sizes, np.ndarray) else tuple(sizes),
+            n, dtype, parts)  # cheap: the one-thread step asks on every call
+    known = _uses_blas.get(memo)
+    if known is not None:
+        return known
     key = (gemm_choice.mode(), tuple(int(s) for s in sizes), int(n), np.dtype(dtype).name, parts)
     if key not in _uses_blas:
         wanted = [p._replace(threads=p.threads if p.m * p.k * p.n >= PARALLEL_MIN_WORK else 1)
@@ -105,6 +113,7 @@ def uses_blas(sizes, n: int, dtype, parts: int) -> bool:
             if not use:
                 gemm_choice.CHOOSER.used.update({p: "own" for p in chosen})
         _uses_blas[key] = use
+    _uses_blas[memo] = _uses_blas[key]
     return _uses_blas[key]
 
 
