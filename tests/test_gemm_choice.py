@@ -86,6 +86,20 @@ def test_choices_are_measured_once_and_cached_per_machine(fresh, monkeypatch):
     json.dumps(record)  # the run folder gets it as JSON
 
 
+@pytest.mark.parametrize("a_t", [False, True])
+def test_measure_times_both_paths_on_the_product(a_t):
+    seen = []
+
+    def own(A, B, C, reps):
+        seen.append((A.shape, A.strides[0] < A.strides[1], B.shape, C.shape, C.dtype))
+        K.gemm_repeat(A, B, C, reps, False)
+
+    own_s, blas_s = G.measure(G.Product(16, 20, 24, a_t, "float32"), own,
+                              lambda A, B, C, reps: K.gemm_repeat(A, B, C, reps, True), budget=0.001)
+    assert 0 < own_s < 0.1 and 0 < blas_s < 0.1
+    assert seen[0] == ((16, 20), a_t, (20, 24), (16, 24), np.float32)
+
+
 def test_a_damaged_cache_file_is_measured_again(fresh, monkeypatch):
     monkeypatch.setenv(G.ENV, "auto")
     calls = []
