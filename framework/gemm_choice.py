@@ -90,11 +90,26 @@ def cpu_info() -> dict:
         target, features = codegen._get_host_cpu_name(), codegen._tm_features
     except AttributeError:
         target, features = "", ""
-    isa = {512: "AVX-512", 256: "AVX2" if "+avx2" in features or not features else "AVX"}.get(K.VECTOR_BITS,
-                                                                                              "SSE/other")
+    isa = {512: "AVX-512", 256: "AVX2" if _has_avx2(codegen) else "AVX"}.get(K.VECTOR_BITS, "SSE/other")
     return {"model": cpu_model(), "target": target, "isa": isa, "vector_bits": K.VECTOR_BITS,
             "vector_registers": K.VECTOR_REGISTERS, "tile": f"{K.TILE_ROWS}x{K.TILE_VECS}",
             "features_sha1": hashlib.sha1(features.encode()).hexdigest()[:12]}
+
+
+def _has_avx2(codegen) -> bool:
+    """Whether the target has 256-bit integer adds (AVX2; plain AVX splits them into two 128-bit halves)."""
+    import llvmlite.binding as llvm
+
+    text = """define void @probe(<8 x i32>* %p) {
+  %v = load <8 x i32>, <8 x i32>* %p
+  %w = add <8 x i32> %v, %v
+  store <8 x i32> %w, <8 x i32>* %p
+  ret void
+}"""
+    try:
+        return "vpaddd\t%ymm" in codegen._tm.emit_assembly(llvm.parse_assembly(text))
+    except Exception:
+        return False
 
 
 def machine_key() -> dict:

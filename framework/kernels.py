@@ -74,12 +74,14 @@ _I64 = ir.IntType(64)
 _I32 = ir.IntType(32)
 
 
-def _make_tile(rows: int, vecs: int):
+def _make_tile(rows: int, vecs: int, masked: bool = True):
     """Intrinsic tile(A, B, C, Z, i0, j0, k0, kb, sa_i, sa_k, sb_k, ldc, ldz, n, init) over data pointers
     (see _address): for r < rows, v < vecs
     C[i0+r, j0+v*VL : +VL] = (Z[(i0+r)*ldz + j0+v*VL : +VL] if init else 0) + sum_{k<kb} A[i0+r, k0+k] B[k0+k, ...]
     with A[i, k] at i*sa_i + k*sa_k (any layout, e.g. a transposed view), B rows at k*sb_k, contiguous within a
-    row, C rows at i*ldc. Columns >= n are masked off (never read or written). Strides are in elements."""
+    row, C rows at i*ldc. Columns >= n are masked off (never read or written). Strides are in elements.
+    masked=False: plain loads and stores for blocks whose columns are all < n (the caller checks). On AVX2 the
+    masks live in vector registers (3 of the 16) and their conversions in the loop; AVX-512 has mask registers."""
 
     @intrinsic
     def tile(typingctx, A, B, C, Z, i0, j0, k0, kb, sa_i, sa_k, sb_k, ldc, ldz, n, init):
@@ -115,14 +117,33 @@ def _make_tile(rows: int, vecs: int):
             def vec_at(base, offset):
                 return builder.bitcast(builder.gep(base, [offset]), vpty)
 
-            lane_ids = ir.Constant(ir.VectorType(_I64, lanes), list(range(lanes)))
             cols = [builder.add(j0, const(v * lanes)) for v in range(vecs)]
-            masks = [builder.icmp_signed("<", lane_ids, splat(builder.sub(n, col), _I64)) for col in cols]
+            # lane < n - col, compared in ints as wide as the floats (AVX2's masked moves take such vectors)
+            ity = ir.IntType(8 * size)
+            lane_ids = ir.Constant(ir.VectorType(ity, lanes), list(range(lanes)))
+
+            def mask_for(col):
+                left = builder.sub(n, col)
+                left = builder.select(builder.icmp_signed("<", left, const(0)), const(0), left)
+                left = builder.select(builder.icmp_signed(">", left, const(lanes)), const(lanes), left)
+                return builder.icmp_signed("<", lane_ids, splat(builder.trunc(left, ity) if size < 8 else left, ity))
+
+            masks = [mask_for(col) for col in cols] if masked else [None] * vecs
+
+            def load(base, offset, v):
+                if masked:
+                    return builder.call(mload, [vec_at(base, offset), align, masks[v], zero])
+                return builder.load(vec_at(base, offset), align=size)
+
+            def store(value, base, offset, v):
+                if masked:
+                    builder.call(mstore, [value, vec_at(base, offset), align, masks[v]])
+                else:
+                    builder.store(value, vec_at(base, offset), align=size)
             rows_at = [builder.add(i0, const(r)) for r in range(rows)]
             do_init = builder.icmp_signed("!=", init, const(0))
-            start = [[builder.select(do_init, builder.call(mload, [
-                vec_at(ptr["z"], builder.add(builder.mul(rows_at[r], ldz), cols[v])), align, masks[v], zero]), zero)
-                for v in range(vecs)] for r in range(rows)]
+            start = [[builder.select(do_init, load(ptr["z"], builder.add(builder.mul(rows_at[r], ldz), cols[v]), v),
+                                     zero) for v in range(vecs)] for r in range(rows)]
             entry = builder.block
             loop = builder.append_basic_block("tile.k")
             done = builder.append_basic_block("tile.store")
@@ -132,8 +153,7 @@ def _make_tile(rows: int, vecs: int):
             acc = [[builder.phi(vty) for _ in range(vecs)] for _ in range(rows)]
             kk = builder.add(k, k0)
             b_row = builder.mul(kk, sb_k)
-            bv = [builder.call(mload, [vec_at(ptr["b"], builder.add(b_row, cols[v])), align, masks[v], zero])
-                  for v in range(vecs)]
+            bv = [load(ptr["b"], builder.add(b_row, cols[v]), v) for v in range(vecs)]
             a_col = builder.mul(kk, sa_k)
             new = []
             for r in range(rows):
@@ -154,8 +174,7 @@ def _make_tile(rows: int, vecs: int):
                 for v in range(vecs):
                     final[r][v].add_incoming(start[r][v], entry)
                     final[r][v].add_incoming(new[r][v], loop)
-                    builder.call(mstore, [final[r][v], vec_at(ptr["c"], builder.add(builder.mul(rows_at[r], ldc),
-                                                                                      cols[v])), align, masks[v]])
+                    store(final[r][v], ptr["c"], builder.add(builder.mul(rows_at[r], ldc), cols[v]), v)
             return context.get_dummy_value()
 
         return sig, codegen
@@ -163,15 +182,19 @@ def _make_tile(rows: int, vecs: int):
     return tile
 
 
-# Three tile shapes keep the compiled code small (each kernel that calls gemm re-optimizes it): full strips of 3
-# vectors, full strips of 1 vector (narrow outputs like the class scores), and single rows for the remainder.
+# Four tiles keep the compiled code small (each kernel that calls gemm re-optimizes them): whole tiles without
+# masks, strips of TILE_VECS masked vectors (the last columns), strips of 1 vector (narrow outputs like the class
+# scores), and single rows for the remainder.
 _tile_wide, _tile_narrow, _tile_row = _make_tile(TILE_ROWS, TILE_VECS), _make_tile(TILE_ROWS, 1), _make_tile(1, 1)
+_tile_full = _make_tile(TILE_ROWS, TILE_VECS, masked=False)  # the common case: a whole tile inside C
 
 
 @jit_inline
 def _gemm_strip(A, B, C, Z, i0, j0, k0, kb, sa_i, sa_k, sb_k, ldc, ldz, n, init, vecs, rows, lanes):
     """One strip of `rows` (TILE_ROWS or fewer) rows of C by `vecs` (<= TILE_VECS) vectors of columns."""
-    if rows == TILE_ROWS and vecs >= 2:  # fewer than TILE_VECS vectors: the rest are masked off
+    if rows == TILE_ROWS and j0 + TILE_VECS * lanes <= n:
+        _tile_full(A, B, C, Z, i0, j0, k0, kb, sa_i, sa_k, sb_k, ldc, ldz, n, init)
+    elif rows == TILE_ROWS and vecs >= 2:  # fewer than TILE_VECS vectors: the rest are masked off
         _tile_wide(A, B, C, Z, i0, j0, k0, kb, sa_i, sa_k, sb_k, ldc, ldz, n, init)
     elif rows == TILE_ROWS:
         _tile_narrow(A, B, C, Z, i0, j0, k0, kb, sa_i, sa_k, sb_k, ldc, ldz, n, init)
