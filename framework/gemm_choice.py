@@ -2,8 +2,8 @@
 measuring both once per machine and product shape, and remembered on disk.
 
 The own kernel won by 1.9-2.6x on an AVX-512 machine and lost by 2.3-3.3x on an AVX2 one (DESIGN.md), so no fixed
-rule is right everywhere. A product is (M, K, N, A transposed, dtype, threads); the first run that needs it times
-both paths (best of a few calls, well under a second for all of a step's products) and stores the winner in
+rule is right everywhere. A product is (M, K, N, A transposed, dtype); the first run that needs it times both
+paths on one core (best of a few calls, well under a second for all of a step's products) and stores the winner in
 `<cache>/gemm/<machine>.json`, keyed by the CPU (model name, LLVM target and features, vector width, tile) and
 the Numba and NumPy versions: the choice is then fixed for every later run on that machine. `FRAMEWORK_GEMM`
 forces a path: `own`, `blas` or `auto` (default: measure). Each path is deterministic and does not depend on the
@@ -43,11 +43,10 @@ class Product(NamedTuple):
     n: int
     a_t: bool
     dtype: str
-    threads: int = 1
 
     @property
     def label(self) -> str:
-        return f"{self.m}x{self.k}x{self.n}{' (A.T)' if self.a_t else ''} {self.dtype} t{self.threads}"
+        return f"{self.m}x{self.k}x{self.n}{' (A.T)' if self.a_t else ''} {self.dtype}"
 
 
 def mode() -> str:
@@ -171,7 +170,17 @@ def measure(product: Product, own, blas, budget: float = BUDGET_S) -> tuple[floa
     C = np.empty((product.m, product.n), dtype=dtype)
     own(A, B, C, 1)  # compiles on a cold cache: not timed
     blas(A, B, C, 1)
-    return _per_call(lambda r: own(A, B, C, r), budget), _per_call(lambda r: blas(A, B, C, r), budget)
+    with _one_blas_thread():  # one core each: the choice must not depend on the thread count
+        return _per_call(lambda r: own(A, B, C, r), budget), _per_call(lambda r: blas(A, B, C, r), budget)
+
+
+def _one_blas_thread():
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # then BLAS keeps its threads (OPENBLAS_NUM_THREADS)
+        import contextlib
+        return contextlib.nullcontext()
+    return threadpool_limits(1, user_api="blas")
 
 
 class Chooser:
@@ -239,15 +248,15 @@ def record() -> dict:
     return CHOOSER.record()
 
 
-def mlp_products(sizes, n: int, dtype, threads: int = 1) -> list[Product]:
+def mlp_products(sizes, n: int, dtype) -> list[Product]:
     """The products of one MLP step on n rows (sizes [D, H1, ..., C]): per layer the forward x @ W, the weight
     gradient x.T @ d, and for every layer but the first the input gradient d @ W.T (W.T materialized)."""
     name = np.dtype(dtype).name
     out = []
     for l in range(len(sizes) - 1):
         d_in, d_out = int(sizes[l]), int(sizes[l + 1])
-        out.append(Product(n, d_in, d_out, False, name, threads))
-        out.append(Product(d_in, n, d_out, True, name, threads))
+        out.append(Product(n, d_in, d_out, False, name))
+        out.append(Product(d_in, n, d_out, True, name))
         if l > 0:
-            out.append(Product(n, d_out, d_in, False, name, threads))
+            out.append(Product(n, d_out, d_in, False, name))
     return list(dict.fromkeys(out))

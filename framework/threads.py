@@ -22,8 +22,8 @@ from . import kernels as K
 from .fused import GRAD, THETA, FusedCall
 
 PARALLEL_MIN_WORK = 1 << 23  # multiply-adds per product below which one thread wins (a hand-off costs ~30 us)
-# Python's cost per GEMM call and per step when a one-thread step drives its GEMMs from Python instead of the
-# fused kernel (dispatch, choice lookup, the chunk given up): BLAS must save more than this to be used there
+# Python's cost per GEMM call and per step when a step drives its GEMMs from Python instead of the fused kernel
+# (dispatch, choice lookup, the chunk given up): BLAS must save more than this per product to be used
 PYTHON_PATH_US = 3.0
 _pool: ThreadPoolExecutor | None = None
 
@@ -46,7 +46,7 @@ def _executor(workers: int) -> ThreadPoolExecutor:
 def gemm(A, B, C, Z, ldz: int, init: bool, parts: int) -> None:
     """C = [Z +] A @ B through the path framework.gemm_choice picked for this product on this machine: BLAS
     (kernels.gemm_blas, one call; C contiguous) or the own kernel split over `parts` threads (gemm_own)."""
-    if _path(A, B, parts) == "blas":
+    if _path(A, B) == "blas":
         K.gemm_blas(A, B, C, Z, ldz, init)
     else:
         gemm_own(A, B, C, Z, ldz, init, parts)
@@ -55,76 +55,58 @@ def gemm(A, B, C, Z, ldz: int, init: bool, parts: int) -> None:
 _paths: dict[tuple, str] = {}  # (mode, product) -> path, so a call looks its choice up once
 
 
-def product(A, B, parts: int) -> gemm_choice.Product:
-    """The gemm_choice key of A @ B run with `parts` threads (1 when too small to split)."""
+def product(A, B) -> gemm_choice.Product:
+    """The gemm_choice key of A @ B (the choice does not depend on the thread count, so neither do the numbers)."""
     m, k = A.shape
-    n = B.shape[1]
-    split = parts if parts > 1 and m * n * k >= PARALLEL_MIN_WORK else 1
-    return gemm_choice.Product(m, k, n, bool(A.strides[0] < A.strides[1]), A.dtype.name, split)
+    return gemm_choice.Product(m, k, B.shape[1], bool(A.strides[0] < A.strides[1]), A.dtype.name)
 
 
-def _own_call(parts: int):
-    """own(A, B, C, reps) for gemm_choice.measure: in one compiled loop on one thread, as the fused step runs
-    it; through gemm_own's split (big products only, milliseconds each) on more."""
-    if parts <= 1:
-        return lambda A, B, C, reps: K.gemm_repeat(A, B, C, reps, False)
-
-    def own(A, B, C, reps):
-        for _ in range(reps):
-            gemm_own(A, B, C, C, 0, False, parts)
-    return own
+def _own_call(A, B, C, reps):
+    """own(A, B, C, reps) for gemm_choice.measure: one compiled loop, as the fused step runs it."""
+    K.gemm_repeat(A, B, C, reps, False)
 
 
 def _blas_call(A, B, C, reps):
     K.gemm_repeat(A, B, C, reps, True)
 
 
-def _path(A, B, parts: int) -> str:
-    p = product(A, B, parts)
+def _path(A, B) -> str:
+    p = product(A, B)
     key = (gemm_choice.mode(), p)
     path = _paths.get(key)
     if path is None:
-        path = _paths[key] = gemm_choice.CHOOSER.paths([p], _own_call(p.threads), _blas_call)[p]
+        path = _paths[key] = gemm_choice.CHOOSER.paths([p], _own_call, _blas_call)[p]
     return path
 
 
-def uses_blas(sizes, n: int, dtype, parts: int) -> bool:
+def uses_blas(sizes, n: int, dtype) -> bool:
     """Whether any product of an MLP step on n rows runs on BLAS (measuring them all now, at start-up, when this
     machine has not seen them). The model then drives its GEMMs from Python (the fused kernel has only the own
-    GEMM inside)."""
+    GEMM inside). BLAS is used only where it saves more than the Python-driven step costs; otherwise every
+    product of the step stays on the own kernel, whatever the thread count."""
     memo = (os.environ.get(gemm_choice.ENV), sizes.tobytes() if isinstance(sizes, np.ndarray) else tuple(sizes),
-            n, dtype, parts)  # cheap: the one-thread step asks on every call
+            n, dtype)  # cheap: the one-thread step asks on every call
     known = _uses_blas.get(memo)
     if known is not None:
         return known
-    key = (gemm_choice.mode(), tuple(int(s) for s in sizes), int(n), np.dtype(dtype).name, parts)
+    key = (gemm_choice.mode(), tuple(int(s) for s in sizes), int(n), np.dtype(dtype).name)
     if key not in _uses_blas:
-        wanted = [p._replace(threads=p.threads if p.m * p.k * p.n >= PARALLEL_MIN_WORK else 1)
-                  for p in gemm_choice.mlp_products(sizes, n, dtype, parts)]
-        chosen = {}
-        for threads_, group in _by_threads(wanted).items():
-            chosen.update(gemm_choice.CHOOSER.paths(group, _own_call(threads_), _blas_call))
-        _paths.update({(key[0], p): path for p, path in chosen.items()})
+        products = gemm_choice.mlp_products(sizes, n, dtype)
+        chosen = gemm_choice.CHOOSER.paths(products, _own_call, _blas_call)
         use = "blas" in chosen.values()
-        if use and parts <= 1 and key[0] == "auto":
-            # one thread: BLAS means leaving the fused kernel for Python-driven GEMMs, which costs per step
-            saved = gemm_choice.CHOOSER.saving_us(list(chosen))
-            use = saved > PYTHON_PATH_US * (1 + len(chosen))
+        if use and key[0] == "auto":
+            # BLAS means leaving the fused kernel for Python-driven GEMMs, which costs per call and per step
+            use = gemm_choice.CHOOSER.saving_us(products) > PYTHON_PATH_US * (1 + len(products))
             if not use:
-                gemm_choice.CHOOSER.used.update({p: "own" for p in chosen})
+                chosen = {p: "own" for p in products}
+                gemm_choice.CHOOSER.used.update(chosen)
+        _paths.update({(key[0], p): path for p, path in chosen.items()})
         _uses_blas[key] = use
     _uses_blas[memo] = _uses_blas[key]
     return _uses_blas[key]
 
 
 _uses_blas: dict[tuple, bool] = {}
-
-
-def _by_threads(products) -> dict[int, list]:
-    groups: dict[int, list] = {}
-    for p in products:
-        groups.setdefault(p.threads, []).append(p)
-    return groups
 
 
 def gemm_own(A, B, C, Z, ldz: int, init: bool, parts: int) -> None:

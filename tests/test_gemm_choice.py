@@ -82,7 +82,7 @@ def test_choices_are_measured_once_and_cached_per_machine(fresh, monkeypatch):
     assert G.load(path, other) == {}
     record = again.record()
     assert record["mode"] == "auto" and record["cpu"]["isa"] in ("AVX-512", "AVX2", "AVX", "SSE/other")
-    assert {r["product"]: r["path"] for r in record["products"]}["64x32x100 (A.T) float32 t1"] == "blas"
+    assert {r["product"]: r["path"] for r in record["products"]}["64x32x100 (A.T) float32"] == "blas"
     json.dumps(record)  # the run folder gets it as JSON
 
 
@@ -120,17 +120,17 @@ def test_one_thread_leaves_the_fused_kernel_only_when_blas_saves_enough(fresh, m
                                                           (32, 10, 100, False)]
     small = {(p.m, p.k, p.n): (2.0, 1.5) for p in products}  # BLAS wins each, by 0.5 us: not worth a step
     monkeypatch.setattr(G, "measure", fake_measure(small, []))
-    assert threads.uses_blas(sizes, n, np.float32, 1) is False
+    assert threads.uses_blas(sizes, n, np.float32) is False
     assert {r["path"] for r in G.CHOOSER.record()["products"]} == {"own"}
     monkeypatch.setattr(G, "CHOOSER", G.Chooser())
     monkeypatch.setattr(threads, "_uses_blas", {})
     G.cache_path().unlink()
     big = {(p.m, p.k, p.n): (200.0, 50.0) for p in products}
     monkeypatch.setattr(G, "measure", fake_measure(big, []))
-    assert threads.uses_blas(sizes, n, np.float32, 1) is True
+    assert threads.uses_blas(sizes, n, np.float32) is True
     for forced, want in (("own", False), ("blas", True)):
         monkeypatch.setenv(G.ENV, forced)
-        assert threads.uses_blas(sizes, n, np.float32, 1) is want
+        assert threads.uses_blas(sizes, n, np.float32) is want
 
 
 @pytest.mark.parametrize("forced", ["own", "blas"])
@@ -153,7 +153,7 @@ def test_each_forced_path_matches_numpy_and_ignores_the_thread_count(fresh, monk
             assert np.all(np.abs(C - ref) <= tol * scale)
             outs.append(C)
         assert np.array_equal(outs[0], outs[1])
-        assert G.CHOOSER.used[threads.product(A, B, 2)] == forced
+        assert G.CHOOSER.used[threads.product(A, B)] == forced
 
 
 def fit(tmp_path, parts, *overrides, monkeypatch):
@@ -176,6 +176,28 @@ def test_training_on_each_path_is_bit_identical_across_threads(fresh, monkeypatc
     assert one.history["val/acc"][-1] > 0.4  # learning (chance 0.1): both paths compute the real gradient
     if forced == "blas":  # a one-thread step left the fused kernel to use BLAS
         assert one.model.fused_loss(32) is None
+
+
+def test_auto_choice_is_the_same_for_every_thread_count(fresh, monkeypatch):
+    """In auto mode the choice (here BLAS, by far, for the first layer's products) does not depend on the thread
+    count, so the numbers do not either; the one-thread step leaves the fused kernel to use it."""
+    monkeypatch.setenv(G.ENV, "auto")
+    table = {}
+
+    def measure(product, own, blas, budget=G.BUDGET_S):
+        first = product.n == 40 or product.k == 40 and product.a_t is False and product.m != 40
+        table[product] = "blas" if first else "own"
+        return (500e-6, 100e-6) if first else (1e-6, 2e-6)
+
+    monkeypatch.setattr(G, "measure", measure)
+    one = fit(fresh, 1, monkeypatch=monkeypatch)
+    assert one.model.fused_loss(32) is None and "blas" in table.values()
+    two = fit(fresh, 2, monkeypatch=monkeypatch)
+    assert np.array_equal(one.theta, two.theta)
+    monkeypatch.setenv(G.ENV, "own")
+    own = fit(fresh / "own", 1, monkeypatch=monkeypatch)
+    assert not np.array_equal(one.theta, own.theta)  # BLAS really ran (last-bit differences)
+    np.testing.assert_allclose(one.theta, own.theta, rtol=0, atol=1e-9)
 
 
 def test_forced_paths_train_to_close_numbers(fresh, monkeypatch):
