@@ -235,8 +235,10 @@ class Chooser:
         forced = mode()
         timings = self.choices if forced == "auto" else {}
         return {"mode": forced, "cpu": cpu_info(),
-                "products": [{"product": p.label, "path": path, **{k: v for k, v in timings.get(p, {}).items()
-                                                                   if k != "path"}}
+                "products": [{"product": p.label, "path": path,
+                              # alone faster; the step may still keep the own kernel (threads.uses_blas)
+                              **({"faster": timings[p]["path"], "own_us": timings[p]["own_us"],
+                                  "blas_us": timings[p]["blas_us"]} if p in timings else {})}
                              for p, path in sorted(self.used.items())]}
 
 

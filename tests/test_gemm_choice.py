@@ -121,7 +121,9 @@ def test_one_thread_leaves_the_fused_kernel_only_when_blas_saves_enough(fresh, m
     small = {(p.m, p.k, p.n): (2.0, 1.5) for p in products}  # BLAS wins each, by 0.5 us: not worth a step
     monkeypatch.setattr(G, "measure", fake_measure(small, []))
     assert threads.uses_blas(sizes, n, np.float32) is False
-    assert {r["path"] for r in G.CHOOSER.record()["products"]} == {"own"}
+    rows = G.CHOOSER.record()["products"]
+    assert {r["path"] for r in rows} == {"own"} and {r["faster"] for r in rows} == {"blas"}
+    assert {(r["own_us"], r["blas_us"]) for r in rows} == {(2.0, 1.5)}
     monkeypatch.setattr(G, "CHOOSER", G.Chooser())
     monkeypatch.setattr(threads, "_uses_blas", {})
     G.cache_path().unlink()
