@@ -14,6 +14,9 @@ thread pool run back to back with a pause when the pool changes; medians reporte
 - torch: PyTorch eager on the CPU (nn.Linear/ReLU, cross_entropy, torch.optim.Adam with L2 as coupled weight
   decay on the weights only, which is the framework's update exactly), plain and `fused=True`, and plain with
   an EMA (`torch._foreach_lerp_`). Skipped when torch is not installed (`pip install framework[bench]`).
+- jax: JAX + optax on the CPU (the same MLP, softmax cross-entropy, L2 as 0.5 * reg * sum W^2 in the loss,
+  optax.adam), one `jax.jit` step per call (`jax`) and a whole chunk of steps in one `lax.scan` (`jax scan`).
+  Skipped when jax or optax is not installed (`pip install jax optax`).
 - gemm: the step's biggest GEMMs (the first layer's forward X @ W1 and weight gradient X.T @ dA1, same shapes,
   dtype and threads), once with NumPy's matmul (OpenBLAS) and once with the framework's own register-tiled
   kernels.gemm; the faster of the two is the GEMM peak of this machine for these shapes.
@@ -60,6 +63,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import gemm_choice
 from . import kernels as K
 from . import threads
 from .fused import FusedSteps
@@ -120,6 +124,7 @@ GOALS = [
     ("W3", "vs_torch", 1.3, "W3 framework >= 1.3x PyTorch eager"),
     ("W3", "vs_torch_fused", 1.0, "W3 framework >= 1.0x PyTorch fused"),
     ("W3", "peak_fraction", 0.85, "W3 framework >= 85% of GEMM peak (6*N*P FLOPs)"),
+    *[(w, "vs_jax", 1.0, f"{w} framework >= 1.0x the JAX jit step") for w in ("W1", "W2", "W3")],
 ]
 WARM_START_GOAL_S = 1.0
 COLD_COMPILE_GOAL_S = 10.0
@@ -413,6 +418,95 @@ class TorchSteps(ReferenceSteps):
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# JAX + optax
+# ----------------------------------------------------------------------------------------------------------------
+def jax_available() -> bool:
+    try:
+        import jax  # noqa: F401
+        import optax  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class JaxSteps(ReferenceSteps):
+    """The same step in JAX: a jitted loss (affine/ReLU, softmax cross-entropy, 0.5 * reg * sum W^2 over the
+    weights, so the gradient is Adam's coupled L2 as in the framework) and optax.adam. With scan, `run_steps`
+    runs chunks of `chunk` steps as one jitted lax.scan over their batch indices (an epoch-style loop)."""
+
+    def __init__(self, run, scan: bool = False, chunk: int = 16):
+        import jax
+        import jax.numpy as jnp
+        import optax
+
+        if run.theta.dtype == np.float64:
+            jax.config.update("jax_enable_x64", True)
+        self.jax, self.jnp = jax, jnp
+        hp = hyperparameters(run)
+        views = run.layout.views(run.theta)
+        layers = len(views) // 2
+        self.params = [(jnp.asarray(views[f"W{l}"]), jnp.asarray(views[f"b{l}"])) for l in range(1, layers + 1)]
+        self.opt = optax.adam(hp["lr"], b1=hp["beta1"], b2=hp["beta2"], eps=hp["eps"])
+        self.state = self.opt.init(self.params)
+        self.X, self.y = jnp.asarray(run.data.X_train), jnp.asarray(run.data.y_train)
+        self.batch = run.settings.batch_size
+        self.gen = np.random.default_rng(1)
+        self.perm = self.gen.permutation(len(run.data.y_train))
+        self.cursor = 0
+        self.scan, self.chunk = scan, max(1, min(chunk, len(self.perm) // self.batch))
+        reg, opt = hp["reg"], self.opt
+
+        def loss_fn(params, xb, yb):
+            h = xb
+            for l, (W, b) in enumerate(params):
+                h = h @ W + b
+                if l < len(params) - 1:
+                    h = jnp.maximum(h, 0)
+            logp = jax.nn.log_softmax(h)
+            data = -jnp.mean(jnp.take_along_axis(logp, yb[:, None], axis=1))
+            return data + 0.5 * reg * sum(jnp.sum(W * W) for W, _ in params)
+
+        def step(params, state, X, y, idx):
+            loss, grads = jax.value_and_grad(loss_fn)(params, X[idx], y[idx])
+            updates, state = opt.update(grads, state, params)
+            return optax.apply_updates(params, updates), state, loss
+
+        def epoch(params, state, X, y, batches):
+            def body(carry, idx):
+                p, s, loss = step(carry[0], carry[1], X, y, idx)
+                return (p, s), loss
+            (params, state), losses = jax.lax.scan(body, (params, state), batches)
+            return params, state, losses[-1]
+
+        self._step = jax.jit(step)
+        self._epoch = jax.jit(epoch)
+
+    def step(self, idx):
+        self.params, self.state, loss = self._step(self.params, self.state, self.X, self.y, idx)
+        return loss
+
+    def run_steps(self, n: int) -> int:
+        if not self.scan:
+            out = super().run_steps(n)
+            self.jax.block_until_ready(self.params)
+            return out
+        B, per_epoch, done = self.batch, len(self.perm) // self.batch, 0
+        while done < n:  # whole chunks (one compiled shape), each from the current order
+            if self.cursor + self.chunk > per_epoch:
+                self.perm, self.cursor = self.new_order(), 0
+            batches = self.perm[self.cursor * B:(self.cursor + self.chunk) * B].reshape(self.chunk, B)
+            self.params, self.state, _ = self._epoch(self.params, self.state, self.X, self.y,
+                                                     self.jnp.asarray(batches))
+            self.cursor += self.chunk
+            done += self.chunk
+        self.jax.block_until_ready(self.params)
+        return done
+
+    def new_order(self):
+        return self.gen.permutation(len(self.y))
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # GEMM peak
 # ----------------------------------------------------------------------------------------------------------------
 class GemmPeak:
@@ -463,7 +557,7 @@ POOL_SWITCH_PAUSE_S = 0.15
 
 def pool_of(variant) -> str:
     """Which thread pool a variant's heavy work runs on: SciPy's OpenBLAS (Numba), NumPy's OpenBLAS or torch's."""
-    return {FrameworkSteps: "scipy-blas", TorchSteps: "torch"}.get(type(variant), "numpy-blas")
+    return {FrameworkSteps: "scipy-blas", TorchSteps: "torch", JaxSteps: "xla"}.get(type(variant), "numpy-blas")
 
 
 def interleaved(variants: dict, rounds: int, block_s: float, pause_s: float = 0.01,
@@ -734,11 +828,18 @@ def machine_info(threads: int) -> dict:
         import torch
 
         info["torch"] = torch.__version__
+    if jax_available():
+        import jax
+        import optax
+
+        info["jax"] = f"{jax.__version__} (optax {optax.__version__})"
+    info["gemm_cpu"] = gemm_choice.cpu_info()
     return info
 
 
 def bench_pair(workload: Workload, dtype: str, rounds: int, block_s: float, alloc_steps: int,
-               with_torch: bool, profile_calls: int, steps_per_epoch: int | None = None, threads: int = 1) -> dict:
+               with_torch: bool, profile_calls: int, steps_per_epoch: int | None = None, threads: int = 1,
+               with_jax: bool = False) -> dict:
     """Every timing of one workload and dtype, in one interleaved set of rounds. The framework's epoch is
     `steps_per_epoch` batches of random data (default: 250 for small inputs, 4 for wide ones, so the data set
     stays near 4 MB / 25 MB in float64)."""
@@ -758,8 +859,12 @@ def bench_pair(workload: Workload, dtype: str, rounds: int, block_s: float, allo
         variants["torch"] = TorchSteps(runs["fw"], fused=False, ema=False)
         variants["torch fused"] = TorchSteps(runs["fw"], fused=True, ema=False)
         variants["torch+ema"] = TorchSteps(runs["fw"], fused=False, ema=True)
+    if with_jax:
+        variants["jax"] = JaxSteps(runs["fw"])
+        variants["jax scan"] = JaxSteps(runs["fw"], scan=True)
     variants["gemm"] = GemmPeak(workload, dtype)
     variants["gemm own"] = GemmPeak(workload, dtype, own=True)
+    runs["fw"].train_epoch()  # the GEMM choice (measured once per machine) is made here, never in a timed block
     times = interleaved(variants, rounds, block_s, switch_pause_s=POOL_SWITCH_PAUSE_S if threads > 1 else 0.02)
     time.sleep(POOL_SWITCH_PAUSE_S)
     variants["fw+callbacks"].close()
@@ -786,6 +891,10 @@ def bench_pair(workload: Workload, dtype: str, rounds: int, block_s: float, allo
                     "ema_vs_torch_ema": med["torch+ema"] / med["fw+ema"]})
         out["best_of"].update({"vs_torch": best["torch"] / best["fw"],
                                "vs_torch_fused": best["torch fused"] / best["fw"]})
+    if with_jax:
+        out.update({"vs_jax": med["jax"] / fw, "vs_jax_scan": med["jax scan"] / fw})
+        out["best_of"].update({"vs_jax": best["jax"] / best["fw"]})
+    out["gemm_paths"] = gemm_paths(runs["fw"])
     out["alloc"] = allocations(runs["fw+ema"], alloc_steps)
     out["profile"] = {"fw": profile_step(runs["fw"], profile_calls),
                       "fw+ema": profile_step(runs["fw+ema"], profile_calls)}
@@ -798,6 +907,16 @@ def bench_pair(workload: Workload, dtype: str, rounds: int, block_s: float, allo
     return out
 
 
+def gemm_paths(run) -> dict:
+    """Which GEMM each product of the run's step used ('own' | 'blas', framework.gemm_choice), and whether the
+    step ran as the fused kernel (own GEMMs inside) or drove its GEMMs from Python."""
+    model, n = run.model, run.settings.batch_size
+    wanted = {(p.m, p.k, p.n, p.a_t, p.dtype) for p in gemm_choice.mlp_products(model.sizes, n, model.dtype)}
+    used = {p.label: path for p, path in gemm_choice.CHOOSER.used.items() if (p.m, p.k, p.n, p.a_t, p.dtype) in wanted}
+    route = "fused kernel" if FusedSteps.plan(run) is not None else "GEMMs from Python"
+    return {"mode": gemm_choice.mode(), "route": route, "products": used}
+
+
 def run_bench(workloads, dtypes, repeats: int, quick: bool, threads: int, startup_dtypes=None, log=print) -> dict:
     """The whole benchmark; returns a JSON-able dict (see `report` for the table)."""
     import scipy.linalg.cython_blas  # noqa: F401  (SciPy's OpenBLAS, which np.dot inside Numba calls)
@@ -806,6 +925,10 @@ def run_bench(workloads, dtypes, repeats: int, quick: bool, threads: int, startu
     # threadpool_limits only reaches libraries already loaded: load SciPy's BLAS (and torch's OpenMP) first, or
     # Numba's GEMMs keep all cores' threads and, on a busy machine, wait a scheduler tick (4 ms) per call
     with_torch = torch_available()
+    if threads == 1:  # before jax is imported: XLA's CPU pool then stays on one core like the others
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                                   " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1").strip()
+    with_jax = jax_available()
     if with_torch:
         import torch
 
@@ -823,7 +946,7 @@ def run_bench(workloads, dtypes, repeats: int, quick: bool, threads: int, startu
                 log(f"... {wl.label()} {dtype}")
                 result["pairs"].append(bench_pair(
                     wl, dtype, repeats, block_s, alloc_steps=1000 if name == "W1" else 20, with_torch=with_torch,
-                    profile_calls=500 if name == "W1" else 3, threads=threads))
+                    profile_calls=500 if name == "W1" else 3, threads=threads, with_jax=with_jax))
     for dtype in (startup_dtypes or dtypes):
         log(f"... start-up {dtype}")
         with tempfile.TemporaryDirectory(prefix="bench-numba-cache-") as cache:
@@ -866,7 +989,10 @@ def report(result: dict) -> str:
     lines = [f"machine: nproc {m['nproc']}, CPU {m['cpu']}, Python {m['python']}, NumPy {m['numpy']}, "
              f"Numba {m['numba']}, torch {m.get('torch', 'absent')}; threads {m['threads']} (BLAS and torch; "
              "no Numba parallel kernels)",
-             f"BLAS: {'; '.join(m.get('blas', []))}",
+             f"BLAS: {'; '.join(m.get('blas', []))}; JAX: {m.get('jax', 'absent')}",
+             f"GEMM target: {m['gemm_cpu']['model']} ({m['gemm_cpu']['target']}, {m['gemm_cpu']['isa']}, "
+             f"{m['gemm_cpu']['vector_bits']}-bit vectors x {m['gemm_cpu']['vector_registers']} registers, own tile "
+             f"{m['gemm_cpu']['tile']})",
              f"env: {' '.join(f'{k}={v}' for k, v in sorted(m['env'].items())) or '-'}; load average "
              f"{m['loadavg_start'][0]:.2f} at start, {m['loadavg_end'][0]:.2f} at end",
              ]
@@ -875,22 +1001,31 @@ def report(result: dict) -> str:
                      "cores and every figure is inflated at random. Rerun on an idle machine, or compare with "
                      "--threads 1.")
     lines += ["", f"step time, us (median of {result['repeats']} interleaved rounds)"]
-    cols = ["fw", "fw+ema", "fw nomon", "fw+callbacks", "numpy", "torch", "torch fused", "torch+ema"]
+    cols = ["fw", "fw+ema", "fw nomon", "fw+callbacks", "numpy", "torch", "torch fused", "torch+ema", "jax",
+            "jax scan"]
     lines.append(f"{'workload':<34} {'dtype':<8}" + "".join(f"{c:>13}" for c in cols))
     for p in result["pairs"]:
         lines.append(f"{p['workload']:<34} {p['dtype']:<8}" +
                      "".join(f"{p['step_us'][c]:>13.1f}" if c in p["step_us"] else f"{'-':>13}" for c in cols))
     lines += ["", "ratios (time of the other / framework's time, same run) and FLOP/s"]
-    head = ["vs numpy", "vs torch", "vs fused", "ema vs t+ema", "fw GFLOP/s", "GEMM peak", "6NP/peak",
-            "exact/peak", "monitor"]
+    head = ["vs numpy", "vs torch", "vs fused", "ema vs t+ema", "vs jax", "vs jax scan", "fw GFLOP/s", "GEMM peak",
+            "6NP/peak", "exact/peak", "monitor"]
     lines.append(f"{'workload':<34} {'dtype':<8}" + "".join(f"{c:>13}" for c in head))
     for p in result["pairs"]:
         vals = [f"{p['vs_numpy']:.2f}x", f"{p['vs_torch']:.2f}x" if "vs_torch" in p else "-",
                 f"{p['vs_torch_fused']:.2f}x" if "vs_torch_fused" in p else "-",
                 f"{p['ema_vs_torch_ema']:.2f}x" if "ema_vs_torch_ema" in p else "-",
+                f"{p['vs_jax']:.2f}x" if "vs_jax" in p else "-",
+                f"{p['vs_jax_scan']:.2f}x" if "vs_jax_scan" in p else "-",
                 f"{p['fw_gflops']:.1f}", f"{p['gemm_peak_gflops']:.1f}", f"{100 * p['peak_fraction']:.0f}%",
                 f"{100 * p['exact_peak_fraction']:.0f}%", f"{100 * p['monitor_overhead']:.2f}%"]
         lines.append(f"{p['workload']:<34} {p['dtype']:<8}" + "".join(f"{v:>13}" for v in vals))
+    lines += ["", "GEMM path per product of the step (framework.gemm_choice: own kernel or BLAS, measured once per "
+              "machine; FRAMEWORK_GEMM=own|blas|auto)"]
+    for p in result["pairs"]:
+        g = p.get("gemm_paths", {})
+        lines.append(f"{p['workload']:<34} {p['dtype']:<8} {g.get('mode', '?')}, {g.get('route', '?')}: " +
+                     ", ".join(f"{k} {v}" for k, v in g.get("products", {}).items()))
     lines += ["", "monitoring at defaults (monitor.every, TensorBoard + diagnostics callbacks): its own time per step "
               "(timed directly; the 'monitor' column above), and the step-time difference fw+callbacks vs fw nomon"]
     for p in result["pairs"]:

@@ -33,20 +33,55 @@ jit_sum = njit(cache=True, error_model="numpy", nogil=True, fastmath={"reassoc"}
 # It lives in this file because Numba's disk cache tracks only the file of the function it compiles.
 # ----------------------------------------------------------------------------------------------------------------
 llvm.initialize_native_target()
-VECTOR_BITS = 512 if "+avx512f" in llvm.get_host_cpu_features().flatten() else 256
-TILE_ROWS = 8 if VECTOR_BITS == 512 else 4  # accumulators + 3 B vectors + 1 broadcast fit the 32 (16) registers
-TILE_VECS = 3
+_PROBE = """define void @probe(<{lanes} x float>* %p) {{
+  %v = load <{lanes} x float>, <{lanes} x float>* %p
+  %w = fadd <{lanes} x float> %v, %v
+  store <{lanes} x float> %w, <{lanes} x float>* %p
+  ret void
+}}"""
+
+
+def target_vector_bits() -> int:
+    """Width of the vector registers of the CPU Numba compiles for: 512 (AVX-512), 256 (AVX/AVX2) or 128.
+
+    Asked of Numba's own target machine, so NUMBA_CPU_NAME / NUMBA_CPU_FEATURES count, not only the host: one
+    vector add is compiled and the register names LLVM picks are read. (NUMBA_CPU_NAME=haswell alone still
+    passes the host's feature list, +avx512f included; add NUMBA_CPU_FEATURES=+64bit to get haswell's own.)"""
+    try:
+        from numba.core.registry import cpu_target
+        machine = cpu_target.target_context.codegen()._tm
+        for bits, register in ((512, "%zmm"), (256, "%ymm")):
+            module = llvm.parse_assembly(_PROBE.format(lanes=bits // 32))
+            if register in machine.emit_assembly(module):
+                return bits
+        return 128
+    except Exception:  # a Numba without this internal: the host's features (what Numba uses by default)
+        return 512 if "+avx512f" in llvm.get_host_cpu_features().flatten() else 256
+
+
+def tile_shape(vector_registers: int, vecs: int = 3) -> tuple[int, int]:
+    """(rows, vecs) of the GEMM tile for a register file: rows x vecs accumulators, vecs B loads and one A
+    broadcast must fit, or the tile spills inside its inner loop (8 x 3 on AVX-512's 32 registers spilled on
+    AVX2's 16: 30.9 vs 71.1 GFLOP/s for OpenBLAS). 32 -> 8 x 3 (28 live), 16 -> 4 x 3 (16 live)."""
+    return max(1, min(8, (vector_registers - vecs - 1) // vecs)), vecs
+
+
+VECTOR_BITS = target_vector_bits()
+VECTOR_REGISTERS = 32 if VECTOR_BITS == 512 else 16  # zmm0-31 with AVX-512; ymm/xmm0-15 otherwise (x86-64)
+TILE_ROWS, TILE_VECS = tile_shape(VECTOR_REGISTERS)
 K_BLOCK = 256  # rows of B per pass: a 256 x 3-vector panel of B stays in L1/L2 while every row strip uses it
 _I64 = ir.IntType(64)
 _I32 = ir.IntType(32)
 
 
-def _make_tile(rows: int, vecs: int):
+def _make_tile(rows: int, vecs: int, masked: bool = True):
     """Intrinsic tile(A, B, C, Z, i0, j0, k0, kb, sa_i, sa_k, sb_k, ldc, ldz, n, init) over data pointers
     (see _address): for r < rows, v < vecs
     C[i0+r, j0+v*VL : +VL] = (Z[(i0+r)*ldz + j0+v*VL : +VL] if init else 0) + sum_{k<kb} A[i0+r, k0+k] B[k0+k, ...]
     with A[i, k] at i*sa_i + k*sa_k (any layout, e.g. a transposed view), B rows at k*sb_k, contiguous within a
-    row, C rows at i*ldc. Columns >= n are masked off (never read or written). Strides are in elements."""
+    row, C rows at i*ldc. Columns >= n are masked off (never read or written). Strides are in elements.
+    masked=False: plain loads and stores for blocks whose columns are all < n (the caller checks). On AVX2 the
+    masks live in vector registers (3 of the 16) and their conversions in the loop; AVX-512 has mask registers."""
 
     @intrinsic
     def tile(typingctx, A, B, C, Z, i0, j0, k0, kb, sa_i, sa_k, sb_k, ldc, ldz, n, init):
@@ -82,14 +117,33 @@ def _make_tile(rows: int, vecs: int):
             def vec_at(base, offset):
                 return builder.bitcast(builder.gep(base, [offset]), vpty)
 
-            lane_ids = ir.Constant(ir.VectorType(_I64, lanes), list(range(lanes)))
             cols = [builder.add(j0, const(v * lanes)) for v in range(vecs)]
-            masks = [builder.icmp_signed("<", lane_ids, splat(builder.sub(n, col), _I64)) for col in cols]
+            # lane < n - col, compared in ints as wide as the floats (AVX2's masked moves take such vectors)
+            ity = ir.IntType(8 * size)
+            lane_ids = ir.Constant(ir.VectorType(ity, lanes), list(range(lanes)))
+
+            def mask_for(col):
+                left = builder.sub(n, col)
+                left = builder.select(builder.icmp_signed("<", left, const(0)), const(0), left)
+                left = builder.select(builder.icmp_signed(">", left, const(lanes)), const(lanes), left)
+                return builder.icmp_signed("<", lane_ids, splat(builder.trunc(left, ity) if size < 8 else left, ity))
+
+            masks = [mask_for(col) for col in cols] if masked else [None] * vecs
+
+            def load(base, offset, v):
+                if masked:
+                    return builder.call(mload, [vec_at(base, offset), align, masks[v], zero])
+                return builder.load(vec_at(base, offset), align=size)
+
+            def store(value, base, offset, v):
+                if masked:
+                    builder.call(mstore, [value, vec_at(base, offset), align, masks[v]])
+                else:
+                    builder.store(value, vec_at(base, offset), align=size)
             rows_at = [builder.add(i0, const(r)) for r in range(rows)]
             do_init = builder.icmp_signed("!=", init, const(0))
-            start = [[builder.select(do_init, builder.call(mload, [
-                vec_at(ptr["z"], builder.add(builder.mul(rows_at[r], ldz), cols[v])), align, masks[v], zero]), zero)
-                for v in range(vecs)] for r in range(rows)]
+            start = [[builder.select(do_init, load(ptr["z"], builder.add(builder.mul(rows_at[r], ldz), cols[v]), v),
+                                     zero) for v in range(vecs)] for r in range(rows)]
             entry = builder.block
             loop = builder.append_basic_block("tile.k")
             done = builder.append_basic_block("tile.store")
@@ -99,8 +153,7 @@ def _make_tile(rows: int, vecs: int):
             acc = [[builder.phi(vty) for _ in range(vecs)] for _ in range(rows)]
             kk = builder.add(k, k0)
             b_row = builder.mul(kk, sb_k)
-            bv = [builder.call(mload, [vec_at(ptr["b"], builder.add(b_row, cols[v])), align, masks[v], zero])
-                  for v in range(vecs)]
+            bv = [load(ptr["b"], builder.add(b_row, cols[v]), v) for v in range(vecs)]
             a_col = builder.mul(kk, sa_k)
             new = []
             for r in range(rows):
@@ -121,8 +174,7 @@ def _make_tile(rows: int, vecs: int):
                 for v in range(vecs):
                     final[r][v].add_incoming(start[r][v], entry)
                     final[r][v].add_incoming(new[r][v], loop)
-                    builder.call(mstore, [final[r][v], vec_at(ptr["c"], builder.add(builder.mul(rows_at[r], ldc),
-                                                                                      cols[v])), align, masks[v]])
+                    store(final[r][v], ptr["c"], builder.add(builder.mul(rows_at[r], ldc), cols[v]), v)
             return context.get_dummy_value()
 
         return sig, codegen
@@ -130,15 +182,19 @@ def _make_tile(rows: int, vecs: int):
     return tile
 
 
-# Three tile shapes keep the compiled code small (each kernel that calls gemm re-optimizes it): full strips of 3
-# vectors, full strips of 1 vector (narrow outputs like the class scores), and single rows for the remainder.
-_tile_wide, _tile_narrow, _tile_row = _make_tile(TILE_ROWS, 3), _make_tile(TILE_ROWS, 1), _make_tile(1, 1)
+# Four tiles keep the compiled code small (each kernel that calls gemm re-optimizes them): whole tiles without
+# masks, strips of TILE_VECS masked vectors (the last columns), strips of 1 vector (narrow outputs like the class
+# scores), and single rows for the remainder.
+_tile_wide, _tile_narrow, _tile_row = _make_tile(TILE_ROWS, TILE_VECS), _make_tile(TILE_ROWS, 1), _make_tile(1, 1)
+_tile_full = _make_tile(TILE_ROWS, TILE_VECS, masked=False)  # the common case: a whole tile inside C
 
 
 @jit_inline
 def _gemm_strip(A, B, C, Z, i0, j0, k0, kb, sa_i, sa_k, sb_k, ldc, ldz, n, init, vecs, rows, lanes):
-    """One strip of `rows` (TILE_ROWS or fewer) rows of C by `vecs` (<= 3) vectors of columns (see _make_tile)."""
-    if rows == TILE_ROWS and vecs >= 2:  # 2 vectors: the third is masked off
+    """One strip of `rows` (TILE_ROWS or fewer) rows of C by `vecs` (<= TILE_VECS) vectors of columns."""
+    if rows == TILE_ROWS and j0 + TILE_VECS * lanes <= n:
+        _tile_full(A, B, C, Z, i0, j0, k0, kb, sa_i, sa_k, sb_k, ldc, ldz, n, init)
+    elif rows == TILE_ROWS and vecs >= 2:  # fewer than TILE_VECS vectors: the rest are masked off
         _tile_wide(A, B, C, Z, i0, j0, k0, kb, sa_i, sa_k, sb_k, ldc, ldz, n, init)
     elif rows == TILE_ROWS:
         _tile_narrow(A, B, C, Z, i0, j0, k0, kb, sa_i, sa_k, sb_k, ldc, ldz, n, init)
@@ -185,6 +241,31 @@ def gemm(A, B, C, Z, ldz, init):
     _gemm_blocks(_address(A), _address(B), _address(C), _address(Z), m, n, kdim, A.strides[0] // size,
                  A.strides[1] // size, B.strides[0] // size, C.strides[0] // size, ldz, 1 if init else 0,
                  VECTOR_BITS // (8 * size))
+
+
+@jit
+def gemm_blas(A, B, C, Z, ldz, init):
+    """gemm's contract through BLAS (np.dot inside njit: SciPy's OpenBLAS, with its own threads): C (M, N) =
+    A (M, K) @ B (K, N) [+ Z rows at stride ldz]. A and B contiguous in either order (x.T views are fine), C
+    C-contiguous. Z is added after the product (gemm seeds its sums with it: last-bit differences)."""
+    np.dot(A, B, C)
+    if init:
+        m, n = C.shape
+        fz = Z.ravel()
+        for i in range(m):
+            for j in range(n):
+                C[i, j] += fz[i * ldz + j]
+
+
+@jit
+def gemm_repeat(A, B, C, reps, blas):
+    """C = A @ B `reps` times through gemm, or gemm_blas with blas: timing from inside compiled code, as the
+    step calls them (a call from Python adds ~1 us of dispatch, as much as a small product takes)."""
+    for _ in range(reps):
+        if blas:
+            gemm_blas(A, B, C, C, 0, False)
+        else:
+            gemm(A, B, C, C, 0, False)
 
 
 @jit
@@ -292,12 +373,20 @@ def exp_nonpositive_f32(flat):
     one, half, low = np.float32(1.0), np.float32(0.5), np.float32(-87.0)
     c2, c3, c4 = np.float32(1 / 2), np.float32(1 / 6), np.float32(1 / 24)
     c5, c6, c7 = np.float32(1 / 120), np.float32(1 / 720), np.float32(1 / 5040)
+    zero, last = np.float32(0.0), np.float32(_POW2_NEG.size - 1)
     for i in range(flat.size):
-        x = max(flat[i], low)
+        x = flat[i]
+        x = low if x < low else x  # not max(): a NaN must stay NaN (a diverged loss has to read as one)
         k = np.floor(x * _LOG2E_F32 + half)
         r = x - k * _LN2_HI_F32 - k * _LN2_LO_F32
         p = one + r * (one + r * (c2 + r * (c3 + r * (c4 + r * (c5 + r * (c6 + r * c7))))))
-        flat[i] = p * _POW2_NEG[-np.int32(k)]
+        # The table index, clamped while still a float: NaN or +inf (a diverged net) and positive inputs would
+        # index outside the table (Numba checks no bounds; that was a SIGSEGV). NaN fails both tests and lands
+        # on 0; p is NaN then anyway. In range (-87 <= x <= 0) nothing changes.
+        j = -k
+        j = j if j > zero else zero
+        j = j if j < last else last
+        flat[i] = p * _POW2_NEG[np.int32(j)]
 
 
 @jit

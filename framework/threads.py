@@ -5,19 +5,26 @@ calls it uncacheable). For wide layers (W2, W3: milliseconds per product) the mo
 from Python and splits each product over a small thread pool: kernels.gemm releases the GIL, and every
 output row is the same FMA chain whichever thread computes it, so the numbers do not depend on the thread count.
 Threads: numba.get_num_threads() (NUMBA_NUM_THREADS, default all cores; the search preset sets 1 per job).
+Each product runs the GEMM framework.gemm_choice picked for it on this machine: the own kernel (split here) or
+BLAS (one call; BLAS has its own threads).
 """
 from __future__ import annotations
 
 import atexit
+import os
 from concurrent.futures import ThreadPoolExecutor
 
 import numba
 import numpy as np
 
+from . import gemm_choice
 from . import kernels as K
 from .fused import GRAD, THETA, FusedCall
 
 PARALLEL_MIN_WORK = 1 << 23  # multiply-adds per product below which one thread wins (a hand-off costs ~30 us)
+# Python's cost per GEMM call and per step when a step drives its GEMMs from Python instead of the fused kernel
+# (dispatch, choice lookup, the chunk given up): BLAS must save more than this per product to be used
+PYTHON_PATH_US = 3.0
 _pool: ThreadPoolExecutor | None = None
 
 
@@ -37,6 +44,72 @@ def _executor(workers: int) -> ThreadPoolExecutor:
 
 
 def gemm(A, B, C, Z, ldz: int, init: bool, parts: int) -> None:
+    """C = [Z +] A @ B through the path framework.gemm_choice picked for this product on this machine: BLAS
+    (kernels.gemm_blas, one call; C contiguous) or the own kernel split over `parts` threads (gemm_own)."""
+    if _path(A, B) == "blas":
+        K.gemm_blas(A, B, C, Z, ldz, init)
+    else:
+        gemm_own(A, B, C, Z, ldz, init, parts)
+
+
+_paths: dict[tuple, str] = {}  # (mode, product) -> path, so a call looks its choice up once
+
+
+def product(A, B) -> gemm_choice.Product:
+    """The gemm_choice key of A @ B (the choice does not depend on the thread count, so neither do the numbers)."""
+    m, k = A.shape
+    return gemm_choice.Product(m, k, B.shape[1], bool(A.strides[0] < A.strides[1]), A.dtype.name)
+
+
+def _own_call(A, B, C, reps):
+    """own(A, B, C, reps) for gemm_choice.measure: one compiled loop, as the fused step runs it."""
+    K.gemm_repeat(A, B, C, reps, False)
+
+
+def _blas_call(A, B, C, reps):
+    K.gemm_repeat(A, B, C, reps, True)
+
+
+def _path(A, B) -> str:
+    p = product(A, B)
+    key = (gemm_choice.mode(), p)
+    path = _paths.get(key)
+    if path is None:
+        path = _paths[key] = gemm_choice.CHOOSER.paths([p], _own_call, _blas_call)[p]
+    return path
+
+
+def uses_blas(sizes, n: int, dtype) -> bool:
+    """Whether any product of an MLP step on n rows runs on BLAS (measuring them all now, at start-up, when this
+    machine has not seen them). The model then drives its GEMMs from Python (the fused kernel has only the own
+    GEMM inside). BLAS is used only where it saves more than the Python-driven step costs; otherwise every
+    product of the step stays on the own kernel, whatever the thread count."""
+    memo = (os.environ.get(gemm_choice.ENV), sizes.tobytes() if isinstance(sizes, np.ndarray) else tuple(sizes),
+            n, dtype)  # cheap: the one-thread step asks on every call
+    known = _uses_blas.get(memo)
+    if known is not None:
+        return known
+    key = (gemm_choice.mode(), tuple(int(s) for s in sizes), int(n), np.dtype(dtype).name)
+    if key not in _uses_blas:
+        products = gemm_choice.mlp_products(sizes, n, dtype)
+        chosen = gemm_choice.CHOOSER.paths(products, _own_call, _blas_call)
+        use = "blas" in chosen.values()
+        if use and key[0] == "auto":
+            # BLAS means leaving the fused kernel for Python-driven GEMMs, which costs per call and per step
+            use = gemm_choice.CHOOSER.saving_us(products) > PYTHON_PATH_US * (1 + len(products))
+            if not use:
+                chosen = {p: "own" for p in products}
+                gemm_choice.CHOOSER.used.update(chosen)
+        _paths.update({(key[0], p): path for p, path in chosen.items()})
+        _uses_blas[key] = use
+    _uses_blas[memo] = _uses_blas[key]
+    return _uses_blas[key]
+
+
+_uses_blas: dict[tuple, bool] = {}
+
+
+def gemm_own(A, B, C, Z, ldz: int, init: bool, parts: int) -> None:
     """kernels.gemm(A, B, C, Z, ldz, init) split into `parts` pieces, one per thread (the caller's thread takes
     the first): by rows of C when A is the bigger operand, else by columns, so each thread reads its share of
     the bigger one and all of the smaller (splitting W3's X @ W1 by rows made both threads stream all of W1).

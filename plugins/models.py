@@ -145,7 +145,7 @@ class MLP(Model):
             idx = np.arange(X.shape[0], dtype=np.int64)
         self._reserve(idx.size)
         parts = self.step_threads(idx.size) if noise is None else 1
-        if parts > 1:
+        if parts > 1 or (noise is None and threads.uses_blas(self.sizes, idx.size, self.dtype)):
             return self._loss_grad_wide(theta, grad, X, y, idx, parts)
         masks = self._empty if noise is None else noise
         return K.mlp_loss_grad(theta, grad, X, y, idx, self.sizes, self._act, self.cfg.leaky_slope,
@@ -155,6 +155,8 @@ class MLP(Model):
         if self._dropout:  # masks come from a NumPy Generator per step
             return None
         if self.step_threads(batch) > 1:  # wide layers: GEMMs split over threads from Python (loss_grad)
+            return None
+        if threads.uses_blas(self.sizes, batch, self.dtype):  # BLAS won a product here: GEMMs from Python
             return None
         self._reserve(batch)
         return FusedCall(K.mlp_loss_grad, (THETA, GRAD, X, Y, IDX, self.sizes, self._act, self.cfg.leaky_slope,

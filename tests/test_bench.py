@@ -72,6 +72,38 @@ def test_torch_step_matches_framework(workload, variant):
         np.testing.assert_allclose(ref.flat("ema"), run.ema, rtol=1e-10, atol=1e-12)
 
 
+def jax_or_skip():
+    pytest.importorskip("jax", reason="jax is an optional bench peer (pip install jax optax)")
+    pytest.importorskip("optax", reason="optax is an optional bench peer (pip install jax optax)")
+
+
+@pytest.mark.parametrize("workload", TINY, ids=lambda w: w.name)
+def test_jax_step_matches_framework(workload):
+    """The JAX peer computes the framework's update: jitted steps and a lax.scan chunk over the same batches."""
+    jax_or_skip()
+    run = bench.make_run(workload, "float64", STEPS, ema_decay=0.0, seed=3)
+    theta0 = run.theta.copy()
+    step, scan = bench.JaxSteps(run), bench.JaxSteps(run, scan=True)
+    run.train_epoch()
+    assert not np.array_equal(run.theta, theta0)
+
+    def flat(ref):
+        return np.concatenate([np.asarray(a).ravel() for W, b in ref.params for a in (W, b)])
+
+    B = run.settings.batch_size
+    for b in range(run.steps_per_epoch):
+        step.step(step.jnp.asarray(run.perm[b * B:(b + 1) * B]))
+    np.testing.assert_allclose(flat(step), run.theta, rtol=1e-9, atol=1e-12)
+    scan.perm = run.perm.copy()  # one chunk of all the epoch's batches, in the framework's order
+    assert scan.chunk == run.steps_per_epoch and scan.run_steps(STEPS) == STEPS
+    np.testing.assert_allclose(flat(scan), run.theta, rtol=1e-9, atol=1e-12)
+
+
+def test_jax_is_optional(monkeypatch):
+    monkeypatch.setitem(sys.modules, "jax", None)  # import jax now raises ImportError
+    assert bench.jax_available() is False
+
+
 def test_reference_detects_a_different_update():
     """The comparison has teeth: a reference with another L2 strength ends elsewhere."""
     run, refs = trained(TINY[0], 0.0)
@@ -103,11 +135,11 @@ def test_step_allocates_no_arrays():
 def test_bench_pair_smoke_on_tiny_sizes():
     """Every figure of one workload and dtype, from the real measurement code, on a tiny net."""
     wl = bench.Workload("tiny", 8, (16,), 5, 4)
-    with_torch = bench.torch_available()
+    with_torch, with_jax = bench.torch_available(), bench.jax_available()
     pair = bench.bench_pair(wl, "float64", rounds=2, block_s=0.002, alloc_steps=10, with_torch=with_torch,
-                            profile_calls=5, steps_per_epoch=5)
+                            profile_calls=5, steps_per_epoch=5, with_jax=with_jax)
     variants = {"fw", "fw+ema", "fw nomon", "fw+callbacks", "numpy"} | (
-        {"torch", "torch fused", "torch+ema"} if with_torch else set())
+        {"torch", "torch fused", "torch+ema"} if with_torch else set()) | ({"jax", "jax scan"} if with_jax else set())
     assert set(pair["step_us"]) == variants
     for name, t in pair["times"].items():
         assert len(t["samples_s"]) == 2 and all(s > 0 for s in t["samples_s"]), name
@@ -131,6 +163,15 @@ def test_bench_pair_smoke_on_tiny_sizes():
     text = bench.report(result)
     assert "MISS  warm-cache start to first step <= 1 s [float64]: 1.50" in text
     assert "tiny 8-16-5 batch 4" in text
+    cpu = result["machine"]["gemm_cpu"]
+    assert f"GEMM target: {cpu['model']}" in text and cpu["isa"] in text and f"own tile {cpu['tile']}" in text
+    paths = pair["gemm_paths"]
+    assert paths["route"] in ("fused kernel", "GEMMs from Python") and paths["products"]
+    assert set(paths["products"].values()) <= {"own", "blas"}
+    assert all(label in text for label in paths["products"])
+    if with_jax:
+        assert pair["vs_jax"] == pytest.approx(pair["step_us"]["jax"] / pair["step_us"]["fw"])
+        assert "tiny framework >= 1.0x the JAX jit step" not in by_goal  # goals are for W1-W3 only
     json.dumps(result)  # --json writes exactly this
 
 

@@ -14,7 +14,8 @@ from conftest import FAST, compose_config
 
 def fit(tmp_path, parts, *overrides, monkeypatch):
     """Train with every product split over `parts` threads (thresholds lowered so the small digits MLP
-    qualifies)."""
+    qualifies), on the own GEMM (the one threads split; gemm_choice's tests cover BLAS)."""
+    monkeypatch.setenv("FRAMEWORK_GEMM", "own")
     monkeypatch.setattr(models_module, "WIDE_MIN_WORK", 0)
     monkeypatch.setattr(threads, "PARALLEL_MIN_WORK", 0)
     monkeypatch.setattr(threads, "threads", lambda: parts)
@@ -53,6 +54,7 @@ def test_split_gemms_equal_one_thread_bit_for_bit(tmp_path, monkeypatch, overrid
 
 
 def test_gemm_rows_split_matches_kernel(monkeypatch):
+    monkeypatch.setenv("FRAMEWORK_GEMM", "own")
     monkeypatch.setattr(threads, "PARALLEL_MIN_WORK", 0)
     rng = np.random.default_rng(0)
     A, B, bias = rng.standard_normal((203, 70)), rng.standard_normal((70, 33)), rng.standard_normal(33)
