@@ -389,8 +389,8 @@ def bad_files(tmp_path, good: pathlib.Path) -> dict[str, pathlib.Path]:
     files["object dataset"] = tmp_path / "objects.h5"
     files["object dataset"].write_bytes(data)
     with h5py.File(files["object dataset"], "r+") as f:
-        del f["params/W1"]
-        f.create_dataset("params/W1", data=np.array(["x"] * 4, dtype=h5py.string_dtype()))
+        del f["params"]
+        f.create_dataset("params", data=np.array(["x"] * 4, dtype=h5py.string_dtype()))
     files["missing group"] = tmp_path / "missing.h5"
     files["missing group"].write_bytes(data)
     with h5py.File(files["missing group"], "r+") as f:
