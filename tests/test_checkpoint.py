@@ -464,3 +464,73 @@ def test_default_run_ema_is_at_least_as_accurate_as_raw(tmp_path, capsys):
         print(f"\n[default run] val acc raw {m['val/acc']:.4f}  ema {m['val/ema_acc']:.4f}; "
               f"checkpoint writes {1e3 * per_epoch:.1f} ms per epoch "
               f"({(tmp_path / 'checkpoints' / 'last.h5').stat().st_size / 1e6:.2f} MB per file)")
+
+
+# --- files agree after a kill at any point of an epoch end (issue 13) ---------------------------------------
+
+def assert_same_checkpoints(want: pathlib.Path, got: pathlib.Path) -> None:
+    """Two checkpoints/ folders hold the same files with the same contents (all but clocks and paths)."""
+    assert sorted(p.name for p in got.iterdir()) == sorted(p.name for p in want.iterdir())
+    for p in want.iterdir():
+        (s1, i1), (s2, i2) = C.read_checkpoint(p), C.read_checkpoint(got / p.name)
+        assert_same(s1, s2, where=p.name, skip=CLOCKS)
+        assert_same({k: v for k, v in i1.items() if k != "path"}, {k: v for k, v in i2.items() if k != "path"},
+                    where=f"{p.name} info")
+
+
+def killed_at(monkeypatch, name: str, epoch: int):
+    """Make C.save raise Stop (an in-process stand-in for SIGKILL) just before it writes `name` at `epoch`."""
+    save = C.save
+
+    def maybe_stop(run, path, *args, **kwargs):
+        if pathlib.Path(path).name == name and run.epoch == epoch and run.cursor == 0:
+            monkeypatch.setattr(C, "save", save)  # once
+            raise Stop
+        return save(run, path, *args, **kwargs)
+
+    monkeypatch.setattr(C, "save", maybe_stop)
+
+
+def test_kill_before_best_h5_of_the_last_improvement_is_repaired_on_resume(tmp_path, monkeypatch):
+    """checkpoint.every=0: best.h5 is its own file, written right after last.h5. A kill between the two at the
+    last improving epoch left best.h5 at an older epoch for good (issue 13); the resume now repairs it."""
+    cfg = small_cfg("epochs=5", "checkpoint.every=0")
+    reference = framework.train(cfg, run_dir=tmp_path / "ref")
+    best = reference["best_epoch"]
+    assert best > 1, "the test needs an improvement after epoch 1"
+    killed_at(monkeypatch, "best.h5", best)
+    with pytest.raises(Stop):
+        framework.train(cfg, run_dir=tmp_path / "run")
+    folder = tmp_path / "run" / "checkpoints"
+    assert C.read_checkpoint(folder / "last.h5")[0]["best_epoch"] == best
+    assert C.read_checkpoint(folder / "best.h5")[0]["epoch"] < best  # the stale state of the issue
+    summary = framework.train(OmegaConf.merge(cfg, {"resume": str(tmp_path / "run")}), run_dir=tmp_path / "run")
+    assert summary["best_epoch"] == best and framework.load(folder / "best.h5").epoch == best
+    assert summary["metrics"] == reference["metrics"]
+    assert_same_checkpoints(tmp_path / "ref" / "checkpoints", folder)
+
+
+def test_files_published_after_the_resume_point_are_taken_back(tmp_path, monkeypatch):
+    """A kill just before last.h5 leaves that epoch's file and best.h5 ahead of last.h5. Resumed with another
+    learning rate, the run trains that epoch differently: the files of the abandoned epoch must not remain."""
+    cfg = small_cfg("epochs=4", "checkpoint.keep_top_k=0", "checkpoint.max_overhead=0", "lr=1e-2")
+    history = framework.train(cfg, run_dir=tmp_path / "ref")
+    vals = framework.load(tmp_path / "ref" / "checkpoints" / "last.h5").history["val/acc"]
+    cut = next(e + 1 for e in range(1, 4) if vals[e] > max(vals[:e]))  # an improving epoch after the first
+    killed_at(monkeypatch, "last.h5", cut)
+    with pytest.raises(Stop):
+        framework.train(cfg, run_dir=tmp_path / "run")
+    folder = tmp_path / "run" / "checkpoints"
+    assert max(C.epoch_files(folder)) == cut and framework.load(folder / "best.h5").epoch == cut
+    assert C.read_checkpoint(folder / "last.h5")[0]["epoch"] == cut - 1
+    resumed = OmegaConf.merge(cfg, {"resume": str(tmp_path / "run"), "lr": 3e-3, "optimizer": {"lr": 3e-3}})
+    summary = framework.train(resumed, run_dir=tmp_path / "run")
+    state, _ = C.read_checkpoint(folder / "last.h5")
+    files = C.epoch_files(folder)
+    assert sorted(files) == [1, 2, 3, 4]
+    for epoch, path in files.items():  # each name carries the score this run's history has for its epoch
+        assert path.name == f"epoch{epoch:03d}_val{state['history']['val/acc'][epoch - 1]:.4f}.h5"
+        assert framework.load(path).epoch == epoch
+    assert framework.load(folder / "best.h5").epoch == summary["best_epoch"] == state["best_epoch"]
+    assert list(state["history"]["lr"])[cut - 1:] == [3e-3] * (5 - cut)
+    assert history["metrics"] != summary["metrics"]  # the resumed run did train differently
