@@ -710,9 +710,9 @@ class CheckpointCallback(Callback):
       1. epochEEE_valX.XXXX.h5 (kind "weights"), every `every` epochs, but only if the file would survive the
          pruning: its score ranks in the `keep_top_k` best, or it ends a warm-restart cycle;
       2. best.h5, when the best epoch improved and step 1 wrote its file: a hard link to that file;
-      3. last.h5: after the final epoch; when the best epoch improved without an epoch file (then best.h5 is
-         written from the run's state in step 4, after the commit); otherwise whenever the time spent writing
-         checkpoints stays within `max_overhead` of the run's time;
+      3. last.h5: after the first and the final epoch; when the best epoch improved without an epoch file
+         (then best.h5 is written from the run's state in step 4, after the commit); otherwise whenever the
+         time spent writing checkpoints stays within `max_overhead` of the run's time;
       4. best.h5 as its own weights file, in the case just named;
       5. pruning to the `keep_top_k` best of the epoch files up to the commit (plus the cycle ends).
     Mid-epoch, last.h5 also every `every_steps` optimizer steps. So files newer than last.h5 are provisional:
@@ -820,9 +820,10 @@ class CheckpointCallback(Callback):
         return ahead < k
 
     def _last_is_due(self, run: Run, now: float) -> bool:
-        """The final epoch, or a routine write that keeps all writes within max_overhead of the time so far."""
+        """The final epoch, the first (a kill must find something to resume from), or a routine write that keeps
+        all writes within max_overhead of the time so far."""
         budget = self.settings.max_overhead
-        return run.epoch >= run.settings.epochs or not budget or \
+        return run.epoch >= run.settings.epochs or not budget or self._committed == 0 or \
             self.write_time + self._last_cost <= budget * (now - self._t0)
 
     def on_epoch_end(self, run: Run) -> None:

@@ -230,7 +230,8 @@ def test_epoch_files_last_best_and_keep_top_k(tmp_path, monkeypatch):
 @pytest.mark.parametrize("budget", [0, 1e-9])
 def test_last_h5_write_policy(tmp_path, monkeypatch, budget):
     """max_overhead=0: last.h5 after every epoch. A budget nothing fits in: last.h5 only where it must be
-    written: after the final epoch and when the best epoch improves without an epoch file (checkpoint.every=2)."""
+    written: after the first and the final epoch, and when the best epoch improves without an epoch file
+    (checkpoint.every=2)."""
     written = []
     save = C.save
     monkeypatch.setattr(C, "save", lambda run, path, *a, **k: written.append((run.epoch, path.name)) or
@@ -243,7 +244,7 @@ def test_last_h5_write_policy(tmp_path, monkeypatch, budget):
     if budget == 0:
         assert lasts == [1, 2, 3, 4, 5, 6]
     else:
-        assert lasts == sorted({e for e in improved if e % 2} | {6})
+        assert lasts == sorted({e for e in improved if e % 2} | {1, 6})
     assert [e for e, name in written if name == "best.h5"] == [e for e in improved if e % 2]
 
 
