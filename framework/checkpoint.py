@@ -75,7 +75,7 @@ class CheckpointSettings:
     every_steps: int = 0  # optimizer steps between mid-epoch writes of last.h5 (0 = off)
     keep_top_k: int = 3  # keep only the k best epoch files (0 = all)
     keep_cycle_ends: bool = True  # with keep_top_k: also keep the ends of warm-restart cycles (snapshots)
-    max_overhead: float = 0.05  # routine last.h5 writes stay within this fraction of the run's time (0 = off)
+    max_overhead: float = 0.03  # all checkpoint writes stay within this fraction of the run's time (0 = off)
 
     @classmethod
     def from_cfg(cls, node) -> "CheckpointSettings":
