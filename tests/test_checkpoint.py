@@ -535,3 +535,18 @@ def test_files_published_after_the_resume_point_are_taken_back(tmp_path, monkeyp
     assert framework.load(folder / "best.h5").epoch == summary["best_epoch"] == state["best_epoch"]
     assert list(state["history"]["lr"])[cut - 1:] == [3e-3] * (5 - cut)
     assert history["metrics"] != summary["metrics"]  # the resumed run did train differently
+
+
+@pytest.mark.slow
+def test_default_run_folder_stays_under_2_mb(tmp_path, capsys):
+    """Issue 14: the default run (pre-flight, TensorBoard, checkpoints as configured) takes at most 2 MB on
+    disk; it took 16 MB when every epoch file held the full state. Hard links count once."""
+    framework.train(compose_config(), run_dir=tmp_path)
+    inodes = {p.stat().st_ino: p.stat().st_size for p in tmp_path.rglob("*") if p.is_file()}
+    checkpoints = {p.stat().st_ino: p.stat().st_size for p in (tmp_path / "checkpoints").iterdir()}
+    with capsys.disabled():
+        print(f"\n[default run] folder {sum(inodes.values()) / 1e6:.2f} MB, checkpoints "
+              f"{sum(checkpoints.values()) / 1e6:.2f} MB ({len(checkpoints)} files)")
+    assert sum(inodes.values()) <= 2_000_000
+    assert {"best.h5", "last.h5"} <= {p.name for p in (tmp_path / "checkpoints").iterdir()}
+    assert len(C.epoch_files(tmp_path / "checkpoints")) == 3
