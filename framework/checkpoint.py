@@ -779,9 +779,10 @@ class CheckpointCallback(Callback):
                 copy_atomic(source, best)
             elif run.best_epoch == run.epoch and run.cursor == 0:  # the resumed state is the best epoch's
                 save(run, best, kind="weights", score=self._score(run), **self._clocks(run, mid_epoch=False))
-            else:  # not reachable by the publication order above; say so rather than guess
-                log.warning("best.h5 does not hold the best epoch %d and no file of that epoch is left to "
-                            "restore it from; it is replaced at the next improvement.", run.best_epoch)
+            else:  # a loose checkpoint resumed into a new folder (the publication order never leaves this)
+                if best.exists():
+                    log.warning("best.h5 does not hold the best epoch %d and no file of that epoch is left to "
+                                "restore it from; it is replaced at the next improvement.", run.best_epoch)
                 t = None
             if t is not None:
                 log.info("best.h5 restored to epoch %d (a kill had interrupted its update)", run.best_epoch)
