@@ -99,10 +99,21 @@ def user_errors(task):
 
     @functools.wraps(task)
     def wrapper(cfg):
-        if STOP.sweep_stopped and _is_multirun():  # this worker was told to stop: no new trial starts here
-            _record_failure("interrupted", f"{signal_name(STOP.sweep_stopped)}: the sweep was interrupted before "
-                                           "this trial started.")
-            return math.nan
+        # the module's own STOP: a task defined in __main__ reaches a sweep's worker pickled by value, with copies
+        # of the globals it names
+        from . import lifecycle
+
+        stop = lifecycle.STOP
+        if _is_multirun():
+            # a sweep's worker (or its own process) only records signals, idle or not: a trial stops at its next
+            # safe point and no further trial starts here
+            if not stop.installed:
+                stop.install()
+            stop.deferred = True
+            if stop.received:
+                _record_failure("interrupted", f"{signal_name(stop.received)}: the sweep was interrupted before "
+                                               "this trial started.")
+                return math.nan
         try:
             return task(cfg)
         except FrameworkError as exc:
@@ -117,7 +128,7 @@ def user_errors(task):
                 exc = Interrupted(signal.SIGINT, "KeyboardInterrupt: the run stopped; its last checkpoint (if "
                                                  "any) is intact.")
             if _is_multirun():  # the trial says why it stopped and the sweep records it; the sweep stops itself
-                STOP.sweep_stopped = exc.signum
+                stop.received = stop.received or exc.signum
                 log.error("interrupted: %s", exc)
                 _record_failure("interrupted", str(exc))
                 return math.nan

@@ -100,7 +100,6 @@ class StopRequests:
         self.depth = 0  # nesting of critical() sections
         self.pending = 0  # a hard stop that arrived inside a critical section
         self.installed = False
-        self.sweep_stopped = 0  # a sweep trial in this process was interrupted: start no further trials
 
     def install(self) -> bool:
         """Handle SIGINT/SIGTERM/SIGHUP for the rest of this process (the CLI's main thread; False elsewhere)."""
