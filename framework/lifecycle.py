@@ -100,6 +100,7 @@ class StopRequests:
         self.depth = 0  # nesting of critical() sections
         self.pending = 0  # a hard stop that arrived inside a critical section
         self.installed = False
+        self.trained = False  # a training() section has ended in this process
 
     def install(self) -> bool:
         """Handle SIGINT/SIGTERM/SIGHUP for the rest of this process (the CLI's main thread; False elsewhere)."""
@@ -119,6 +120,8 @@ class StopRequests:
         if self.depth:
             self.pending = self.pending or signum
             return
+        if self.trained:
+            raise Interrupted(signum, f"{signal_name(signum)} after training ended: the run's files are complete.")
         raise Interrupted(signum)
 
     @contextlib.contextmanager
@@ -138,6 +141,7 @@ class StopRequests:
             yield
         finally:
             self.deferred = previous
+            self.trained = True
             if saved is not None:
                 for signum, handler in saved.items():
                     signal.signal(signum, handler)
@@ -159,6 +163,18 @@ class StopRequests:
 
 
 STOP = StopRequests()
+
+
+def exit_early_on_signals() -> None:
+    """For `python -m framework` while Python still imports the package (seconds on a busy machine), before
+    framework.__main__ can install STOP: a stop signal prints the start-up line and exits 128 + signal at once.
+    Nothing has been written yet, so leaving without unwinding loses nothing."""
+    def leave(signum, frame):
+        os.write(2, f"interrupted: {Interrupted(signum)}\n".encode())
+        os._exit(128 + signum)
+
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, leave)
 
 
 @contextlib.contextmanager

@@ -108,7 +108,7 @@ class Settings:
             if "loss_multiple" in stop else 0.0,
             grace_steps=_number(stop, "grace_steps", 0, integer=True, text="an integer >= 0")
             if "grace_steps" in stop else 100,
-            hopeless_multiple=_number(hopeless, "loss_multiple", 0.0, text="0 (off) or a multiple > 1 such as 10")
+            hopeless_multiple=_number(hopeless, "loss_multiple", 0.0, text="0 (off) or a multiple such as 10")
             if "loss_multiple" in hopeless else 10.0,
             hopeless_epochs=_number(hopeless, "epochs", 1, integer=True, text="an integer >= 1")
             if "epochs" in hopeless else 1,

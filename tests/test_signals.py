@@ -197,3 +197,21 @@ def test_ctrl_c_in_a_joblib_sweep_leaves_no_trial_running(tmp_path):
     assert len(trials) == 3, trials
     assert [t_["status"] for t_ in trials] == ["interrupted"] * 3, trials
     assert sum("before this trial started" in t_["message"] for t_ in trials) == 1
+
+
+@pytest.mark.slow
+def test_a_signal_stops_a_random_search_launching_more_trials(tmp_path):
+    """Our sweeper, one trial at a time in the sweep's own process: the running trial records 'interrupted',
+    no further trial is launched, the summaries are still written, and the command exits 143."""
+    args = [a for a in ARGS if not a.startswith("epochs=")]
+    t = Trainer(tmp_path, "-m", "hydra/sweeper=framework_random", "hydra.sweeper.n_trials=4",
+                "hydra.sweeper.max_parallel=1", "lr=tag(log, interval(1e-4, 1e-2))", *args, "epochs=20",
+                env=STEP_PAUSE)
+    t.wait_for_line("epoch   1/20")
+    t.proc.send_signal(signal.SIGTERM)
+    assert t.end() == 143, t.text
+    assert "Traceback" not in t.text, t.text
+    (sweep,) = (tmp_path / "outputs" / "sweeps").glob("*/*")
+    trials = load_sweep(sweep).trials
+    assert [t_["status"] for t_ in trials] == ["interrupted"], trials
+    assert (sweep / "search_summary.md").exists()
