@@ -7,6 +7,14 @@ Public API: the registries (OPTIMIZERS, SCHEDULES, REGULARIZERS, MODELS, DATASET
 """
 __version__ = "0.1.0"
 
+import sys as _sys
+
+_argv = getattr(_sys, "orig_argv", [])
+if "-m" in _argv and _argv[_argv.index("-m") + 1:][:1] == ["framework"]:
+    from .lifecycle import exit_early_on_signals  # `python -m framework`: a signal during the imports below
+
+    exit_early_on_signals()  # is one line and exit 128 + signal, never a traceback
+
 from .data import DataConfig, RawData, Splits
 from .errors import ConfigError, DataError, DivergedError, FrameworkError
 from .layout import Block, Layout

@@ -1,7 +1,13 @@
 """`python -m framework [overrides]`: train one configuration (or sweep with -m)."""
-import hydra
+from framework.lifecycle import STOP, exit_on_interrupt
 
-from framework.cli import CONF_DIR, main_entry, user_errors
+if __name__ == "__main__":
+    STOP.install()  # before the slow imports: a signal during start-up ends with one line, never a traceback
+
+with exit_on_interrupt():
+    import hydra
+
+    from framework.cli import CONF_DIR, main_entry, user_errors
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")

@@ -851,6 +851,11 @@ class CheckpointCallback(Callback):
             prune_epoch_files(self.folder, s.keep_top_k, keep=self.cycle_ends, upto=self._committed)
         self._epoch_t0 = time.perf_counter()
 
+    def on_interrupt(self, run: Run) -> None:
+        # a signal stopped the loop at a step boundary: keep that exact point (an epoch end already has last.h5)
+        if 0 < run.cursor < run.steps_per_epoch:
+            self._timed_save(run, self.folder / "last.h5", **self._clocks(run, mid_epoch=True))
+
     def on_train_end(self, run: Run) -> None:
         # No write here: after an interrupt or divergence the state may be mid-update; last.h5 stays the last
         # consistent point. Record what checkpointing cost.

@@ -7,41 +7,47 @@ import logging
 import math
 import pathlib
 import re
+import signal
 import sys
 import time
 
 from omegaconf import OmegaConf
 
 from .errors import FrameworkError
+from .lifecycle import STOP, Interrupted, claim_dir, exit_on_interrupt, override_suffix, signal_name
 from .registry import ALL, load_plugins
 
 CONF_DIR = pathlib.Path(__file__).resolve().parent.parent / "conf"
 log = logging.getLogger("framework")
 
 
-def _suffix(override_dirname: str) -> str:
-    """`_<overrides>` for the run folder name, or nothing for a run without overrides."""
-    if not override_dirname:
-        return ""
-    clean = re.sub(r"[^A-Za-z0-9_.,=+-]", "-", override_dirname)
-    return "_" + clean[:120]
-
-
-def _run_dir(resume, default: str) -> str:
-    """Hydra's folder for this session: `default`, or for `resume=<run>` a `resumes/<time>` folder inside that
+def _run_dir(resume, stem: str, suffix: str = "") -> str:
+    """Hydra's folder for this session, created here so two launches in the same second never share it:
+    `<stem><suffix>` (or `<stem>-1<suffix>`, ...), or for `resume=<run>` a `resumes/<time>` folder inside that
     run, so the resumed session's .hydra/ and log stay with the run it continues (training itself writes into
-    the run folder)."""
-    if not resume:
-        return default
-    from .checkpoint import resume_target
+    the run folder). Registered with use_cache: Hydra reads the key more than once, the folder is made once."""
+    if resume:
+        from .checkpoint import resume_target
 
-    try:
-        _, run_dir = resume_target(resume)
-    except FrameworkError:
-        return default  # train() reports the bad resume= in one paragraph
-    if run_dir is None:
-        return default
-    return str(run_dir / "resumes" / time.strftime("%Y-%m-%d_%H-%M-%S"))
+        try:
+            _, run_dir = resume_target(resume)
+        except FrameworkError:
+            run_dir = None  # train() reports the bad resume= in one paragraph
+        if run_dir is not None:
+            return claim_dir(run_dir / "resumes" / time.strftime("%Y-%m-%d_%H-%M-%S"))
+    return claim_dir(stem, suffix)
+
+
+def _register_resolvers() -> None:
+    """The resolvers conf/config.yaml uses. Called at import too: a sweep's worker processes import this module
+    (through the task function) and resolve hydra.sweep.dir, whose cached value travels with their config."""
+    if not OmegaConf.has_resolver("fw_suffix"):
+        OmegaConf.register_new_resolver("fw_suffix", override_suffix)
+        OmegaConf.register_new_resolver("fw_run_dir", _run_dir, use_cache=True)
+        OmegaConf.register_new_resolver("fw_claim_dir", claim_dir, use_cache=True)
+
+
+_register_resolvers()
 
 
 def register_configs() -> None:
@@ -52,9 +58,7 @@ def register_configs() -> None:
     from hydra.core.config_store import ConfigStore
 
     load_plugins()
-    if not OmegaConf.has_resolver("fw_suffix"):
-        OmegaConf.register_new_resolver("fw_suffix", _suffix)
-        OmegaConf.register_new_resolver("fw_run_dir", _run_dir)
+    _register_resolvers()
     cs = ConfigStore.instance()
     for registry in ALL:
         for name in registry.names():
@@ -95,6 +99,21 @@ def user_errors(task):
 
     @functools.wraps(task)
     def wrapper(cfg):
+        # the module's own STOP: a task defined in __main__ reaches a sweep's worker pickled by value, with copies
+        # of the globals it names
+        from . import lifecycle
+
+        stop = lifecycle.STOP
+        if _is_multirun():
+            # a sweep's worker (or its own process) only records signals, idle or not: a trial stops at its next
+            # safe point and no further trial starts here
+            if not stop.installed:
+                stop.install()
+            stop.deferred = True
+            if stop.received:
+                _record_failure("interrupted", f"{signal_name(stop.received)}: the sweep was interrupted before "
+                                               "this trial started.")
+                return math.nan
         try:
             return task(cfg)
         except FrameworkError as exc:
@@ -104,9 +123,16 @@ def user_errors(task):
                 return math.nan
             print(f"error: {exc}", file=sys.stderr)
             sys.exit(exc.exit_code)
-        except KeyboardInterrupt:
-            print("interrupted: the run stopped; its last checkpoint (if any) is intact.", file=sys.stderr)
-            sys.exit(130)
+        except (Interrupted, KeyboardInterrupt) as exc:
+            if not isinstance(exc, Interrupted):  # no handler of ours (not the main thread)
+                exc = Interrupted(signal.SIGINT, "KeyboardInterrupt: the run stopped; its last checkpoint (if "
+                                                 "any) is intact.")
+            if _is_multirun():  # the trial says why it stopped and the sweep records it; the sweep stops itself
+                stop.received = stop.received or exc.signum
+                log.error("interrupted: %s", exc)
+                _record_failure("interrupted", str(exc))
+                return math.nan
+            raise exc from None  # main_entry prints it and exits 128 + signal number
         except Exception as exc:
             if not _is_multirun():
                 raise
@@ -143,12 +169,23 @@ def quote_path_override(arg: str) -> str:
 
 def main_entry(hydra_main):
     """Run a @hydra.main function, first turning a FrameworkError raised while preparing configs into a clean
-    exit (plugin import problems and unknown component names surface here)."""
-    try:
-        register_configs()
-        sys.argv[1:] = [quote_path_override(arg) for arg in sys.argv[1:]]
-        check_group_choices(sys.argv[1:])
-    except FrameworkError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(exc.exit_code)
-    hydra_main()
+    exit (plugin import problems and unknown component names surface here). SIGINT/SIGTERM/SIGHUP end the
+    command with one line and exit code 128 + signal: at once during start-up, at the next safe point while
+    training (Run.fit). A sweep's process only records the request: its trials stop themselves (they get the
+    terminal's signal too), the sweeper launches no more trials, and the command then exits the same way."""
+    STOP.install()
+    if any(arg in ("-m", "--multirun") for arg in sys.argv[1:]):
+        STOP.deferred = True  # raising here would make the launcher kill trials before they record their end
+    with exit_on_interrupt():
+        try:
+            register_configs()
+            sys.argv[1:] = [quote_path_override(arg) for arg in sys.argv[1:]]
+            check_group_choices(sys.argv[1:])
+        except FrameworkError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            sys.exit(exc.exit_code)
+        hydra_main()
+        if STOP.deferred and STOP.received:
+            raise Interrupted(STOP.received, f"{signal_name(STOP.received)}: the sweep stopped; each trial's "
+                                             "summary.json records how it ended (interrupted trials can be "
+                                             "continued with resume=<trial folder>).")

@@ -239,7 +239,8 @@ class Monitor(Callback):
         th = self.thresholds
         diverged = run.status == "diverged"
         # a diverged run may not reach epoch 2: its early samples still show how far too high the lr is
-        findings = update_ratio_findings(self.median_ratios(include_first_epoch=diverged), th)
+        early_end = diverged or run.status == "stopped_hopeless"
+        findings = update_ratio_findings(self.median_ratios(include_first_epoch=early_end), th)
         if diverged:
             return [divergence_finding(run.epoch + 1, run.lr)] + findings
         if run.epoch == 0:

@@ -42,7 +42,8 @@ SEARCH_FILE = "search.json"
 FINAL_NAME = "search_summary"
 EDGE = 0.1  # border warning when the best value lies in the outer 10% of its range (notes 5.6)
 SAMPLERS = ("random", "grid", "tpe")
-STATUSES = ("ok", "diverged", "failed", "running", "pending")
+STATUSES = ("ok", "diverged", "stopped_hopeless", "failed", "interrupted", "running", "pending")
+BAD = ("diverged", "stopped_hopeless", "failed", "interrupted")  # trials that ended without a usable result
 _CHECKPOINT = re.compile(r"^epoch(\d+)_val(\d+(?:\.\d+)?)\.h5$")
 _LOG_ERROR = re.compile(r"\]\[ERROR\] (.*)$")
 
@@ -524,7 +525,7 @@ def load_sweep(sweep_dir) -> Sweep:
             t["message"] = info.get("message") or t.get("message") or ""
             for k in ("val_acc", "val_loss", "test_acc", "epochs", "best_epoch", "wall_time_s"):
                 t[k] = info.get(k)
-        elif recorded in ("ok", "failed", "diverged"):
+        elif recorded in ("ok", *BAD):
             pass  # the sweeper saw the job end (e.g. a task without summary.json)
         elif path is not None and path.is_dir():
             t["status"] = "running"
@@ -683,7 +684,7 @@ def render_markdown(summary: dict) -> str:
             f"| {i} | {t['num']} | {t.get('stage') or '-'} | {t.get('status')} | {_fmt(t.get('val_acc'))} | "
             f"{t.get('epochs') if t.get('epochs') is not None else '-'} | {_fmt(t.get('wall_time_s'), '.1f')} | " +
             " | ".join(_param_text(p, params.get(p.name)) for p in space) + " |")
-    stopped = [t for t in summary["trials"] if t.get("status") in ("diverged", "failed")]
+    stopped = [t for t in summary["trials"] if t.get("status") in BAD]
     if stopped:
         lines += ["", "## Stopped or failed trials", ""]
         for t in sorted(stopped, key=lambda t: t["num"]):
@@ -725,7 +726,7 @@ def plot(summary: dict, path: pathlib.Path) -> bool:
             if pts:
                 xs, ys = zip(*pts)
                 ax.scatter(xs, ys, s=18, alpha=0.8, label=f"stage {s}" if s else "trials")
-        bad = [x_of(t) for t in trials if t.get("status") in ("failed", "diverged") and x_of(t) is not None
+        bad = [x_of(t) for t in trials if t.get("status") in BAD and x_of(t) is not None
                and not _finite(t.get("val_acc"))]
         if bad:
             ax.scatter(bad, [floor] * len(bad), marker="x", color="red", label="failed/diverged")

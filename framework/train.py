@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import pathlib
+import shlex
+import signal
 import time
 from dataclasses import dataclass, field
 
@@ -21,6 +24,7 @@ from .data import Splits, prepare
 from .errors import ConfigError, DivergedError
 from .files import write_json_atomic
 from .fused import FusedSteps
+from .lifecycle import PAUSE, STOP, Interrupted, StoppedHopeless, claim_dir, signal_name, test_pause
 from .metrics import accuracy, loss_from_scores
 from .registry import DATASETS, MODELS, OPTIMIZERS, REGULARIZERS, SCHEDULES
 
@@ -68,6 +72,8 @@ class Settings:
     monitor_every: int
     loss_multiple: float
     grace_steps: int
+    hopeless_multiple: float = 10.0
+    hopeless_epochs: int = 1
     fused_steps: bool = True
     extra: dict = field(default_factory=dict)
 
@@ -87,6 +93,7 @@ class Settings:
             raise ConfigError("eval_with", eval_with, "raw, or ema together with ema.decay > 0")
         monitor = cfg.get("monitor") or {}
         stop = cfg.get("early_stop") or {}
+        hopeless = cfg.get("stop_hopeless") or {}
         return cls(
             lr=_number(cfg, "lr", 0.0, low_open=True, text="a positive number such as 1e-3"),
             reg=_number(cfg, "reg", 0.0, text="a number >= 0 (0 turns regularization off)"),
@@ -101,6 +108,10 @@ class Settings:
             if "loss_multiple" in stop else 0.0,
             grace_steps=_number(stop, "grace_steps", 0, integer=True, text="an integer >= 0")
             if "grace_steps" in stop else 100,
+            hopeless_multiple=_number(hopeless, "loss_multiple", 0.0, text="0 (off) or a multiple such as 10")
+            if "loss_multiple" in hopeless else 10.0,
+            hopeless_epochs=_number(hopeless, "epochs", 1, integer=True, text="an integer >= 1")
+            if "epochs" in hopeless else 1,
             fused_steps=_flag(cfg, "fused_steps", True),
         )
 
@@ -119,6 +130,7 @@ class Callback:
     def on_monitor(self, run: "Run") -> None: ...  # after an update at a monitor step (norms are fresh)
     def on_step(self, run: "Run") -> None: ...  # after every step, only for callbacks in run.step_callbacks
     def on_epoch_end(self, run: "Run") -> None: ...
+    def on_interrupt(self, run: "Run") -> None: ...  # a signal stopped the loop at a safe point (maybe mid-epoch)
     def on_train_end(self, run: "Run") -> None: ...  # also on divergence or failure (see run.status)
 
 
@@ -187,6 +199,7 @@ class Run:
         self.best_epoch, self.best_val_acc = -1, -math.inf
         self.best_theta = self.theta.copy()
         self.initial_loss = None
+        self.hopeless_count = 0  # epochs in a row whose median loss was far above the first loss
         self.status = "running"
         self.message = ""
         self.callbacks: list[Callback] = []
@@ -303,9 +316,13 @@ class Run:
                 if progress is not None:
                     progress.update(b - progress.n)
                     progress.set_postfix(loss=f"{loss:.4f}", refresh=False)
-                continue
-            self._plain_step(b, per_iteration, progress, tick)
-            b += 1
+            else:
+                self._plain_step(b, per_iteration, progress, tick)
+                b += 1
+            if PAUSE:
+                test_pause("step")
+            if STOP.received and b <= last:  # a safe point: every array and counter is at a step boundary
+                raise _SafeStop()
 
     def _fused_plan(self) -> FusedSteps | None:
         """The run's fused path, made once (its conditions do not change during a run)."""
@@ -347,8 +364,10 @@ class Run:
             K.block_norms(grad, self.bounds, self.grad_norms)
             for cb in self.callbacks:
                 cb.on_monitor(self)
-        for cb in self.step_callbacks:
-            cb.on_step(self)
+        if self.step_callbacks:
+            with STOP.critical():  # checkpoint writes
+                for cb in self.step_callbacks:
+                    cb.on_step(self)
         if progress is not None and (b % tick == 0 or b == self.steps_per_epoch - 1):
             progress.update(b + 1 - progress.n)
             progress.set_postfix(loss=f"{loss:.4f}", refresh=False)
@@ -397,11 +416,39 @@ class Run:
         self.schedule.observe(score)
         if self.momentum_schedule is not None:
             self.momentum_schedule.observe(score)
-        for cb in self.callbacks:
-            cb.on_epoch_end(self)
+        with STOP.critical():  # checkpoint writes
+            for cb in self.callbacks:
+                cb.on_epoch_end(self)
+
+    def _check_hopeless(self) -> None:
+        """Stop when the median step loss of `stop_hopeless.epochs` epochs in a row exceeded
+        `stop_hopeless.loss_multiple` x the first loss (notes 3.1: the learning rate is too high). A median over
+        a whole epoch, so a spike or a slow start never triggers it; NaN/inf are _check_loss's (diverged)."""
+        s = self.settings
+        if not s.hopeless_multiple or not self.initial_loss or self.initial_loss <= 0:
+            return
+        losses = self.epoch_losses[np.isfinite(self.epoch_losses)]
+        median = float(np.median(losses)) if losses.size else math.nan
+        limit = s.hopeless_multiple * self.initial_loss
+        self.hopeless_count = self.hopeless_count + 1 if median > limit else 0
+        if self.hopeless_count < s.hopeless_epochs:
+            return
+        epochs = f"epoch {self.epoch}" if s.hopeless_epochs == 1 else \
+            f"epochs {self.epoch - s.hopeless_epochs + 1}-{self.epoch}"
+        self.status = "stopped_hopeless"
+        self.message = (f"The loss stayed far above where it started: median step loss {median:.4g} in {epochs}, "
+                        f"{median / self.initial_loss:.3g} x the first loss {self.initial_loss:.4g} (limit "
+                        f"stop_hopeless.loss_multiple={s.hopeless_multiple:g}). Stopped as hopeless: the learning "
+                        f"rate lr={s.lr:g} is likely too high, lower it (e.g. lr={s.lr / 10:g}; notes 3.1: a "
+                        "loss far above the initial loss means the learning rate is too high).")
+        raise StoppedHopeless(self.message)
 
     def fit(self) -> dict:
-        """Train for the configured epochs (from wherever the run stands) and return the summary."""
+        """Train for the configured epochs (from wherever the run stands) and return the summary.
+
+        Raises DivergedError (NaN/inf loss), StoppedHopeless (stop_hopeless) or Interrupted (SIGINT, SIGTERM,
+        SIGHUP: the loop stops at the next step boundary, callbacks' on_interrupt save that point); summary.json
+        records each end."""
         from tqdm import tqdm
 
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -409,32 +456,53 @@ class Run:
         self.status = "running"
         for cb in self.callbacks:
             cb.on_train_start(self)
-        try:
-            while self.epoch < self.settings.epochs:
-                self.refresh_hyperparameters()
-                with tqdm(total=self.steps_per_epoch, initial=self.cursor, leave=False, disable=None,
-                          desc=f"epoch {self.epoch + 1}/{self.settings.epochs}", unit="step") as bar:
-                    t0 = time.perf_counter()
-                    self.train_epoch(bar)
+        t0 = None  # start of the epoch in progress
+        with STOP.training():
+            try:
+                while self.epoch < self.settings.epochs:
+                    if STOP.received:  # a request from start-up, or one that came with an epoch end
+                        raise _SafeStop()
+                    self.refresh_hyperparameters()
+                    with tqdm(total=self.steps_per_epoch, initial=self.cursor, leave=False, disable=None,
+                              desc=f"epoch {self.epoch + 1}/{self.settings.epochs}", unit="step") as bar:
+                        t0 = time.perf_counter()
+                        self.train_epoch(bar)
+                        self.train_time += time.perf_counter() - t0
+                        t0 = None
+                    self.end_epoch()
+                    log.info("epoch %3d/%d  train loss %.4f  train acc %.4f  val loss %.4f  val acc %.4f%s  "
+                             "lr %.3g", self.epoch, self.settings.epochs, self.last("train/loss"),
+                             self.last("train/acc"), self.last("val/loss"), self.last("val/acc"),
+                             f"  ema val acc {self.last('val/ema_acc'):.4f}" if self.ema is not None else "",
+                             self.lr)
+                    self._check_hopeless()
+                self.status = "ok"
+            except (DivergedError, StoppedHopeless):
+                self.wall_time += time.perf_counter() - start
+                self.finish()
+                raise
+            except (_SafeStop, Interrupted, KeyboardInterrupt) as exc:
+                safe = isinstance(exc, _SafeStop)
+                signum = STOP.received or getattr(exc, "signum", 0) or signal.SIGINT
+                self.status = "interrupted"
+                if safe:  # the state is whole: let a checkpoint keep this exact point
+                    with STOP.critical():
+                        for cb in self.callbacks:
+                            cb.on_interrupt(self)
+                if t0 is not None:  # the interrupted epoch's steps (after on_interrupt, which counts them itself)
                     self.train_time += time.perf_counter() - t0
-                self.end_epoch()
-                log.info("epoch %3d/%d  train loss %.4f  train acc %.4f  val loss %.4f  val acc %.4f%s  lr %.3g",
-                         self.epoch, self.settings.epochs, self.last("train/loss"), self.last("train/acc"),
-                         self.last("val/loss"), self.last("val/acc"),
-                         f"  ema val acc {self.last('val/ema_acc'):.4f}" if self.ema is not None else "", self.lr)
-            self.status = "ok"
-        except DivergedError:
+                self.message = self._interrupt_message(signum, safe)
+                self.wall_time += time.perf_counter() - start
+                self.finish()
+                raise Interrupted(signum, self.message) from None
+            except BaseException as exc:
+                self.status = "failed"
+                self.message = f"{type(exc).__name__}: {exc}"
+                self.wall_time += time.perf_counter() - start
+                self.finish()
+                raise
             self.wall_time += time.perf_counter() - start
-            self.finish()
-            raise
-        except BaseException as exc:
-            self.status = "failed"
-            self.message = f"{type(exc).__name__}: {exc}"
-            self.wall_time += time.perf_counter() - start
-            self.finish()
-            raise
-        self.wall_time += time.perf_counter() - start
-        summary = self.finish()
+            summary = self.finish()
         m = summary["metrics"]
         log.info("done in %.1f s: best val acc %.4f at epoch %s, its test acc %.4f (%d steps, %.0f steps/s). "
                  "Run folder: %s (view: tensorboard --logdir %s)", self.wall_time, m.get("best_val_acc") or math.nan,
@@ -442,8 +510,28 @@ class Run:
                  self.run_dir, self.run_dir)
         return summary
 
+    def _interrupt_message(self, signum: int, safe: bool) -> str:
+        """What stopped, where, and the exact command that continues the run (when a checkpoint exists)."""
+        where = (f"epoch {self.epoch + 1}, step {self.step} (batch {self.cursor} of {self.steps_per_epoch})"
+                 if self.cursor else f"the end of epoch {self.epoch}, step {self.step}" if self.step
+                 else "its start, before the first step")
+        how = "at a safe point" if safe else "at once (a second signal)"
+        text = f"{signal_name(signum)}: the run stopped {how} at {where}; summary.json says 'interrupted'."
+        if (self.run_dir / "checkpoints" / "last.h5").is_file():
+            folder = os.path.relpath(self.run_dir)
+            if folder.startswith(".."):
+                folder = str(self.run_dir.resolve())
+            text += f" Continue it with: python -m framework {shlex.quote(f'resume={folder}')}"
+        else:
+            text += " No checkpoint was written (checkpoint=null, or none yet): run the command again."
+        return text
+
     def finish(self) -> dict:
         """Test score of the best epoch, summary.json, callbacks' on_train_end. Returns the summary."""
+        with STOP.critical():  # a signal never cuts the summary short
+            return self._finish()
+
+    def _finish(self) -> dict:
         test_loss = test_acc = float("nan")
         if self.best_epoch > 0 and len(self.data.y_test):
             test_loss, test_acc = self.evaluate(self.best_theta, "test")
@@ -474,6 +562,10 @@ class Run:
                 log.warning("callback %s failed at the end of the run: %s", type(cb).__name__, exc)
         write_json_atomic(self.run_dir / "summary.json", self.summary)
         return self.summary
+
+
+class _SafeStop(Exception):
+    """Raised by the loop at a step boundary after a stop signal; Run.fit turns it into Interrupted."""
 
 
 def flat_hparams(cfg) -> dict:
@@ -527,8 +619,10 @@ def train(cfg, run_dir=None, callbacks=None) -> dict:
     """
     if not isinstance(cfg, DictConfig):
         cfg = OmegaConf.create(cfg)
+    if PAUSE:
+        test_pause("startup")
     if run_dir is None:
-        run_dir = _hydra_run_dir() or pathlib.Path("outputs/runs") / time.strftime("%Y-%m-%d/%H-%M-%S")
+        run_dir = _hydra_run_dir() or pathlib.Path(claim_dir(time.strftime("outputs/runs/%Y-%m-%d/%H-%M-%S")))
     if cfg.get("resume"):  # continue a stopped run from its checkpoint, in that run's directory
         from .checkpoint import resume_run
 

@@ -83,7 +83,7 @@ def test_unfusable_runs_use_the_plain_loop(tmp_path, overrides):
     assert_same(a, b)
 
 
-@pytest.mark.parametrize("overrides", [["optimizer=sgd", "lr=1e4"],
+@pytest.mark.parametrize("overrides", [["optimizer=sgd", "lr=1e4", "stop_hopeless.loss_multiple=0"],
                                        ["optimizer=sgd", "lr=30", "early_stop.loss_multiple=1.5",
                                         "early_stop.grace_steps=3"]])
 def test_divergence_inside_a_chunk_stops_at_the_same_step(tmp_path, overrides):

@@ -154,7 +154,7 @@ def test_saturated_tanh_advice(tmp_path):
 
 
 def test_diverged_run_gets_advice(tmp_path):
-    cfg = compose("optimizer=sgd", "lr=1e6", "model=softmax", "epochs=3")
+    cfg = compose("optimizer=sgd", "lr=1e6", "model=softmax", "epochs=3", "stop_hopeless.loss_multiple=0")
     with pytest.raises(DivergedError):
         framework.train(cfg, run_dir=tmp_path)
     summary = json.loads((tmp_path / "summary.json").read_text())

@@ -56,7 +56,7 @@ def test_same_seed_same_numbers_bit_for_bit(tmp_path):
 
 
 def test_divergence_stops_with_status(tmp_path):
-    cfg = compose_config(*FAST, "optimizer=sgd", "lr=1e4", "epochs=3")
+    cfg = compose_config(*FAST, "optimizer=sgd", "lr=1e4", "epochs=3", "stop_hopeless.loss_multiple=0")
     with pytest.raises(DivergedError, match="diverged"):
         framework.train(cfg, run_dir=tmp_path)
     summary = json.loads((tmp_path / "summary.json").read_text())

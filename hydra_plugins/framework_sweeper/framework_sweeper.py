@@ -206,6 +206,8 @@ class FrameworkSweeper(Sweeper):
         self._warm_up(self._job_overrides(fixed, stages[0], space, first))
         self._export_thread_env()
 
+        from framework.lifecycle import STOP
+
         job_idx, stage_space, previous = 0, space, None
         for stage in stages:
             index = stage["index"]
@@ -227,7 +229,7 @@ class FrameworkSweeper(Sweeper):
                      + ("; ranges " + ", ".join(f"{p.name} [{p.low:.4g}, {p.high:.4g}]"
                                                 for p in stage_space if p.numeric) if index > 1 else ""))
             done = 0
-            while done < n:
+            while done < n and not STOP.received:  # after a stop signal launch nothing more (framework.cli)
                 count = min(o["max_parallel"], n - done)
                 asked = [sampler.ask() for _ in range(count)]
                 batch = []
@@ -251,6 +253,8 @@ class FrameworkSweeper(Sweeper):
             summary = write_summary(sweep_dir, stage=index)
             _log_stage(summary, sweep_dir / f"stage{index}_summary.md", last=index == len(stages))
             previous = stage
+            if STOP.received:
+                break
         record.save()
         summary = write_summary(sweep_dir)
         best = best_trial(summary["trials"])
