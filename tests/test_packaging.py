@@ -1,0 +1,118 @@
+"""The built wheel works on its own: it carries every source and config file, and after installing it into a fresh
+virtual environment the CLI trains, sweeps (joblib launcher, plots) and ensembles from a folder outside the
+repository, writing under that folder's outputs/ (issue 14, items 1 and 2)."""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import zipfile
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+SOURCES = ("pyproject.toml", "README.md", "framework", "conf", "plugins", "hydra_plugins")
+
+pytestmark = pytest.mark.slow
+
+
+def _expected_wheel_files() -> set[str]:
+    """Every module of the three packages, and every config file as framework/conf/<group>/<name>.yaml."""
+    files = {str(p.relative_to(REPO)) for d in ("framework", "plugins", "hydra_plugins")
+             for p in (REPO / d).rglob("*.py") if "__pycache__" not in p.parts}
+    files |= {"framework/conf/" + str(p.relative_to(REPO / "conf")) for p in (REPO / "conf").rglob("*.yaml")}
+    return files
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> pathlib.Path:
+    """The wheel built by pip from a clean copy of the sources (a stale build/ folder cannot leak into it)."""
+    root = tmp_path_factory.mktemp("wheel")
+    src = root / "src"
+    src.mkdir()
+    for name in SOURCES:
+        path = REPO / name
+        if path.is_dir():
+            shutil.copytree(path, src / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        else:
+            shutil.copy2(path, src / name)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", str(src), "--no-deps", "-q", "-w", str(root / "dist")],
+                   check=True, capture_output=True, text=True, timeout=600)
+    (built,) = (root / "dist").glob("framework-*.whl")
+    return built
+
+
+def test_wheel_carries_every_module_and_config(wheel):
+    names = set(zipfile.ZipFile(wheel).namelist())
+    ours = {n for n in names if ".dist-info/" not in n}
+    assert ours == _expected_wheel_files()
+    assert "framework/conf/config.yaml" in ours and "plugins/optimizers.py" in ours
+
+
+def _fresh_venv_env(venv: pathlib.Path) -> dict:
+    """The environment of a shell that activated `venv`: nothing points back at the repository."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
+    env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}"
+    env["VIRTUAL_ENV"] = str(venv)
+    env["FRAMEWORK_CACHE_DIR"] = str(venv / "framework-cache")  # generated kernels stay with this install
+    return env
+
+
+def _run(venv, args, cwd, env, timeout=900):
+    result = subprocess.run([str(venv / "bin" / "python"), *args], cwd=cwd, env=env, capture_output=True,
+                            text=True, timeout=timeout)
+    assert result.returncode == 0, f"{args}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result
+
+
+def _only_child(folder: pathlib.Path, depth: int) -> pathlib.Path:
+    """The single folder `depth` levels below `folder` (outputs/<kind>/<date>/<time>)."""
+    found = [p for p in folder.glob("/".join(["*"] * depth)) if p.is_dir()]
+    assert len(found) == 1, found
+    return found[0]
+
+
+def test_installed_wheel_trains_sweeps_and_ensembles_from_any_folder(wheel, tmp_path):
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    env = _fresh_venv_env(venv)
+    # Core dependencies only: the search preset's joblib launcher and the plots must not need an extra.
+    _run(venv, ["-m", "pip", "install", "-q", str(wheel)], cwd=tmp_path, env=env, timeout=1800)
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+
+    where = _run(venv, ["-c", "import framework.cli as c; print(c.__file__); print(c.CONF_DIR)"], work, env)
+    module_file, conf_dir = where.stdout.split()
+    site = pathlib.Path(module_file).parent.parent
+    assert site.is_relative_to(venv) and not pathlib.Path(module_file).is_relative_to(REPO)
+    assert pathlib.Path(conf_dir) == site / "framework" / "conf"
+
+    _run(venv, ["-m", "framework", "epochs=1", "preflight=off"], work, env)
+    run_dir = _only_child(work / "outputs" / "runs", 2)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "ok" and summary["metrics"]["test_acc"] > 0.5
+    assert (run_dir / "checkpoints" / "best.h5").is_file()
+
+    _run(venv, ["-m", "framework.check", "model=softmax"], work, env)
+    assert list((work / "outputs" / "checks").rglob("preflight.json"))
+
+    # The notes' search preset (joblib launcher), shrunk to one stage of 4 one-epoch trials.
+    _run(venv, ["-m", "framework", "-m", "+search=coarse_to_fine", "hydra.sweeper.stages=[{n_trials:4}]",
+                "epochs=1"], work, env)
+    sweep = _only_child(work / "outputs" / "sweeps", 2)
+    trials = sorted(sweep.glob("*/summary.json"))
+    assert len(trials) == 4
+    assert all(json.loads(t.read_text())["status"] == "ok" for t in trials)
+    assert (sweep / "search_summary.png").stat().st_size > 0 and (sweep / "search_summary.md").is_file()
+
+    _run(venv, ["-m", "framework.ensemble", f"source=[{sweep}]", "strategy=topk", "topk.k=3", "timing.repeats=0"],
+         work, env)
+    report_dir = _only_child(work / "outputs" / "ensembles", 2)
+    report = json.loads((report_dir / "report.json").read_text())
+    assert [e["name"] for e in report["ensembles"]] == ["top3"]
+    assert 0.5 < report["ensembles"][0]["val_acc"] <= 1
+    assert (report_dir / "report.png").stat().st_size > 0
+    assert not (REPO / "outputs" / "ensembles" / report_dir.parent.name / report_dir.name).exists()
