@@ -9,13 +9,13 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import pwd
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 
 import pytest
@@ -257,8 +257,6 @@ def slurm_cluster():
     key.write_bytes(os.urandom(1024))
     key.chmod(0o600)
     host = socket.gethostname().split(".")[0]
-    import pwd
-
     conf = root / "slurm.conf"
     conf.write_text(SLURM_CONF.format(root=root, host=host, user=pwd.getpwuid(os.geteuid()).pw_name))
     env = {**os.environ, "SLURM_CONF": str(conf)}
