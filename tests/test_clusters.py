@@ -2,8 +2,8 @@
 node, and a one-node SLURM cluster (munged, slurmctld, slurmd), each running `python -m framework -m` through its
 Hydra launcher. Every daemon runs in a private network namespace that holds only the loopback interface, so no
 other machine can reach it, its ports cannot collide with anyone else's, and stopping the cluster means killing
-every process of that namespace (all of them ours); Ray is also checked to listen on 127.0.0.1 alone. The tests skip, saying why, when an engine is not installed.
-`.ci/run` installs both engines."""
+every process of that namespace (all of them ours); Ray is also checked to listen on 127.0.0.1 alone. The tests
+skip, saying why, when an engine is not installed; `.ci/run` installs both."""
 from __future__ import annotations
 
 import json
@@ -33,20 +33,14 @@ class Namespace:
 
     def __init__(self, root: pathlib.Path, setup: str = ""):
         self.root = root
-        script = f"ip link set lo up && {setup + ' && ' if setup else ''}exec sleep infinity"
+        script = f"ip link set lo up && {setup + ' && ' if setup else ''}echo ready && exec sleep infinity"
         self.holder = subprocess.Popen(["unshare", "--net", "sh", "-c", script], start_new_session=True,
-                                       stderr=subprocess.PIPE, text=True)
+                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.started: list[subprocess.Popen] = []
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and self.holder.poll() is None:
-            if self._ns_id(self.holder.pid) not in (None, self._ns_id(os.getpid())):
-                if self.run(["true"]).returncode == 0:
-                    return
-            time.sleep(0.05)
-        reason = self.holder.stderr.read() if self.holder.poll() is not None else "timed out"
-        self.close()
-        pytest.skip(f"cannot create a private network namespace (unshare --net needs root or user namespaces): "
-                    f"{reason.strip()}")
+        if self.holder.stdout.readline().strip() != "ready":  # EOF: unshare or the setup failed
+            reason = self.holder.stderr.read().strip()
+            self.close()
+            pytest.skip(f"cannot create a private network namespace (unshare --net needs root): {reason}")
 
     @staticmethod
     def _ns_id(pid: int) -> str | None:
@@ -89,15 +83,17 @@ class Namespace:
     def close(self) -> None:
         ns = self._ns_id(self.holder.pid)
         for proc in self.started:
-            if proc.poll() is None:
+            try:
                 os.killpg(proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
         deadline = time.monotonic() + 5  # `ray start --block` takes long to stop politely; the rest is SIGKILL
         for proc in self.started:
             try:
                 proc.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 pass
-        if ns is not None:
+        if ns is not None and ns != self._ns_id(os.getpid()):  # never sweep our own namespace
             for _ in range(3):
                 pids = [int(p) for p in os.listdir("/proc") if p.isdigit() and self._ns_id(int(p)) == ns]
                 for pid in pids:
