@@ -83,10 +83,11 @@ class Namespace:
     def close(self) -> None:
         ns = self._ns_id(self.holder.pid)
         for proc in self.started:
-            try:
-                os.killpg(proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
+            if proc.poll() is None:  # not reaped yet, so its group id is still ours
+                try:
+                    os.killpg(proc.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
         deadline = time.monotonic() + 5  # `ray start --block` takes long to stop politely; the rest is SIGKILL
         for proc in self.started:
             try:
