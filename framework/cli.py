@@ -17,7 +17,9 @@ from .errors import FrameworkError
 from .lifecycle import STOP, Interrupted, claim_dir, exit_on_interrupt, override_suffix, signal_name
 from .registry import ALL, load_plugins
 
-CONF_DIR = pathlib.Path(__file__).resolve().parent.parent / "conf"
+# conf/ sits next to the package in the repository (and editable installs); a wheel carries it as framework/conf.
+_PACKAGED_CONF = pathlib.Path(__file__).resolve().parent / "conf"
+CONF_DIR = _PACKAGED_CONF if _PACKAGED_CONF.is_dir() else _PACKAGED_CONF.parent.parent / "conf"
 log = logging.getLogger("framework")
 
 
