@@ -208,7 +208,8 @@ class Jobs:
                  "exit": r["t_exit"] - prof["t_fit_end"]}
         fit = prof["fit_s"]
         parts["other (in fit)"] = fit - sum(prof["seconds"].values())
-        return {"wall_s": r["wall_s"], "cpu_s": r["cpu_s"], "fit_s": fit, "parts": parts, "calls": prof["calls"],
+        return {"wall_s": r["wall_s"], "cpu_s": r["cpu_s"], "fit_s": fit, "outside_fit_s": r["wall_s"] - fit,
+                "parts": parts, "calls": prof["calls"],
                 "unmeasured": prof["unmeasured"], "test_acc": (summary.get("metrics") or {}).get("test_acc")}
 
     def peer(self, name: str, tag: str, epochs: int) -> dict:
