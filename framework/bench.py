@@ -1077,6 +1077,11 @@ def report(result: dict) -> str:
 
 
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--e2e" in argv:  # the whole-job benchmark (framework.bench_e2e) takes its own options
+        from .bench_e2e import main as e2e_main
+
+        return e2e_main([a for a in argv if a != "--e2e"])
     parser = argparse.ArgumentParser(prog="python -m framework.bench", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer and shorter rounds (under a minute)")
     parser.add_argument("--workloads", default="W1,W2,W3", help="comma-separated subset of " + ",".join(WORKLOADS))
