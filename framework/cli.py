@@ -133,6 +133,8 @@ def user_errors(task):
 def check_group_choices(argv) -> None:
     """`optimizer=adamm` names no registered component: say so in one paragraph listing the known names
     (plain selections only; sweep syntax such as `optimizer=sgd,adam` is left to Hydra)."""
+    from .errors import ConfigError
+
     groups = {r.group: r for r in ALL}
     for arg in argv:
         match = re.match(r"^\+{0,2}(\w+)=([\w-]+)$", arg)
@@ -140,6 +142,11 @@ def check_group_choices(argv) -> None:
             group, value = match.groups()
             if not (CONF_DIR / group / f"{value}.yaml").exists():
                 groups[group].get(value)  # raises ConfigError listing the registered names
+        elif match and match.group(1) != "hydra" and (CONF_DIR / match.group(1)).is_dir():
+            group, value = match.groups()  # a group of YAML presets only (preflight, experiment, ...)
+            options = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+            if value not in options and value not in ("null", "None"):
+                raise ConfigError(group, value, f"one of the presets in conf/{group}/: {', '.join(options)}")
 
 
 def _load_yaml(path: pathlib.Path) -> dict:
@@ -261,6 +268,10 @@ def check_unknown_keys(argv, config_name: str = "config") -> None:
                                      f"{', '.join(known) or '(none)'}. `python -m framework.list --options` lists "
                                      "every component's options.")
             node, path = node[part], [*path, part]
+        value = arg.partition("=")[2].strip()
+        if isinstance(node, dict) and node and value[:1] == "[":
+            raise FrameworkError(f"'{key}' is a section, not a list (override {arg!r}): set its keys one by one, "
+                                 f"e.g. {key}.{next(iter(node))}=..., or give null.")
 
 
 def _static_prefix(value: str) -> str:

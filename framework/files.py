@@ -15,11 +15,15 @@ def temp_path(path: pathlib.Path) -> pathlib.Path:
 def write_text_atomic(path, text: str) -> None:
     path = pathlib.Path(path)
     tmp = temp_path(path)
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # a full disk or an interrupt: leave the old file, never a stray temporary one
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def write_json_atomic(path, payload: dict) -> None:
@@ -30,5 +34,9 @@ def save_figure_atomic(fig, path) -> None:
     """Save a matplotlib figure as PNG at `path`."""
     path = pathlib.Path(path)
     tmp = temp_path(path)
-    fig.savefig(tmp, format="png", dpi=90)
-    os.replace(tmp, path)
+    try:
+        fig.savefig(tmp, format="png", dpi=90)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
