@@ -34,7 +34,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .errors import ConfigError, FrameworkError
 from .train import Callback, Run, component_config
-from .files import temp_path
+from .files import ensure_free_space, nbytes_of, temp_path
 from .safe_config import load_saved_config, saved_group
 
 log = logging.getLogger("framework")
@@ -328,6 +328,7 @@ def save(run: Run, path, **extra) -> pathlib.Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_name(path)
     state = state_of(run)
+    ensure_free_space(path, nbytes_of(state) + 2 * int(run.data.mean.nbytes))
     try:
         with h5py.File(tmp, "w", track_order=True) as f:  # h5dump lists items in the order written
             _write_file(f, run, state, extra)
@@ -416,6 +417,8 @@ def _get_blocks(group, layout: list[dict], path) -> np.ndarray:
 
 
 def _str_attr(attrs, key, path) -> str:
+    if key not in attrs:
+        raise CheckpointError(f"{path}: the attribute {key!r} is missing; the file is damaged or incomplete.")
     value = attrs[key]
     if isinstance(value, bytes):
         value = value.decode()
@@ -585,7 +588,7 @@ def resume_run(cfg, run_dir=None) -> Run:
     together); a loose checkpoint file continues in `run_dir` (default: Hydra's run directory)."""
     path, ckpt_run_dir = resume_target(cfg.resume)
     state, info = read_checkpoint(path)
-    saved = load_saved_config(info["config"], path)
+    saved = load_saved_config(info["config"], path, require=("model", "data", "optimizer"))
     new_cfg = resume_config(saved, cfg, _hydra_overrides())
     if ckpt_run_dir is None:
         from .train import _hydra_run_dir

@@ -55,6 +55,9 @@ def os_error_message(exc: OSError) -> str | None:
     if name is None:
         match = re.search(r"name = '([^']+)'", text)
         name = match.group(1) if match else None
+    temp = re.match(r"^(.*/)?\.(.+)\.\d+\.tmp$", str(name or ""))
+    if temp:  # name the file being written, not its temporary twin (which the writer removed)
+        name = f"{temp.group(1) or ''}{temp.group(2)}"
     reason = USER_ERRNOS.get(code, "no space left on the device")
     where = f"{name}" if name else "a file of the run"
     return (f"Cannot write {where}: {reason}. The run stopped; files written before stay intact (every write goes "

@@ -40,3 +40,35 @@ def save_figure_atomic(fig, path) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+WRITE_MARGIN = 1 << 20  # bytes kept free beyond an estimate: file metadata, the config text, the log
+
+
+def ensure_free_space(path, need_bytes: int) -> None:
+    """Raise OSError(ENOSPC) naming `path` when its folder has less than need_bytes + WRITE_MARGIN free, so a
+    write that cannot fit never starts (HDF5 fails badly on a disk that fills mid-write)."""
+    import errno
+    import shutil
+
+    path = pathlib.Path(path)
+    try:
+        free = shutil.disk_usage(path.parent).free
+    except OSError:
+        return  # the write itself will report what is wrong with the folder
+    if free < need_bytes + WRITE_MARGIN:
+        raise OSError(errno.ENOSPC, f"No space left on device (about {need_bytes + WRITE_MARGIN} bytes needed, "
+                                    f"{free} free)", str(path))
+
+
+def nbytes_of(tree) -> int:
+    """Bytes of the arrays in a nested dict/list of arrays and scalars (8 per scalar)."""
+    import numpy as np
+
+    if isinstance(tree, dict):
+        return sum(nbytes_of(v) for v in tree.values())
+    if isinstance(tree, (list, tuple)):
+        return sum(nbytes_of(v) for v in tree)
+    if isinstance(tree, np.ndarray):
+        return int(tree.nbytes)
+    return 8

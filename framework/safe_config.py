@@ -34,10 +34,12 @@ def _find_interpolation(node, prefix=""):
     return None
 
 
-def load_saved_config(text, where) -> DictConfig:
-    """The mapping stored as YAML `text` in the file `where`, as a DictConfig with nothing to resolve.
+def load_saved_config(text, where, require=()) -> DictConfig:
+    """The mapping stored as YAML `text` in the file `where`, as a DictConfig with nothing to resolve, holding
+    a named section for each key of `require` (e.g. "model").
 
-    Raises SavedConfigError naming `where` for unsafe or invalid YAML, a non-mapping, or an interpolation."""
+    Raises SavedConfigError naming `where` for unsafe or invalid YAML, a non-mapping, an interpolation or a
+    missing section."""
     if isinstance(text, bytes):
         text = text.decode("utf-8", errors="replace")
     if not isinstance(text, str):
@@ -59,10 +61,13 @@ def load_saved_config(text, where) -> DictConfig:
                                "the file was edited or made elsewhere; it is refused rather than resolved on "
                                "this machine.")
     try:
-        return OmegaConf.create(values)
+        cfg = OmegaConf.create(values)
     except Exception as exc:  # OmegaConf rejects e.g. unsupported value types
         raise SavedConfigError(f"{where}: its stored config cannot be used ({type(exc).__name__}: "
                                f"{' '.join(str(exc).split())[:200]}).") from None
+    for key in require:
+        saved_group(cfg, key, where)
+    return cfg
 
 
 def saved_group(cfg: DictConfig, key: str, where) -> DictConfig:

@@ -23,7 +23,11 @@ def _entry(module: str):
         from framework import ensemble
         from framework.cli import main_entry
 
-        return lambda: main_entry(ensemble._hydra_app(), config_name="ensemble")
+        import inspect
+
+        if "config_name" in inspect.signature(main_entry).parameters:
+            return lambda: main_entry(ensemble._hydra_app(), config_name="ensemble")
+        return lambda: main_entry(ensemble._hydra_app())  # an older framework (the corpus can judge it too)
     if module == "framework.evaluate":
         from framework import evaluate
 
