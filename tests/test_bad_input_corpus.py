@@ -430,12 +430,13 @@ DAMAGED = {
 }
 
 
-@pytest.mark.parametrize("name", DAMAGED)
-@pytest.mark.parametrize("how", ["resume", "evaluate"])
+DAMAGED_WAYS = [(name, how) for name in DAMAGED for how in ("resume", "evaluate")
+                if how == "resume" or "RNG" not in name]  # prediction never reads the random state
+
+
+@pytest.mark.parametrize("name, how", DAMAGED_WAYS)
 def test_damaged_checkpoint(trained, tmp_path, name, how):
     edit, pieces = DAMAGED[name]
-    if how == "evaluate" and name.startswith("RNG") or name == "bad RNG state" and how == "evaluate":
-        pytest.skip("prediction does not read the random state")
     path = _copy_checkpoint(trained, tmp_path, edit)
     if how == "resume":
         result = run_forked(f"resume={path}", "epochs=3", cwd=tmp_path)
