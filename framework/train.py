@@ -262,7 +262,7 @@ class Run:
         self.momentum_schedule = None
         if cfg.get("momentum_schedule"):
             name, opts = component_config(cfg.momentum_schedule)
-            self.momentum_schedule = SCHEDULES.build(name, **opts)
+            self.momentum_schedule = SCHEDULES.build(name, config_key="momentum_schedule", **opts)
         name, opts = component_config(cfg.regularizer)
         self.regularizer_name = name
         self.regularizer = REGULARIZERS.build(name, **{**opts, "reg": s.reg})

@@ -157,6 +157,17 @@ def test_every_section_is_checked_before_data_or_preflight(monkeypatch, override
     assert key in str(info.value)
 
 
+def test_momentum_schedule_errors_name_their_own_section():
+    from conftest import compose_config
+    from framework.errors import ConfigError
+
+    train_module = importlib.import_module("framework.train")
+    cfg = compose_config("+momentum_schedule=ramp", "momentum_schedule.start=1.5", "model.hidden_sizes=[4]")
+    with pytest.raises(ConfigError) as info:
+        train_module.Run(cfg, "unused")
+    assert "'momentum_schedule.start'" in str(info.value) and "'schedule.start'" not in str(info.value)
+
+
 def test_seed_error_states_the_allowed_range():
     from framework.errors import ConfigError
     from framework.train import Settings

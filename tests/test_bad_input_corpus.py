@@ -106,6 +106,8 @@ CONFIG_CASES = [
     (["optimizer.beta2=-1"], ["optimizer.beta2"]), (["optimizer=momentum", "optimizer.momentum=2"], ["optimizer.momentum"]),
     (["schedule=step", "schedule.every=0"], ["schedule.every"]), (["schedule=step", "schedule.factor=-1"], ["schedule.factor"]),
     (["regularizer.reg=-1"], ["reg"]),
+    (["+momentum_schedule=ramp", "momentum_schedule.start=1.5"], ["'momentum_schedule.start'"]),
+    (["+momentum_schedule=ramp", "momentum_schedule.length=0"], ["'momentum_schedule.length'"]),
     # data options
     (["data.val_fraction=1"], ["data.val_fraction"]), (["data.val_fraction=-0.1"], ["data.val_fraction"]),
     (["data.test_fraction=1"], ["data.test_fraction"]), (["data.max_train=-1"], ["data.max_train"]),
