@@ -88,7 +88,7 @@ def check_arrays(X, y, num_classes: int, where: str):
                         f"found values from {lo} to {hi}.")
 
 
-MAX_FEATURE_STD = 1e4  # unstandardized features with a larger std are a data-scale mistake, not a model choice
+MAX_FEATURE_RANGE = 1e5  # unstandardized features spanning more than this are a data-scale mistake
 RELATIVE_CONSTANT = 1e-12  # a feature whose std is below this fraction of its scale counts as constant
 
 
@@ -156,16 +156,18 @@ def prepare(raw: RawData, cfg: DataConfig, rng: np.random.Generator, dtype=np.fl
     X = X.astype(np.float64)
     mean = X.mean(axis=0)
     scale = np.ones_like(mean)
-    std = X.std(axis=0)
     if cfg.standardize:
+        std = X.std(axis=0)
         scale = np.where(std > constant_threshold(mean, std), std, 1.0)
-    elif std.max() > MAX_FEATURE_STD:
-        worst = int(np.argmax(std))
-        raise DataError(f"dataset {raw.source}: the features vary on a scale of {std[worst]:.3g} (std of feature "
-                        f"{worst} on the training split, after mean subtraction), far above the order-1 inputs the "
-                        "models and their initialisation expect (their first scores would be huge and the loss at "
-                        "chance check fails as if the weights were too large). Set data.standardize=true, or "
-                        "rescale the features (e.g. divide pixels by 255).")
+    else:
+        spread = X.max(axis=0) - X.min(axis=0)  # reductions only: no temporary copy of a large X
+        if spread.max() > MAX_FEATURE_RANGE:
+            worst = int(np.argmax(spread))
+            raise DataError(f"dataset {raw.source}: the features span a range of {spread[worst]:.3g} (feature "
+                            f"{worst} of the training split), far beyond the order-1 inputs the models and their "
+                            "initialisation expect: the first scores would be huge, and the pre-flight's loss-at-"
+                            "chance check would blame the weights. Set data.standardize=true, or rescale the "
+                            "features (e.g. divide pixels by 255).")
 
     def transform(A):
         return np.ascontiguousarray((np.asarray(A, dtype=np.float64) - mean) / scale, dtype=dtype)

@@ -169,7 +169,7 @@ def read_cifar_batch(path: pathlib.Path):
     if not np.issubdtype(labels.dtype, np.integer) or labels.shape != (len(data),):
         raise DataError(f"{path}: b'labels' must be {len(data)} integers (one per row of b'data'), found dtype "
                         f"{labels.dtype} and shape {labels.shape}; this is not a CIFAR-10 batch.")
-    X = data.astype(np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    X = data.astype(np.uint8, copy=False).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
     return X.reshape(len(X), -1), labels.astype(np.int64)
 
 
