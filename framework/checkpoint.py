@@ -44,7 +44,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from .errors import ConfigError, FrameworkError
 from .train import Callback, Run, component_config
-from .files import temp_path
+from .files import ensure_free_space, temp_path
+from .safe_config import load_saved_config, saved_group
 
 log = logging.getLogger("framework")
 
@@ -188,7 +189,12 @@ def apply_state(run: Run, state: dict, schedule_names: dict | None = None) -> No
                      names["momentum"])
     for name, rng_state in state["rngs"].items():
         if name in run.rngs:
-            run.rngs[name].bit_generator.state = rng_state
+            try:
+                run.rngs[name].bit_generator.state = rng_state
+            except (TypeError, ValueError, KeyError, AttributeError) as exc:
+                raise CheckpointError(f"the saved state of the random stream {name!r} is not a valid "
+                                      f"{type(run.rngs[name].bit_generator).__name__} state ({exc}); the "
+                                      "file was damaged or edited.") from None
     _check_shape("data order (perm)", state["perm"], run.perm)
     run.perm = np.array(state["perm"], dtype=np.int64)
     run.epoch_losses = np.array(state["epoch_losses"], dtype=np.float64)
@@ -354,6 +360,8 @@ def save(run: Run, path, kind: str = "resume", **extra) -> pathlib.Path:
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_name(path)
+    # An upper bound without copying the state: theta, EMA, best theta and at most five optimizer arrays.
+    ensure_free_space(path, 8 * run.theta.nbytes + run.perm.nbytes + 2 * int(run.data.mean.nbytes))
     try:
         with h5py.File(tmp, "w", track_order=True) as f:  # h5dump lists items in the order written
             _stage("create")
@@ -447,6 +455,8 @@ def _get_blocks(group, layout: list[dict], path) -> np.ndarray:
 
 
 def _str_attr(attrs, key, path) -> str:
+    if key not in attrs:
+        raise CheckpointError(f"{path}: the attribute {key!r} is missing; the file is damaged or incomplete.")
     value = attrs[key]
     if isinstance(value, bytes):
         value = value.decode()
@@ -686,7 +696,7 @@ def resume_run(cfg, run_dir=None) -> Run:
                               "file of kind 'weights', like the epoch files and best.h5), not the optimizer "
                               "state and data order a resume needs: resume from the run folder, which continues "
                               "from its checkpoints/last.h5.")
-    saved = OmegaConf.create(info["config"])
+    saved = load_saved_config(info["config"], path, require=("model", "data", "optimizer"))
     new_cfg = resume_config(saved, cfg, _hydra_overrides())
     if ckpt_run_dir is None:
         from .train import _hydra_run_dir
@@ -694,7 +704,10 @@ def resume_run(cfg, run_dir=None) -> Run:
         ckpt_run_dir = run_dir or _hydra_run_dir() or pathlib.Path("outputs/runs") / time.strftime(
             "%Y-%m-%d/%H-%M-%S")
     run = Run(new_cfg, ckpt_run_dir)
-    apply_state(run, state, info["schedule_names"])
+    try:
+        apply_state(run, state, info["schedule_names"])
+    except CheckpointError as exc:
+        raise CheckpointError(exc if str(path) in str(exc) else f"{path}: {exc}") from None
     log.info("resumed from %s: epoch %d, step %d (batch %d of %d)", path, run.epoch, run.step, run.cursor,
              run.steps_per_epoch)
     return run
@@ -979,7 +992,7 @@ class Checkpoint(Predictor):
         from .registry import MODELS
 
         self.path = pathlib.Path(path)
-        self.cfg = OmegaConf.create(info["config"])
+        self.cfg = load_saved_config(info["config"], self.path)
         self.info = info
         self.state = state
         self.model_name = info["model"]
@@ -990,7 +1003,7 @@ class Checkpoint(Predictor):
         self.epoch, self.step = state["epoch"], state["step"]
         self.metrics = info["metrics"]
         self.history = state["history"]
-        name, opts = component_config(self.cfg.model)
+        name, opts = component_config(saved_group(self.cfg, "model", self.path))
         try:
             self.model = MODELS.build(name, **opts).setup(self.input_dim, self.num_classes, self.dtype)
         except FrameworkError as exc:

@@ -13,13 +13,11 @@ import time
 
 from omegaconf import OmegaConf
 
-from .errors import FrameworkError
+from .errors import FrameworkError, os_error_message
 from .lifecycle import STOP, Interrupted, claim_dir, exit_on_interrupt, override_suffix, signal_name
+from .overrides import CONF_DIR, check_unknown_keys, check_writable
 from .registry import ALL, load_plugins
 
-# conf/ sits next to the package in the repository (and editable installs); a wheel carries it as framework/conf.
-_PACKAGED_CONF = pathlib.Path(__file__).resolve().parent / "conf"
-CONF_DIR = _PACKAGED_CONF if _PACKAGED_CONF.is_dir() else _PACKAGED_CONF.parent.parent / "conf"
 log = logging.getLogger("framework")
 
 
@@ -135,6 +133,19 @@ def user_errors(task):
                 _record_failure("interrupted", str(exc))
                 return math.nan
             raise exc from None  # main_entry prints it and exits 128 + signal number
+        except OSError as exc:
+            message = os_error_message(exc)
+            if message is None:
+                if not _is_multirun():
+                    raise
+                log.exception("trial failed")
+                _record_failure("failed", f"{type(exc).__name__}: {exc}")
+                return math.nan
+            if _is_multirun():
+                log.error("%s", message)
+                return math.nan
+            print(f"error: {message}", file=sys.stderr)
+            sys.exit(2)
         except Exception as exc:
             if not _is_multirun():
                 raise
@@ -148,6 +159,8 @@ def user_errors(task):
 def check_group_choices(argv) -> None:
     """`optimizer=adamm` names no registered component: say so in one paragraph listing the known names
     (plain selections only; sweep syntax such as `optimizer=sgd,adam` is left to Hydra)."""
+    from .errors import ConfigError
+
     groups = {r.group: r for r in ALL}
     for arg in argv:
         match = re.match(r"^\+{0,2}(\w+)=([\w-]+)$", arg)
@@ -155,6 +168,11 @@ def check_group_choices(argv) -> None:
             group, value = match.groups()
             if not (CONF_DIR / group / f"{value}.yaml").exists():
                 groups[group].get(value)  # raises ConfigError listing the registered names
+        elif match and match.group(1) != "hydra" and (CONF_DIR / match.group(1)).is_dir():
+            group, value = match.groups()  # a group of YAML presets only (preflight, experiment, ...)
+            options = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+            if value not in options and value not in ("null", "None"):
+                raise ConfigError(group, value, f"one of the presets in conf/{group}/: {', '.join(options)}")
 
 
 PATH_KEYS = ("resume", "checkpoint")  # overrides whose value is a path
@@ -169,9 +187,10 @@ def quote_path_override(arg: str) -> str:
     return arg
 
 
-def main_entry(hydra_main):
-    """Run a @hydra.main function, first turning a FrameworkError raised while preparing configs into a clean
-    exit (plugin import problems and unknown component names surface here). SIGINT/SIGTERM/SIGHUP end the
+def main_entry(hydra_main, config_name: str = "config"):
+    """Run a @hydra.main function of the config `config_name`, first turning a FrameworkError raised while
+    preparing configs into a clean exit (plugin import problems, unknown component names, unknown keys and an
+    outputs folder that cannot be written surface here). SIGINT/SIGTERM/SIGHUP end the
     command with one line and exit code 128 + signal: at once during start-up, at the next safe point while
     training (Run.fit). A sweep's process only records the request: its trials stop themselves (they get the
     terminal's signal too), the sweeper launches no more trials, and the command then exits the same way."""
@@ -183,6 +202,8 @@ def main_entry(hydra_main):
             register_configs()
             sys.argv[1:] = [quote_path_override(arg) for arg in sys.argv[1:]]
             check_group_choices(sys.argv[1:])
+            check_unknown_keys(sys.argv[1:], config_name)
+            check_writable(sys.argv[1:])
         except FrameworkError as exc:
             print(f"error: {exc}", file=sys.stderr)
             sys.exit(exc.exit_code)

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import DataError
+from .errors import ConfigError, DataError
 from .params import param
 
 
@@ -70,6 +70,9 @@ def check_arrays(X, y, num_classes: int, where: str):
                         f"got shape {y.shape}.")
     if len(X) == 0:
         raise DataError(f"{where}: no examples.")
+    if X.reshape(len(X), -1).shape[1] == 0:
+        raise DataError(f"{where}: features have shape {X.shape}, i.e. no feature columns; each example needs "
+                        "at least one feature.")
     if not np.issubdtype(X.dtype, np.number):
         raise DataError(f"{where}: features must be numeric, got dtype {X.dtype}.")
     bad = ~np.isfinite(X.reshape(len(X), -1)).all(axis=1)
@@ -85,10 +88,22 @@ def check_arrays(X, y, num_classes: int, where: str):
                         f"found values from {lo} to {hi}.")
 
 
+MAX_FEATURE_RANGE = 1e5  # unstandardized features spanning more than this are a data-scale mistake
+RELATIVE_CONSTANT = 1e-12  # a feature whose std is below this fraction of its scale counts as constant
+
+
+def constant_threshold(mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """(D,) std below which a feature is constant (standardize leaves it alone): relative to the feature's own
+    magnitude and to the largest std, so data on any scale (1e-15 or 1e6) is standardized alike."""
+    return RELATIVE_CONSTANT * np.maximum(np.abs(mean), std.max(initial=0.0))
+
+
 def stratified_take(y: np.ndarray, fraction: float) -> np.ndarray:
     """Boolean mask taking round(fraction * n_c) rows of every class c (the first ones in the given order),
     so val/test keep the class balance of the data; at least one row overall when fraction > 0."""
     take = np.zeros(len(y), dtype=bool)
+    if len(y) == 0:
+        return take
     for c in np.unique(y):
         rows = np.flatnonzero(y == c)
         take[rows[:int(round(len(rows) * fraction))]] = True
@@ -104,6 +119,13 @@ def prepare(raw: RawData, cfg: DataConfig, rng: np.random.Generator, dtype=np.fl
     X = X.reshape(len(X), -1) if X.ndim > 2 else X
     y = np.asarray(raw.y)
     check_arrays(X, y, C, f"dataset {raw.source or '?'}")
+    cut = [(name, f) for name, f in (("test", cfg.test_fraction), ("val", cfg.val_fraction))
+           if raw.splits.get(name) is None]
+    if len(cut) == 2 and sum(f for _, f in cut) >= 1.0:
+        raise ConfigError("data.val_fraction + data.test_fraction", cfg.val_fraction + cfg.test_fraction,
+                          "a sum below 1 (the rest is the training split), e.g. 0.15 + 0.2",
+                          f"data.val_fraction={cfg.val_fraction} and data.test_fraction={cfg.test_fraction} "
+                          "leave no examples for training.")
     order = rng.permutation(len(y))
     X, y = X[order], y[order].astype(np.int64)
     parts = {}
@@ -127,13 +149,25 @@ def prepare(raw: RawData, cfg: DataConfig, rng: np.random.Generator, dtype=np.fl
     if cfg.max_train and len(y) > cfg.max_train:
         X, y = X[:cfg.max_train], y[:cfg.max_train]
     if len(y) < 1:
-        raise DataError(f"dataset {raw.source}: no training examples left after the val/test split.")
+        raise DataError(f"dataset {raw.source}: no training examples left after the val/test split "
+                        f"({len(parts['val'][1])} val, {len(parts['test'][1])} test examples held out with "
+                        f"data.val_fraction={cfg.val_fraction}, data.test_fraction={cfg.test_fraction}). Give more "
+                        "examples (at least 3 when both splits are cut from the data) or smaller fractions.")
     X = X.astype(np.float64)
     mean = X.mean(axis=0)
     scale = np.ones_like(mean)
     if cfg.standardize:
         std = X.std(axis=0)
-        scale = np.where(std > 1e-12, std, 1.0)
+        scale = np.where(std > constant_threshold(mean, std), std, 1.0)
+    else:
+        spread = X.max(axis=0) - X.min(axis=0)  # reductions only: no temporary copy of a large X
+        if spread.max() > MAX_FEATURE_RANGE:
+            worst = int(np.argmax(spread))
+            raise DataError(f"dataset {raw.source}: the features span a range of {spread[worst]:.3g} (feature "
+                            f"{worst} of the training split), far beyond the order-1 inputs the models and their "
+                            "initialisation expect: the first scores would be huge, and the pre-flight's loss-at-"
+                            "chance check would blame the weights. Set data.standardize=true, or rescale the "
+                            "features (e.g. divide pixels by 255).")
 
     def transform(A):
         return np.ascontiguousarray((np.asarray(A, dtype=np.float64) - mean) / scale, dtype=dtype)

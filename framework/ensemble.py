@@ -57,6 +57,7 @@ from .layout import Layout
 from .metrics import accuracy
 from .model import Model
 from .params import param, validate
+from .safe_config import load_saved_config
 from .registry import MODELS, SCHEDULES, Registry
 from .train import component_config, flat_hparams, write_json_atomic
 from .files import save_figure_atomic, write_text_atomic
@@ -354,13 +355,13 @@ def load_ensemble(path) -> Ensemble:
             if int(a["format_version"]) > FORMAT_VERSION:
                 raise EnsembleError(f"{path} has ensemble format version {int(a['format_version'])}, newer than "
                                     f"the version {FORMAT_VERSION} this framework reads: upgrade the framework.")
-            cfg = OmegaConf.create(_str_attr(a, "config", path))
+            cfg = load_saved_config(_str_attr(a, "config", path), path)
             parts = []
             for key in sorted(f["members"]):
                 g = f["members"][key]
                 layout = json.loads(_str_attr(g.attrs, "layout", path))
                 parts.append(Part(_str_attr(g.attrs, "label", path), _str_attr(g.attrs, "source", path),
-                                  OmegaConf.create(_str_attr(g.attrs, "config", path)), _get_blocks(g, layout, path)))
+                                  load_saved_config(_str_attr(g.attrs, "config", path), path), _get_blocks(g, layout, path)))
                 layouts.append(layout)
             image_shape = json.loads(_str_attr(a, "image_shape", path))
             metrics = json.loads(_str_attr(a, "metrics", path))
@@ -1253,4 +1254,4 @@ def _hydra_app():
 if __name__ == "__main__":
     from framework.cli import main_entry
 
-    main_entry(_hydra_app())
+    main_entry(_hydra_app(), config_name="ensemble")

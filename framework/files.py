@@ -15,11 +15,15 @@ def temp_path(path: pathlib.Path) -> pathlib.Path:
 def write_text_atomic(path, text: str) -> None:
     path = pathlib.Path(path)
     tmp = temp_path(path)
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # a full disk or an interrupt: leave the old file, never a stray temporary one
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def write_json_atomic(path, payload: dict) -> None:
@@ -30,5 +34,28 @@ def save_figure_atomic(fig, path) -> None:
     """Save a matplotlib figure as PNG at `path`."""
     path = pathlib.Path(path)
     tmp = temp_path(path)
-    fig.savefig(tmp, format="png", dpi=90)
-    os.replace(tmp, path)
+    try:
+        fig.savefig(tmp, format="png", dpi=90)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+WRITE_MARGIN = 1 << 20  # bytes kept free beyond an estimate: file metadata, the config text, the log
+
+
+def ensure_free_space(path, need_bytes: int) -> None:
+    """Raise OSError(ENOSPC) naming `path` when its folder has less than need_bytes + WRITE_MARGIN free, so a
+    write that cannot fit never starts (HDF5 fails badly on a disk that fills mid-write)."""
+    import errno
+    import shutil
+
+    path = pathlib.Path(path)
+    try:
+        free = shutil.disk_usage(path.parent).free
+    except OSError:
+        return  # the write itself will report what is wrong with the folder
+    if free < need_bytes + WRITE_MARGIN:
+        raise OSError(errno.ENOSPC, f"No space left on device (about {need_bytes + WRITE_MARGIN} bytes needed, "
+                                    f"{free} free)", str(path))

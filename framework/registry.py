@@ -84,19 +84,22 @@ class Registry:
         load_plugins()
         return name in self._entries
 
-    def config(self, name: str, **values) -> Any:
-        """A validated config instance for `name`; unknown keys are an error listing the known ones."""
+    def config(self, name: str, /, *, config_key: str | None = None, **values) -> Any:
+        """A validated config instance for `name`; unknown keys are an error listing the known ones. Errors name
+        `<config_key>.<field>` (default: the group, e.g. `optimizer.beta1`; `momentum_schedule` for a schedule
+        configured there)."""
         entry = self.get(name)
+        prefix = config_key or self.group
         known = {f.name for f in dataclasses.fields(entry.config_cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ConfigError(f"{self.group}.{unknown[0]}", values[unknown[0]],
+            raise ConfigError(f"{prefix}.{unknown[0]}", values[unknown[0]],
                               f"options of {self.kind} {name!r}: {', '.join(sorted(known)) or '(none)'}")
-        return validate(entry.config_cls(**values), self.group)
+        return validate(entry.config_cls(**values), prefix)
 
-    def build(self, name: str, **values) -> Any:
-        """Build the component `name` with its config fields given as keyword arguments."""
-        return self.get(name).factory(self.config(name, **values))
+    def build(self, name: str, /, *, config_key: str | None = None, **values) -> Any:
+        """Build the component `name` with its config fields given as keyword arguments (see `config`)."""
+        return self.get(name).factory(self.config(name, config_key=config_key, **values))
 
     def defaults(self, name: str) -> dict:
         return dataclasses.asdict(self.get(name).config_cls())

@@ -75,6 +75,13 @@ class Npz:
         if not self.cfg.path or not path.is_file():
             raise DataError(f"data.path={self.cfg.path!r} is not a file. Give the path of an .npz holding "
                             "X_train and y_train (and optionally X_val, y_val, X_test, y_test).")
+        head = _file_head(path)
+        if not head.startswith(ZIP_MAGIC):
+            kind = ("a single .npy array" if head.startswith(b"\x93NUMPY") else
+                    "text" if head and all(32 <= b < 127 or b in (9, 10, 13) for b in head) else "some other format")
+            raise DataError(f"data.path={str(path)!r} is not an npz file: it holds {kind} (first bytes "
+                            f"{head[:16]!r}). An .npz is the zip archive np.savez writes; save your arrays with "
+                            "np.savez(path, X_train=..., y_train=...).")
         try:
             with np.load(path, allow_pickle=False) as f:
                 arrays = {k: f[k] for k in f.files}
@@ -96,14 +103,37 @@ class Npz:
             if k in arrays and len(arrays[k]) != len(arrays[yk]):
                 raise DataError(f"data.path={str(path)!r}: {k} has {len(arrays[k])} rows but {yk} has "
                                 f"{len(arrays[yk])}; they must match.")
+        for k in ("y_train", "y_val", "y_test"):
+            if k in arrays and not (np.issubdtype(arrays[k].dtype, np.integer) or
+                                    np.issubdtype(arrays[k].dtype, np.floating)):
+                raise DataError(f"data.path={str(path)!r}: {k} has dtype {arrays[k].dtype}; labels must be integers "
+                                "0..C-1 (map class names to numbers first).")
         C = self.cfg.num_classes
         if C == 0:
-            finite = [np.asarray(l) for l in labels if np.size(l)]
-            C = int(max(np.nanmax(l) for l in finite)) + 1 if finite else 1
+            finite = [np.asarray(l)[np.isfinite(l)] for l in labels]
+            finite = [l for l in finite if l.size]
+            C = int(max(l.max() for l in finite)) + 1 if finite else 1
             C = max(C, 2)
+            examples = sum(np.size(l) for l in labels)
+            if C > max(MAX_INFERRED_CLASSES, examples):
+                raise DataError(f"data.path={str(path)!r}: the largest label is {C - 1:.6g}, which would mean {C:.6g} "
+                                f"classes for {examples} examples. Labels must be the class indices 0..C-1; "
+                                "renumber them (e.g. np.unique(y, return_inverse=True)) or set data.num_classes.")
         splits = {s: (arrays[f"X_{s}"], arrays[f"y_{s}"]) for s in ("val", "test") if f"X_{s}" in arrays}
         shape = tuple(self.cfg.image_shape) or (arrays["X_train"].shape[1:] if arrays["X_train"].ndim > 2 else None)
         return RawData(arrays["X_train"], arrays["y_train"], C, shape, splits, source=str(path))
+
+
+ZIP_MAGIC = b"PK\x03\x04"  # every .npz starts with a zip local-file header
+MAX_INFERRED_CLASSES = 10_000  # more classes than this (and than examples) from labels alone is a labelling mistake
+
+
+def _file_head(path: pathlib.Path, n: int = 64) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read(n)
+    except OSError as exc:
+        raise DataError(f"data.path={str(path)!r} cannot be read ({exc.strerror or exc}).") from None
 
 
 class _CifarUnpickler(pickle.Unpickler):
@@ -131,8 +161,16 @@ def read_cifar_batch(path: pathlib.Path):
         raise DataError(f"{path}: not a readable CIFAR-10 batch ({type(exc).__name__}: {exc}).") from None
     if not isinstance(d, dict) or b"data" not in d or b"labels" not in d:
         raise DataError(f"{path}: expected a dict with b'data' and b'labels'.")
-    X = np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-    return X.reshape(len(X), -1), np.asarray(d[b"labels"], dtype=np.int64)
+    data, labels = np.asarray(d[b"data"]), np.asarray(d[b"labels"])
+    if not np.issubdtype(data.dtype, np.integer) or data.ndim != 2 or data.shape[1] != 3072 or \
+            (data.size and (data.min() < 0 or data.max() > 255)):
+        raise DataError(f"{path}: b'data' must be a uint8 array of shape (N, 3072) (32x32x3 pixels per row), "
+                        f"found dtype {data.dtype} and shape {data.shape}; this is not a CIFAR-10 batch.")
+    if not np.issubdtype(labels.dtype, np.integer) or labels.shape != (len(data),):
+        raise DataError(f"{path}: b'labels' must be {len(data)} integers (one per row of b'data'), found dtype "
+                        f"{labels.dtype} and shape {labels.shape}; this is not a CIFAR-10 batch.")
+    X = data.astype(np.uint8, copy=False).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    return X.reshape(len(X), -1), labels.astype(np.int64)
 
 
 @dataclass
