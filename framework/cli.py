@@ -89,6 +89,19 @@ def _record_failure(status: str, message: str) -> None:
         write_json_atomic(out / "summary.json", {"status": status, "message": message, "metrics": {}})
 
 
+def _sweep_job_logging():
+    """In a sweep job: its console lines are framework.search.trial_logging's (one pre-flight line per job)."""
+    import contextlib
+
+    if not _is_multirun():
+        return contextlib.nullcontext()
+    from hydra.core.hydra_config import HydraConfig
+
+    from .search import trial_logging
+
+    return trial_logging(HydraConfig.get().job.num)
+
+
 def user_errors(task):
     """Decorate a Hydra task: a FrameworkError prints one paragraph and exits non-zero. In a multirun every
     failure is logged, recorded in the job's summary.json, and the job returns NaN so the sweep goes on."""
@@ -96,7 +109,8 @@ def user_errors(task):
     @functools.wraps(task)
     def wrapper(cfg):
         try:
-            return task(cfg)
+            with _sweep_job_logging():
+                return task(cfg)
         except FrameworkError as exc:
             if _is_multirun():
                 log.error("%s", exc)
