@@ -1073,15 +1073,16 @@ def resume_commands(sweep_dir) -> tuple[list[str], list[str]]:
         if job is None:
             name = f"{t['num']}_{_override_dirname(overrides, exclude)}".rstrip("_")
             job = folder / re.sub(r"[^A-Za-z0-9_.,=+\-\[\]]", "-", name)[:200]
-        run_dir = f"hydra.run.dir='{job}'" if "'" not in str(job) else f'hydra.run.dir="{job}"'
+        run_dir = f'hydra.run.dir="{job}"' if '"' not in str(job) else f"hydra.run.dir='{job}'"
         commands.append("python -m framework " + " ".join(shlex.quote(o) for o in [*overrides, run_dir,
                                                                                     f"hydra.job.num={t['num']}"]))
     for stage, nums in undrawn.items():
         where = f"stage {stage}" if stage else "the sweep"
-        notes.append(f"{len(nums)} trial(s) of {where} (jobs {_ranges(sorted(nums))}) were never drawn: their "
-                     "ranges narrow around the earlier stages' results, so they cannot run on their own; start a "
-                     "new sweep around the best trials so far (python -m framework.search summarize "
-                     f"{shlex.quote(str(folder))}).")
+        why = ("their ranges narrow around the earlier stages' results, so they cannot run on their own"
+               if stage and stage > 1 else "the sampler stopped with the sweep")
+        notes.append(f"{len(nums)} trial(s) of {where} (jobs {_ranges(sorted(nums))}) were never drawn ({why}): "
+                     "start a new sweep for them, around the best trials so far (python -m framework.search "
+                     f"summarize {shlex.quote(str(folder))}).")
     return commands, notes
 
 
