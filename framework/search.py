@@ -675,7 +675,7 @@ def border_warnings(best: dict | None, space: list[Param], edge: float = EDGE,
         reached = limit is not None and (p.low <= limit if direction == "lower" else p.high >= limit)
         if reached:
             message = (f"{where}, which already ends at the allowed limit {_limit_text(limit)} of {p.name} "
-                       f"(allowed {allowed}): the range cannot widen that way; the optimum may sit at the limit "
+                       f"(allowed {allowed}): there is nothing beyond it to search; the optimum may sit at the limit "
                        "(notes 5.6).")
         else:
             bound = f" (up to its allowed limit {_limit_text(limit)})" if limit is not None and direction == \
@@ -812,7 +812,10 @@ def render_markdown(summary: dict) -> str:
             for p in numeric:
                 q = ranges.get(p.name)
                 cells.append(f"[{q['low']:.4g}, {q['high']:.4g}]" if q else "-")
-            lines.append(f"| {s['index']} | {s['n_trials']} | {s.get('state', '-')} | "
+            state = s.get("state", "-")
+            if summary.get("state") == "stopped":  # the sweeper is gone: its open stages will not go on
+                state = {"running": "interrupted", "pending": "not started"}.get(state, state)
+            lines.append(f"| {s['index']} | {s['n_trials']} | {state} | "
                          f"{' '.join(s.get('overrides') or []) or '-'} | " + " | ".join(cells) + " |")
         lines.append("")
     lines += ["## Trials (best validation accuracy first; trial N runs in the job folder N_...)", "",
