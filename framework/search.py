@@ -867,8 +867,7 @@ def plot(summary: dict, path: pathlib.Path) -> bool:
     except ImportError:
         global _PLOT_NOTICE
         if not _PLOT_NOTICE:  # one notice per process, not one per stage
-            log.warning("matplotlib is not installed: summaries are written without their .png plot "
-                        "(pip install matplotlib).")
+            log.warning("matplotlib is not installed: the summaries come without a plot (pip install matplotlib).")
             _PLOT_NOTICE = True
         return False
     space = [Param.from_json(p) for p in summary["space"]]
