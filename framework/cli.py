@@ -186,13 +186,9 @@ def _help_overrides(argv: list[str]) -> list[str]:
     about = re.sub(r"^`?python -m [\w.]+[^`:]*`?:\s*", "", about).replace("${", "$ {")
     header = (f"python -m {module}: {about} Arguments are key=value overrides of the configuration below; paths "
               "the framework printed paste as they are.")
-    return [f"hydra.help.app_name=python -m {module}", f"hydra.help.header={paths_quote(header)}"]
-
-
-def paths_quote(text: str) -> str:
     from .paths import hydra_quote
 
-    return hydra_quote(text)
+    return [f"hydra.help.app_name={hydra_quote('python -m ' + module)}", f"hydra.help.header={hydra_quote(header)}"]
 
 
 def main_entry(hydra_main):

@@ -1194,13 +1194,17 @@ def main(argv=None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     s = sub.add_parser("summarize", help="print the ranked trials and border warnings of a sweep folder (works "
                                          "while trials still run; reads files only)")
-    s.add_argument("sweep_dir", help="a sweep folder, e.g. outputs/sweeps/2024-05-01/12-00-00")
+    s.add_argument("sweep_dir", help="a sweep folder, e.g. outputs/sweeps/2024-05-01/12-00-00 (as printed), "
+                                     "outputs/sweeps/latest, or a glob naming one")
     s.add_argument("--stage", type=int, default=None, help="only this stage's trials (1-based)")
     s.add_argument("--write", action="store_true",
                    help="also write the summary files (.md, .json, .png) into the sweep folder")
     s.add_argument("--json", action="store_true", help="print JSON instead of Markdown")
     args = parser.parse_args(argv)
     try:
+        from .paths import expand_one
+
+        args.sweep_dir = str(expand_one(args.sweep_dir, "sweep_dir"))
         sweep = load_sweep(args.sweep_dir)
         if not sweep.trials:
             raise SearchError(f"No trials in {args.sweep_dir}: neither {SEARCH_FILE} nor job folders "
