@@ -93,6 +93,19 @@ def _record_failure(status: str, message: str) -> None:
         write_json_atomic(out / "summary.json", {"status": status, "message": message, "metrics": {}})
 
 
+def _sweep_job_logging():
+    """In a sweep job: its console lines are framework.search.trial_logging's (one pre-flight line per job)."""
+    import contextlib
+
+    if not _is_multirun():
+        return contextlib.nullcontext()
+    from hydra.core.hydra_config import HydraConfig
+
+    from .search import trial_logging
+
+    return trial_logging(HydraConfig.get().job.num)
+
+
 def user_errors(task):
     """Decorate a Hydra task: a FrameworkError prints one paragraph and exits non-zero. In a multirun every
     failure is logged, recorded in the job's summary.json, and the job returns NaN so the sweep goes on."""
@@ -115,7 +128,8 @@ def user_errors(task):
                                                "this trial started.")
                 return math.nan
         try:
-            return task(cfg)
+            with _sweep_job_logging():
+                return task(cfg)
         except FrameworkError as exc:
             if _is_multirun():
                 log.error("%s", exc)
@@ -176,15 +190,51 @@ def check_group_choices(argv) -> None:
 
 
 PATH_KEYS = ("resume", "checkpoint")  # overrides whose value is a path
+LIST_PATH_KEYS = ("source",)  # overrides whose value is a list of paths (framework.ensemble)
 
 
 def quote_path_override(arg: str) -> str:
     """`resume=outputs/runs/d/t_epochs=2,seed=1` -> quoted, so run folders named after their overrides can be
-    pasted as they are (Hydra's grammar would read the '=' and ',' inside the path)."""
+    pasted as they are (Hydra's grammar would read the '=' and ',' inside the path). resume= also takes `latest`
+    and a glob matching one folder, and for a sweep folder stops with the commands that resume its jobs;
+    source=[...] takes such paths, sweep folders, `latest` and globs (framework.paths)."""
+    from . import paths
+
     key, sep, value = arg.partition("=")
-    if sep and key.lstrip("+") in PATH_KEYS and value[:1] not in ("'", '"') and re.search(r"[=,\s\[\]{}()']", value):
-        return f"{key}='{value}'" if "'" not in value else f'{key}="{value}"'
-    return arg
+    name = key.lstrip("+")
+    if not sep or value[:1] in ("'", '"') or (name not in PATH_KEYS and name not in LIST_PATH_KEYS):
+        return arg
+    if name in LIST_PATH_KEYS:
+        if re.search(r"['\"]", value):
+            return arg  # quoted by the user already: Hydra's grammar applies
+        items = [str(p) for item in paths.split_list(value) for p in paths.expand(item, name)]
+        return f"{key}=[{','.join(paths.hydra_quote(i) for i in items)}]"
+    if name == "resume" and value not in ("null", ""):
+        from .search import SearchError, is_sweep_folder, sweep_resume_message
+
+        value = str(paths.expand_one(value, name))
+        if is_sweep_folder(value):
+            raise SearchError(sweep_resume_message(value))
+    if re.search(r"[=,\s\[\]{}()'*?]", value):
+        return f"{key}={paths.hydra_quote(value)}"
+    return f"{key}={value}"
+
+
+def _help_overrides(argv: list[str]) -> list[str]:
+    """With --help: Hydra's help names the app and says what it does (its default header reads "__main__ is
+    powered by Hydra"). The text is the first paragraph of the app module's docstring."""
+    if not any(a in ("--help", "-h") for a in argv):
+        return []
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    module = spec.name.removesuffix(".__main__") if spec is not None else "framework"
+    about = " ".join(((getattr(main, "__doc__", None) or "").strip().split("\n\n")[0]).split())
+    about = re.sub(r"^`?python -m [\w.]+[^`:]*`?:\s*", "", about).replace("${", "$ {")
+    header = (f"python -m {module}: {about} Arguments are key=value overrides of the configuration below; paths "
+              "the framework printed paste as they are.")
+    from .paths import hydra_quote
+
+    return [f"hydra.help.app_name={hydra_quote('python -m ' + module)}", f"hydra.help.header={hydra_quote(header)}"]
 
 
 def main_entry(hydra_main, config_name: str = "config"):
@@ -201,6 +251,7 @@ def main_entry(hydra_main, config_name: str = "config"):
         try:
             register_configs()
             sys.argv[1:] = [quote_path_override(arg) for arg in sys.argv[1:]]
+            sys.argv[1:1] = _help_overrides(sys.argv[1:])  # before any flag: argparse wants positionals together
             check_group_choices(sys.argv[1:])
             check_unknown_keys(sys.argv[1:], config_name)
             check_writable(sys.argv[1:])

@@ -14,6 +14,7 @@ import numpy as np
 from .errors import ConfigError
 
 HEALTHY_RATIO = 1e-3  # notes 3.3: update/weight ratio around 1e-3 is healthy
+MIN_FIT_EPOCHS = 5  # train/val accuracies of shorter runs (a coarse search's 1-epoch trials) say nothing of capacity
 
 
 @dataclass(frozen=True)
@@ -102,11 +103,15 @@ def divergence_finding(epoch: int, lr: float) -> Finding:
                    "rate is likely far too high; lower it 3-10x (notes 3.1)", "3.1", "", float(lr))
 
 
-def fit_findings(train_acc: float, val_acc: float, th: Thresholds, lr_suspect: bool = False) -> list[Finding]:
+def fit_findings(train_acc: float, val_acc: float, th: Thresholds, lr_suspect: bool = False,
+                 epochs: int | None = None) -> list[Finding]:
     """Overfitting when train acc exceeds val acc by more than overfit_gap; too little capacity when val tracks
     train within capacity_gap while train acc stays below capacity_acc (notes 3.2). With `lr_suspect` (the
-    update ratios already blame the learning rate) low accuracy is not blamed on capacity."""
+    update ratios already blame the learning rate) low accuracy is not blamed on capacity. `epochs`: epochs
+    trained; a run shorter than MIN_FIT_EPOCHS is not judged (after 1 epoch every model looks too small)."""
     if not (math.isfinite(train_acc) and math.isfinite(val_acc)):
+        return []
+    if epochs is not None and epochs < MIN_FIT_EPOCHS:
         return []
     gap = train_acc - val_acc
     if gap > th.overfit_gap:

@@ -446,14 +446,6 @@ def _subdirs(folder: pathlib.Path, pattern: str) -> list[pathlib.Path]:
     return [p for p in folder.glob(pattern) if p.is_dir() and not any(s.startswith(".") for s in p.parts[-2:])]
 
 
-def _newest(folder: pathlib.Path) -> pathlib.Path:
-    """The newest <date>/<time>... folder below `folder` (Hydra's folder names sort by time)."""
-    found = sorted(_subdirs(folder, "*/*"), key=lambda p: (p.parent.name, p.name))
-    if not found:
-        raise EnsembleError(f"{folder / 'latest'}: there are no <date>/<time> folders below {folder}.")
-    return found[-1]
-
-
 def _job(folder: pathlib.Path) -> tuple[int | None, list[str] | None]:
     """(job number when the run was a multirun job, else None; its command-line overrides) from .hydra/."""
     import yaml
@@ -488,44 +480,71 @@ def _label_runs(runs: list[RunRef]) -> None:
             r.label = f"{r.folder.parent.name}/{r.label}"
 
 
-def resolve_sources(sources) -> tuple[list[RunRef], list[dict]]:
-    """Usable runs of the sources, in order, and the ones skipped (diverged or failed) with the reason.
+def _status(folder: pathlib.Path) -> str:
+    """The run's summary.json status (ok, diverged, failed), or `unfinished` without one (still training, or
+    killed: its checkpoints are those of an epoch that was not meant to be the last)."""
+    try:
+        status = json.loads((folder / "summary.json").read_text()).get("status")
+    except FileNotFoundError:
+        return "unfinished"
+    except (OSError, ValueError, AttributeError):
+        return "unreadable"
+    return str(status) if status else "unreadable"
+
+
+def resolve_sources(sources, include_unfinished: bool = False) -> tuple[list[RunRef], list[dict]]:
+    """Usable runs of the sources, in order, and the ones skipped with the reason.
 
     A source is a run folder (summary.json or checkpoints/ inside), a folder of runs (a sweep: numbered job
-    folders, up to two levels down), a checkpoint file, or <folder>/latest: the newest <date>/<time> below."""
+    folders, up to two levels down), a checkpoint file, `latest` (the newest run or sweep), <folder>/latest (the
+    newest <date>/<time> below it) or a glob of these. Members are runs that finished ok; a run without
+    summary.json (a job of a killed sweep, or one still training) joins only with include_unfinished=True, with
+    its last checkpoint. A checkpoint file named directly is always taken."""
+    from .paths import PathError, expand
+
     sources = [str(s) for s in _as_list(sources)]
     if not sources:
         raise ConfigError("source", [], "one or more run folders, sweep folders or checkpoint files",
                           "e.g. source=[outputs/sweeps/2025-01-31/12-00-00] or source=[outputs/sweeps/latest].")
     runs, skipped = [], []
     for text in sources:
-        path = pathlib.Path(text).expanduser()
-        if path.name == "latest" and not path.exists():
-            path = _newest(path.parent)
-        if path.is_file():
-            folder = path.parent.parent if path.parent.name == "checkpoints" else None
-            runs.append(RunRef(path.stem if folder is None else f"{folder.name}:{path.stem}", folder, path))
-            continue
-        if not path.is_dir():
-            raise EnsembleError(f"source {text}: no such folder or file.")
-        folders = [path] if _is_run(path) else (sorted((p for p in _subdirs(path, "*") if _is_run(p)), key=_natural)
-                                                or sorted((p for p in _subdirs(path, "*/*") if _is_run(p)),
-                                                          key=_natural))
-        if not folders:
-            raise EnsembleError(f"source {text} holds no runs: expected a run folder (with summary.json or "
-                                "checkpoints/) or a sweep folder of such runs.")
-        for folder in folders:
-            try:
-                status = json.loads((folder / "summary.json").read_text()).get("status", "unknown")
-            except (OSError, ValueError, AttributeError):
-                status = "unknown"
-            if status in ("diverged", "failed"):
-                skipped.append({"source": str(folder), "reason": f"the run {status}"})
+        try:
+            paths = expand(text, "source")
+        except PathError as exc:
+            raise EnsembleError(str(exc)) from None
+        for path in paths:
+            if path.is_file():
+                folder = path.parent.parent if path.parent.name == "checkpoints" else None
+                runs.append(RunRef(path.stem if folder is None else f"{folder.name}:{path.stem}", folder, path))
                 continue
-            runs.append(RunRef(folder.name, folder))
+            if not path.is_dir():
+                raise EnsembleError(f"source {text}: no such folder or file.")
+            folders = [path] if _is_run(path) else (
+                sorted((p for p in _subdirs(path, "*") if _is_run(p)), key=_natural)
+                or sorted((p for p in _subdirs(path, "*/*") if _is_run(p)), key=_natural))
+            if not folders:
+                raise EnsembleError(f"source {text} holds no runs: expected a run folder (with summary.json or "
+                                    "checkpoints/) or a sweep folder of such runs.")
+            for folder in folders:
+                status = _status(folder)
+                if status == "ok" or (status == "unfinished" and include_unfinished):
+                    runs.append(RunRef(folder.name, folder))
+                elif status == "unfinished":
+                    skipped.append({"source": str(folder), "reason": "the run did not finish (no summary.json: "
+                                    "killed, or still training); include_unfinished=true takes its last "
+                                    "checkpoint"})
+                else:
+                    skipped.append({"source": str(folder), "reason": f"the run {status}"})
     _label_runs(runs)
     if not runs:
-        raise EnsembleError(f"The sources hold no usable runs ({len(skipped)} diverged or failed).")
+        counts = {}
+        for s in skipped:
+            why = "unfinished" if "did not finish" in s["reason"] else s["reason"].removeprefix("the run ")
+            counts[why] = counts.get(why, 0) + 1
+        text = ", ".join(f"{n} {why}" for why, n in counts.items())
+        hint = (" Runs without summary.json can join with include_unfinished=true (their last checkpoint)."
+                if counts.get("unfinished") else "")
+        raise EnsembleError(f"The sources hold no usable runs ({text}): members must have finished ok.{hint}")
     return runs, skipped
 
 
@@ -602,17 +621,21 @@ def check_same_data(ref: Member, m: Member) -> None:
 
 
 def check_same_architecture(members: list[Member]) -> None:
-    """NotApplicable unless all members have the same model config, layout and dtype (weights can average)."""
+    """NotApplicable unless all members have the same parameter layout (block names and shapes) and dtype: then
+    their weights can average. Keys that shape no parameter (model.keep_prob, the activation...) do not matter
+    here; the soup predicts with the first member's model config."""
     ref = members[0]
     for m in members[1:]:
-        diffs = _differences(_flat(ref.cfg, "model"), _flat(m.cfg, "model"))
-        if diffs or m.ckpt.layout != ref.ckpt.layout or m.theta.dtype != ref.theta.dtype:
-            what = _describe(diffs, ref.label) if diffs else f"dtype {m.theta.dtype} vs {ref.theta.dtype}"
+        if m.ckpt.layout != ref.ckpt.layout or m.theta.dtype != ref.theta.dtype:
+            diffs = _differences(_flat(ref.cfg, "model"), _flat(m.cfg, "model"))
+            what = (_describe(diffs, ref.label) + "; " if diffs else "") + (
+                f"dtype {m.theta.dtype} vs {ref.theta.dtype}; " if m.theta.dtype != ref.theta.dtype else "")
             raise NotApplicable(
-                f"Cannot average the weights of {m.label} and {ref.label}: different architectures ({what}; "
-                f"layouts {m.ckpt.layout} and {ref.ckpt.layout}). A weight soup needs one architecture, and works "
-                "best for members that share their initialization (checkpoints of one run, or runs with the same "
-                "seed); combine the predictions of different architectures instead (strategy=topk or seeds).")
+                f"Cannot average the weights of {m.label} and {ref.label}: different architectures ({what}"
+                f"layouts {m.ckpt.layout} and {ref.ckpt.layout}). A weight soup needs one parameter layout, and "
+                "works best for members that share their initialization (checkpoints of one run, or runs with the "
+                "same seed); combine the predictions of different architectures instead (strategy=topk or "
+                "seeds).")
 
 
 def _loops_for(fn, min_seconds: float) -> int:
@@ -1133,6 +1156,8 @@ class EnsembleSettings:
     save: bool = param(True, "write <name>.h5 for every ensemble")
     plot: bool = param(True, "write report.png (needs matplotlib)")
     tensorboard: bool = param(True, "write the report to TensorBoard event files in the output folder")
+    include_unfinished: bool = param(False, "also take runs without summary.json (killed or still training) as "
+                                            "members, with their last checkpoint")
 
 
 SECTIONS = ("source", "timing", "distill")
@@ -1157,16 +1182,22 @@ def build_ensembles(cfg, out_dir) -> dict:
     distill_opts = _section(DistillConfig, cfg.get("distill"), "distill")
 
     sources = [str(x) for x in _as_list(cfg.get("source"))]
-    runs, skipped = resolve_sources(sources)
+    runs, skipped = resolve_sources(sources, settings.include_unfinished)
     ctx = Context(runs, settings.weights, settings.combine, timing, options, sources)
+    _score_runs(ctx)
     built = []
-    for name in (names if settings.strategy == "all" else (settings.strategy,)):
+    chosen = names if settings.strategy == "all" else (settings.strategy,)
+    for i, name in enumerate(chosen, 1):
         try:
-            built += STRATEGIES.get(name).factory(options[name]).build(ctx)
+            made = STRATEGIES.get(name).factory(options[name]).build(ctx)
+            built += made
+            log.info("[%d/%d strategies] %s: built %s", i, len(chosen), name,
+                     ", ".join(b.ensemble.name for b in made) or "nothing")
         except NotApplicable as exc:
             if settings.strategy != "all":
                 raise
             skipped.append({"strategy": name, "reason": str(exc)})
+            log.info("[%d/%d strategies] %s: skipped (%s)", i, len(chosen), name, exc)
     if not built:
         reasons = " ".join(f"{s.get('strategy') or s.get('source')}: {s['reason']}" for s in skipped)
         raise EnsembleError(f"No strategy applies to these sources. {reasons}")
@@ -1205,6 +1236,23 @@ def build_ensembles(cfg, out_dir) -> dict:
         write_tensorboard(report, markdown, out_dir)
     log.info("%s", markdown)
     return report
+
+
+def _score_runs(ctx: Context) -> None:
+    """Open and score every run's member up front (the strategies reuse them), one progress line per run with
+    the best so far and the time left: a sweep of many trials takes a while to load."""
+    from tqdm import tqdm
+
+    start, best = time.monotonic(), None
+    n = len(ctx.runs)
+    for i, run in enumerate(ctx.runs, 1):
+        m = ctx.run_member(run)
+        if math.isfinite(m.val_acc) and (best is None or m.val_acc > best.val_acc):
+            best = m
+        left = (time.monotonic() - start) / i * (n - i)
+        log.info("[%d/%d runs] %s: val acc %s, test acc %s | best %s | %s", i, n, m.label, _acc(m.val_acc),
+                 _acc(m.test_acc), f"{best.val_acc:.4f} ({best.label})" if best else "-",
+                 f"ETA {tqdm.format_interval(left)}" if i < n else "all scored")
 
 
 def _distill(ctx: Context, built: list[Built], rows: list[dict], opts, out_dir: pathlib.Path) -> dict:

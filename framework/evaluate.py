@@ -1,8 +1,12 @@
-"""`python -m framework.evaluate checkpoint=<file.h5> [npz=<file.npz>] [split=test] [use=raw] [json=false]`:
+"""`python -m framework.evaluate checkpoint=<path> [npz=<file.npz>] [split=test] [use=raw] [json=false]`:
 the accuracy and loss of a checkpoint on the test split of its own dataset (rebuilt deterministically from the
 data config saved in the checkpoint) or on an .npz file of raw features (X_test/y_test, else X/y).
 
-Plain key=value arguments (no Hydra: an evaluation writes no output folder).
+Arguments are key=value, as for the other commands (Hydra-style: a value may be quoted, a leading + is
+ignored), without Hydra itself: an evaluation writes no output folder. The checkpoint may also be given bare, as
+the first argument. Any path the framework printed pastes as is: a checkpoint or ensemble file, a run folder
+(its best checkpoint), a sweep folder (its best trial's), `latest` (the newest run or sweep) or a glob naming
+one of these.
 """
 from __future__ import annotations
 
@@ -13,9 +17,13 @@ import numpy as np
 
 from .errors import ConfigError, DataError, FrameworkError
 
-USAGE = """usage: python -m framework.evaluate checkpoint=<file.h5> [npz=<file.npz>] [split=test] [use=raw] [json=false]
+USAGE = """usage: python -m framework.evaluate [checkpoint=]<path> [npz=<file.npz>] [split=test] [use=raw] [json=false]
 
-  checkpoint=FILE   a checkpoint written by training, e.g. outputs/runs/<date>/<time>/checkpoints/best.h5
+Score a checkpoint (or an ensemble file) on the test split of its own dataset or on an .npz file.
+
+  checkpoint=PATH   a checkpoint or ensemble file, e.g. outputs/runs/<date>/<time>/checkpoints/best.h5; or a run
+                    folder (its checkpoints/best.h5), a sweep folder (its best trial's), latest, or a glob naming
+                    one of these; paths the framework printed paste as they are (quotes are optional)
   npz=FILE          evaluate on this .npz (raw features X_test, y_test, or X, y) instead of the checkpoint's
                     own dataset
   split=NAME        test (default) | val | train: which split of the checkpoint's dataset (ignored with npz=)
@@ -26,15 +34,22 @@ DEFAULTS = {"checkpoint": None, "npz": None, "split": "test", "use": "raw", "jso
 
 
 def parse_args(argv: list[str]) -> dict:
-    """key=value arguments -> options dict (DEFAULTS filled in); ConfigError for anything else."""
+    """key=value arguments (a bare first argument is the checkpoint) -> options dict (DEFAULTS filled in);
+    ConfigError for anything else. Values may be quoted as in Hydra's grammar ('...' or "...")."""
+    from .paths import unquote
+
     options = dict(DEFAULTS)
-    for arg in argv:
+    for i, arg in enumerate(argv):
         key, sep, value = arg.partition("=")
         key = key.lstrip("+")
         if not sep or key not in DEFAULTS:
+            if i == 0 and options["checkpoint"] is None and not arg.startswith("-"):
+                options["checkpoint"] = unquote(arg)  # a bare path, whatever '=' or ',' its folders hold
+                continue
             raise ConfigError(key if sep else arg, value if sep else None,
-                              f"key=value arguments with keys {', '.join(DEFAULTS)}", "Run with --help for usage.")
-        options[key] = value
+                              f"key=value arguments with keys {', '.join(DEFAULTS)} (or the checkpoint's path "
+                              "alone, first)", "Run with --help for usage.")
+        options[key] = unquote(value)
     if not options["checkpoint"]:
         raise ConfigError("checkpoint", None, "the path of a checkpoint file",
                           "e.g. checkpoint=outputs/runs/<date>/<time>/checkpoints/best.h5")
@@ -44,6 +59,28 @@ def parse_args(argv: list[str]) -> dict:
         raise ConfigError("json", options["json"], "true or false")
     options["json"] = str(options["json"]).lower() == "true"
     return options
+
+
+def checkpoint_file(text: str):
+    """The file to score for the checkpoint argument: a file as is; a run folder's checkpoints/best.h5 (else
+    last.h5); a sweep folder's best trial's; `latest` and globs (one match) first expanded (framework.paths)."""
+    from .paths import expand_one
+    from .search import best_trial, is_sweep_folder, load_sweep
+
+    path = expand_one(text, "checkpoint")
+    if path.is_dir() and is_sweep_folder(path):
+        best = best_trial(load_sweep(path).trials)
+        if best is None or not best.get("dir"):
+            raise DataError(f"checkpoint={text}: the sweep folder {path} has no trial that finished ok yet.")
+        path = path / best["dir"]
+    if path.is_dir():
+        for candidate in (path / "checkpoints" / "best.h5", path / "checkpoints" / "last.h5", path / "best.h5",
+                          path / "last.h5"):
+            if candidate.is_file():
+                return candidate
+        raise DataError(f"checkpoint={text}: the folder {path} holds no checkpoints/best.h5 or last.h5 (trained "
+                        "with checkpoint=null, or stopped before its first epoch ended).")
+    return path
 
 
 def rebuild_splits(ckpt):
@@ -114,7 +151,7 @@ def main(argv=None) -> int:
         return 0
     try:
         options = parse_args(argv)
-        result = evaluate(options["checkpoint"], options["npz"], options["split"], options["use"])
+        result = evaluate(checkpoint_file(options["checkpoint"]), options["npz"], options["split"], options["use"])
     except FrameworkError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code

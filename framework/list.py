@@ -8,9 +8,18 @@ from .registry import ALL, load_plugins
 
 
 def main(argv=None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
-    show_options = "--options" in args
-    kinds = [a for a in args if not a.startswith("-")]
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m framework.list",
+        description="List the registered components (built-in and plugins): each with a one-line description, "
+                    "and with --options every option with its default, help text and allowed range. Select one "
+                    "in a run with <group>=NAME, e.g. python -m framework optimizer=adam.")
+    parser.add_argument("kinds", nargs="*", metavar="KIND",
+                        help="only these kinds, by group or kind name (e.g. optimizer, model, schedule)")
+    parser.add_argument("--options", action="store_true", help="also list every option of each component")
+    args = parser.parse_args(sys.argv[1:] if argv is None else list(argv))
+    show_options, kinds = args.options, args.kinds
     load_plugins()
     known = {r.group: r for r in ALL} | {r.kind: r for r in ALL}
     unknown = [k for k in kinds if k not in known]

@@ -65,6 +65,37 @@ def _plain(node) -> dict:
     return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
 
 
+def _hydra_job():
+    """Hydra's job node (num, override_dirname, ...) when this run is a job of a multirun (a sweep), else None."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+            return HydraConfig.get()
+    except Exception:  # no Hydra, or a config without its node
+        pass
+    return None
+
+
+def _job_prefix() -> str:
+    """`job <num>: ` inside a sweep, so interleaved console lines of parallel trials say whose they are."""
+    hc = _hydra_job()
+    return f"job {hc.job.num}: " if hc is not None else ""
+
+
+def _job_overrides() -> list[str]:
+    """The command-line overrides of this run (a sweep job's hold the values it was given)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        if HydraConfig.initialized():
+            return [str(o) for o in HydraConfig.get().overrides.task]
+    except Exception:
+        pass
+    return []
+
+
 def make_callback(run) -> "Monitor | None":
     """The run's monitoring callback, or None when TensorBoard and diagnostics are both switched off."""
     options = Options.from_cfg(run.cfg.get("tensorboard"))
@@ -130,8 +161,9 @@ class Monitor(Callback):
     def on_train_end(self, run) -> None:
         try:
             findings = self.diagnose(run) if self.thresholds.enabled else None
+            prefix = _job_prefix()
             for f in findings or []:
-                log.warning("diagnostics: %s", f.message)
+                log.warning("%sdiagnostics: %s", prefix, f.message)
             if findings is not None:
                 run.summary["diagnostics"] = [f.as_dict() for f in findings]
             if self.writer is not None:
@@ -141,7 +173,10 @@ class Monitor(Callback):
                     w.text("diagnostics", as_markdown(findings), step)
                 metrics = run.summary.get("metrics", {})
                 w.scalars({k: metrics[k] for k in ("best_val_acc", "test_acc") if metrics.get(k) is not None}, step)
-                w.hparams(run.summary.get("hparams", {}), list(HPARAM_METRICS), self._start_time)
+                from .tensorboard import select_hparams
+
+                w.hparams(select_hparams(run.summary.get("hparams", {}), _job_overrides()), list(HPARAM_METRICS),
+                          self._start_time)
                 w.session_end(run.status == "ok", step)
         finally:
             if self.writer is not None:
@@ -246,7 +281,7 @@ class Monitor(Callback):
         if run.epoch == 0:
             return findings
         lr_suspect = any(f.check in ("lr_too_low", "lr_too_high") for f in findings)
-        findings += fit_findings(run.last("train/acc"), run.last("val/acc"), th, lr_suspect)
+        findings += fit_findings(run.last("train/acc"), run.last("val/acc"), th, lr_suspect, run.epoch)
         if self._units is None or self._units[0] != run.epoch:
             self._unit_stats(run)
         _, dead, saturated = self._units

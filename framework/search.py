@@ -26,6 +26,8 @@ import math
 import os
 import pathlib
 import re
+import shlex
+import socket
 import sys
 import tempfile
 import time
@@ -42,8 +44,12 @@ SEARCH_FILE = "search.json"
 FINAL_NAME = "search_summary"
 EDGE = 0.1  # border warning when the best value lies in the outer 10% of its range (notes 5.6)
 SAMPLERS = ("random", "grid", "tpe")
-STATUSES = ("ok", "diverged", "stopped_hopeless", "failed", "interrupted", "running", "pending")
+# interrupted: started, no summary.json, and no live sweep behind it (killed, or stopped by a signal);
+# not_started: planned, never launched
+STATUSES = ("ok", "diverged", "stopped_hopeless", "failed", "interrupted", "running", "pending", "not_started")
+FINISHED = ("ok", "diverged", "stopped_hopeless", "failed")
 BAD = ("diverged", "stopped_hopeless", "failed", "interrupted")  # trials that ended without a usable result
+STALE_SECONDS = 3600.0  # a job of a sweep without a sweeper record whose files did not change for this long stopped
 _CHECKPOINT = re.compile(r"^epoch(\d+)_val(\d+(?:\.\d+)?)\.h5$")
 _LOG_ERROR = re.compile(r"\]\[ERROR\] (.*)$")
 
@@ -494,26 +500,71 @@ class Sweep:
     meta: dict
     space: list[Param]
     trials: list[dict]
+    state: str = "unknown"  # see sweep_state
 
     @property
     def stages(self) -> list[dict]:
         return self.meta.get("stages") or []
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError, TypeError):
+        return True  # exists under another user, or unreadable: do not call it dead
+    return True
+
+
+def sweep_state(meta: dict) -> str:
+    """done (the sweeper finished), running (its process lives on this machine), stopped (it was killed: its
+    process is gone) or unknown (no sweeper record, or a sweeper on another machine)."""
+    if meta.get("finished"):
+        return "done"
+    sweeper = meta.get("sweeper") or {}
+    if sweeper.get("pid") and sweeper.get("host") == socket.gethostname():
+        return "running" if _pid_alive(sweeper["pid"]) else "stopped"
+    return "unknown"
+
+
+def _last_activity(folder: pathlib.Path) -> float:
+    """Newest modification time (s since the epoch) of the job folder and the files in it and checkpoints/."""
+    times = []
+    for path in [folder, *folder.glob("*"), *folder.glob("checkpoints/*")]:
+        try:
+            times.append(path.stat().st_mtime)
+        except OSError:
+            pass
+    return max(times, default=0.0)
+
+
 def load_sweep(sweep_dir) -> Sweep:
     """Read search.json (if the sweeper wrote one) and every job folder; merge them into one record per trial:
-    num, stage, params, status (ok|diverged|failed|running|pending), val_acc, val_loss, epochs, wall_time_s,
-    message, dir. A job folder without summary.json is `running` (its checkpoint names give progress)."""
+    num, stage, params, status (STATUSES), val_acc, val_loss, epochs, wall_time_s, message, dir.
+
+    A job folder without summary.json is `running` while the sweep lives (its checkpoint names give progress) and
+    `interrupted` once it does not: the sweeper finished or its process is gone (sweep_state), or, for a sweep
+    without a sweeper record, nothing in the folder changed for STALE_SECONDS. Trials the sweeper planned but
+    never launched are `pending` while it lives, else `not_started` (with their overrides when they were drawn)."""
     folder = pathlib.Path(sweep_dir)
     if not folder.is_dir():
         raise SearchError(f"Sweep folder {folder} does not exist.")
     meta = _read_json(folder / SEARCH_FILE) or {}
+    state = sweep_state(meta)
     records = {int(t["num"]): t for t in meta.get("trials", [])}
     dirs = job_dirs(folder)
+    planned = {}  # job number -> stage of every trial the stages plan (numbers run on across stages)
+    num = 0
+    for s in meta.get("stages") or []:
+        for _ in range(int(s.get("n_trials") or 0)):
+            planned[num] = s.get("index")
+            num += 1
     trials = []
-    for num in sorted(set(records) | set(dirs)):
-        t = {"num": num, "stage": None, "params": None, "status": None, "val_acc": None, "val_loss": None,
-             "epochs": None, "wall_time_s": None, "message": "", "dir": None, "overrides": None}
+    now = time.time()
+    for num in sorted(set(records) | set(dirs) | set(planned)):
+        t = {"num": num, "stage": planned.get(num), "params": None, "status": None, "val_acc": None,
+             "val_loss": None, "epochs": None, "wall_time_s": None, "message": "", "dir": None, "overrides": None}
         t.update(copy.deepcopy(records.get(num, {})))
         path = dirs.get(num) or (folder / t["dir"] if t.get("dir") else None)
         info = read_job(path) if path is not None and path.is_dir() else {}
@@ -525,14 +576,19 @@ def load_sweep(sweep_dir) -> Sweep:
             t["message"] = info.get("message") or t.get("message") or ""
             for k in ("val_acc", "val_loss", "test_acc", "epochs", "best_epoch", "wall_time_s"):
                 t[k] = info.get(k)
-        elif recorded in ("ok", *BAD):
+        elif recorded in (*FINISHED, "interrupted"):
             pass  # the sweeper saw the job end (e.g. a task without summary.json)
         elif path is not None and path.is_dir():
-            t["status"] = "running"
+            alive = state == "running" or (state == "unknown" and now - _last_activity(path) < STALE_SECONDS)
+            t["status"] = "running" if alive else "interrupted"
         else:
-            t["status"] = "pending"
-        if t["status"] == "running" and info.get("checkpoint_epochs") is not None:
+            t["status"] = "pending" if state in ("running", "unknown") and meta else "not_started"
+        if t["status"] in ("running", "interrupted") and info.get("checkpoint_epochs") is not None:
             t["epochs"], t["val_acc"] = info["checkpoint_epochs"], info["checkpoint_val"]
+        if t["status"] == "interrupted" and not info.get("status"):  # a signal's stop writes its own summary
+            done = f"after {t['epochs']} epoch(s)" if t.get("epochs") else "before its first epoch checkpoint"
+            t["message"] = (f"no summary.json and no live sweep: the job stopped {done} (killed?); "
+                            f"`python -m framework resume=<sweep folder>` lists the commands that finish it")
         if t["status"] == "failed" and not t.get("message"):
             t["message"] = info.get("log_error") or "the job returned no result (see its log)"
         if info.get("best_checkpoint"):
@@ -545,11 +601,11 @@ def load_sweep(sweep_dir) -> Sweep:
     else:
         space = infer_space(trials)
     for t in trials:
-        if t.get("params") is None:  # no sweeper record: values from the job's overrides
+        if t.get("params") is None and t.get("overrides"):  # no sweeper record: values from the job's overrides
             given = dict(_split(o) for o in t.get("overrides") or [])
             t["params"] = {p.name: _value_of(given[p.name]) if p.numeric else given[p.name]
                            for p in space if p.name in given}
-    return Sweep(folder, meta, space, trials)
+    return Sweep(folder, meta, space, trials, state)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -579,9 +635,20 @@ def best_trial(trials: list[dict]) -> dict | None:
     return None
 
 
-def border_warnings(best: dict | None, space: list[Param], edge: float = EDGE) -> list[dict]:
+def _limit_text(x: float) -> str:
+    return f"{x:g}"
+
+
+def border_warnings(best: dict | None, space: list[Param], edge: float = EDGE,
+                    limits: dict[str, str] | None = None) -> list[dict]:
     """Notes 5.6: when the best value of a numeric parameter lies in the outer `edge` fraction of its searched
-    range (in log10 for log ranges) the optimum may lie outside: name the parameter and the direction to widen."""
+    range (in log10 for log ranges) the optimum may lie outside: name the parameter and the direction to widen.
+
+    limits: {parameter: allowed range in interval notation, e.g. "(0, 1]"} (see param_limits). A range never
+    widens past its allowed limit: when the searched range already ends there, the warning says the optimum may
+    sit at the limit instead of advising to widen (at_limit true)."""
+    from .params import parse_interval
+
     out = []
     if best is None:
         return out
@@ -595,14 +662,83 @@ def border_warnings(best: dict | None, space: list[Param], edge: float = EDGE) -
         direction = "lower" if u <= edge else "higher"
         side = "bottom" if direction == "lower" else "top"
         scale = " (log scale)" if p.log else ""
+        allowed = (limits or {}).get(p.name)
+        limit = None
+        if allowed:
+            try:
+                lo, hi, _, _ = parse_interval(allowed)
+                limit = lo if direction == "lower" else hi
+            except ValueError:
+                limit = None
+        if limit is not None and (not math.isfinite(limit) or (p.log and limit <= 0)):
+            limit = None  # no limit that side (a log range never reaches 0)
+        where = (f"{p.name}: the best trial's value {value:g} lies in the {side} {edge:.0%} of the searched "
+                 f"range [{p.low:g}, {p.high:g}]{scale}")
+        reached = limit is not None and (p.low <= limit if direction == "lower" else p.high >= limit)
+        if reached:
+            message = (f"{where}, which already ends at the allowed limit {_limit_text(limit)} of {p.name} "
+                       f"(allowed {allowed}): there is nothing beyond it to search; the optimum may sit at the limit "
+                       "(notes 5.6).")
+        else:
+            bound = f" (up to its allowed limit {_limit_text(limit)})" if limit is not None and direction == \
+                "higher" else (f" (down to its allowed limit {_limit_text(limit)})" if limit is not None else "")
+            message = (f"{where}; the optimum may be {direction}: widen the range toward {direction} "
+                       f"values{bound} (notes 5.6).")
         out.append({
             "param": p.name, "direction": direction, "value": value, "low": p.low, "high": p.high,
-            "position": round(u, 4),
-            "message": f"{p.name}: the best trial's value {value:g} lies in the {side} {edge:.0%} of the searched "
-                       f"range [{p.low:g}, {p.high:g}]{scale}; the optimum may be {direction}: widen the range "
-                       f"toward {direction} values (notes 5.6).",
+            "position": round(u, 4), "allowed": allowed, "at_limit": reached, "message": message,
         })
     return out
+
+
+# config keys whose allowed range is the one of a component's field (the main knobs default to them)
+_ALIASES = {"lr": ("optimizer", "lr"), "reg": ("regularizer", "reg")}
+
+
+def param_limits(cfg: dict | None, names) -> dict[str, str]:
+    """{name: allowed range} of the searched keys `names` from the registered component configs: for
+    `<group>.<field>` (e.g. model.keep_prob) the range of that field of the component the config `cfg` (a plain
+    dict of a trial's composed config) selects in <group>; lr and reg use the optimizer's and the regularizer's.
+    Keys without a registered range (or a config without that group) are left out."""
+    import dataclasses
+
+    from .registry import ALL
+
+    out = {}
+    if not isinstance(cfg, dict):
+        return out
+    registries = {r.group: r for r in ALL}
+    for name in names:
+        group, _, field_name = name.partition(".")
+        if name in _ALIASES:
+            group, field_name = _ALIASES[name]
+        node = cfg.get(group)
+        if group not in registries or not isinstance(node, dict) or not field_name or "." in field_name:
+            continue
+        try:
+            entry = registries[group].get(str(node.get("name")))
+        except FrameworkError:
+            continue
+        for f in dataclasses.fields(entry.config_cls):
+            if f.name == field_name and f.metadata.get("range"):
+                out[name] = f.metadata["range"]
+    return out
+
+
+def _job_config(sweep: "Sweep") -> dict | None:
+    """The composed config (.hydra/config.yaml) of the first job folder that has one, as a plain dict."""
+    import yaml
+
+    for t in sorted(sweep.trials, key=lambda t: t["num"]):
+        if t.get("dir"):
+            try:
+                with open(sweep.folder / t["dir"] / ".hydra" / "config.yaml") as f:
+                    data = yaml.safe_load(f)
+                if isinstance(data, dict):
+                    return data
+            except (OSError, yaml.YAMLError):
+                continue
+    return None
 
 
 def _fmt(x, spec=".4f") -> str:
@@ -621,6 +757,9 @@ def summarize(sweep: Sweep, stage: int | None = None) -> dict:
     ranked = rank(trials)
     best = best_trial(trials)
     counts = {s: sum(1 for t in trials if t.get("status") == s) for s in STATUSES}
+    limits = sweep.meta.get("limits")
+    if limits is None:  # a sweep without a sweeper record: the ranges registered for the jobs' components
+        limits = param_limits(_job_config(sweep), [p.name for p in sweep.space if p.numeric])
     return {
         "sweep_dir": str(sweep.folder),
         "stage": stage,
@@ -629,8 +768,9 @@ def summarize(sweep: Sweep, stage: int | None = None) -> dict:
         "wall_time_s": sweep.meta.get("wall_time_s"),
         "counts": {k: v for k, v in counts.items() if v},
         "n_trials": len(trials),
+        "state": sweep.state,
         "best": best,
-        "warnings": border_warnings(best, sweep.space),
+        "warnings": border_warnings(best, sweep.space, limits=limits),
         "space": [p.to_json() for p in sweep.space],
         "stages": sweep.stages,
         "trials": ranked,
@@ -643,13 +783,16 @@ def render_markdown(summary: dict) -> str:
     stage = summary["stage"]
     title = f"stage {stage}" if stage is not None else "all stages"
     lines = [f"# Search summary ({title}): {pathlib.Path(summary['sweep_dir']).name}", ""]
-    counts = ", ".join(f"{v} {k}" for k, v in summary["counts"].items()) or "no trials yet"
+    counts = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in summary["counts"].items()) or "no trials yet"
     head = f"{summary['n_trials']} trials ({counts})"
     if summary.get("sampler"):
         head += f"; sampler {summary['sampler']}, seed {summary['seed']}"
     if _finite(summary.get("wall_time_s")) and stage is None:
         head += f"; sweep wall time {summary['wall_time_s']:.1f} s"
     lines.append(head + ".")
+    if summary.get("state") == "stopped":
+        lines.append("The sweep stopped before it finished (its sweeper process is gone). `python -m framework "
+                     f"resume={pathlib.Path(summary['sweep_dir'])}` lists the commands that finish its jobs.")
     best = summary["best"]
     if best is not None:
         values = ", ".join(f"{p.name}={_param_text(p, best['params'].get(p.name))}" for p in space)
@@ -671,7 +814,10 @@ def render_markdown(summary: dict) -> str:
             for p in numeric:
                 q = ranges.get(p.name)
                 cells.append(f"[{q['low']:.4g}, {q['high']:.4g}]" if q else "-")
-            lines.append(f"| {s['index']} | {s['n_trials']} | {s.get('state', '-')} | "
+            state = s.get("state", "-")
+            if summary.get("state") == "stopped":  # the sweeper is gone: its open stages will not go on
+                state = {"running": "interrupted", "pending": "not started"}.get(state, state)
+            lines.append(f"| {s['index']} | {s['n_trials']} | {state} | "
                          f"{' '.join(s.get('overrides') or []) or '-'} | " + " | ".join(cells) + " |")
         lines.append("")
     lines += ["## Trials (best validation accuracy first; trial N runs in the job folder N_...)", "",
@@ -681,7 +827,8 @@ def render_markdown(summary: dict) -> str:
     for i, t in enumerate(summary["trials"], 1):
         params = t.get("params") or {}
         lines.append(
-            f"| {i} | {t['num']} | {t.get('stage') or '-'} | {t.get('status')} | {_fmt(t.get('val_acc'))} | "
+            f"| {i} | {t['num']} | {t.get('stage') or '-'} | {str(t.get('status')).replace('_', ' ')} | "
+            f"{_fmt(t.get('val_acc'))} | "
             f"{t.get('epochs') if t.get('epochs') is not None else '-'} | {_fmt(t.get('wall_time_s'), '.1f')} | " +
             " | ".join(_param_text(p, params.get(p.name)) for p in space) + " |")
     stopped = [t for t in summary["trials"] if t.get("status") in BAD]
@@ -690,7 +837,26 @@ def render_markdown(summary: dict) -> str:
         for t in sorted(stopped, key=lambda t: t["num"]):
             message = " ".join(str(t.get("message") or "").split())
             lines.append(f"- trial {t['num']} ({t['status']}): {message[:300]}")
+    waiting = sorted(t["num"] for t in summary["trials"] if t.get("status") == "not_started")
+    if waiting:
+        lines += ["", "## Trials that never started", "",
+                  f"- {len(waiting)} planned trial(s) were never launched: jobs {_ranges(waiting)}."]
     return "\n".join(lines) + "\n"
+
+
+def _ranges(nums: list[int]) -> str:
+    """[0, 1, 2, 5] -> "0-2, 5"."""
+    out, start = [], None
+    for i, n in enumerate(nums):
+        if start is None:
+            start = n
+        if i + 1 == len(nums) or nums[i + 1] != n + 1:
+            out.append(f"{start}-{n}" if n > start else str(n))
+            start = None
+    return ", ".join(out)
+
+
+_PLOT_NOTICE = False
 
 
 def plot(summary: dict, path: pathlib.Path) -> bool:
@@ -701,7 +867,10 @@ def plot(summary: dict, path: pathlib.Path) -> bool:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError:
-        log.warning("matplotlib is not installed: no plot (pip install -e '.[search]').")
+        global _PLOT_NOTICE
+        if not _PLOT_NOTICE:  # one notice per process, not one per stage
+            log.warning("matplotlib is not installed: the summaries come without a plot (pip install matplotlib).")
+            _PLOT_NOTICE = True
         return False
     space = [Param.from_json(p) for p in summary["space"]]
     if not space:
@@ -750,8 +919,9 @@ def plot(summary: dict, path: pathlib.Path) -> bool:
 
 
 def write_summary(sweep_dir, stage: int | None = None, with_plot: bool = True) -> dict:
-    """Write <name>.md, <name>.json and <name>.png into the sweep folder: name stage<S>_summary for one stage,
-    search_summary for the whole sweep. Returns the summary dict."""
+    """Write <name>.md, <name>.json and <name>.png (when matplotlib is there) into the sweep folder: name
+    stage<S>_summary for one stage, search_summary for the whole sweep. Returns the summary dict; its key
+    "files" lists the names of the files written."""
     from .train import write_json_atomic
 
     sweep = load_sweep(sweep_dir)
@@ -760,9 +930,10 @@ def write_summary(sweep_dir, stage: int | None = None, with_plot: bool = True) -
     folder = pathlib.Path(sweep_dir)
     write_text_atomic(folder / f"{name}.md", render_markdown(summary))
     write_json_atomic(folder / f"{name}.json", summary)
-    if with_plot:
-        plot(summary, folder / f"{name}.png")
-    return summary
+    files = [f"{name}.md", f"{name}.json"]
+    if with_plot and plot(summary, folder / f"{name}.png"):
+        files.append(f"{name}.png")
+    return {**summary, "files": files}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -780,6 +951,9 @@ class SearchRecord:
             "space": [p.to_json() for p in space], "fixed_overrides": list(fixed),
             "stages": [dict(s, state="pending", space=None) for s in stages],
             "trials": [], "wall_time_s": 0.0,
+            # who runs the sweep: a reader on this machine tells a live sweep from a killed one by the pid
+            "sweeper": {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()},
+            "finished": None,  # time the sweeper finished (every stage done)
         }
         self.by_num: dict[int, dict] = {}
 
@@ -800,6 +974,13 @@ class SearchRecord:
         self.data["trials"].append(record)
         self.by_num[num] = record
         return record
+
+    def set_limits(self, limits: dict[str, str]) -> None:
+        """The allowed range of each searched parameter (param_limits): border warnings never widen past it."""
+        self.data["limits"] = dict(limits)
+
+    def finish(self) -> None:
+        self.data["finished"] = time.time()
 
     def trials(self, stage: int | None = None) -> list[dict]:
         return [t for t in self.data["trials"] if stage is None or t["stage"] == stage]
@@ -837,6 +1018,130 @@ def settle(record: dict, folder: pathlib.Path | None, value, error: str | None) 
     else:
         record["value"] = record.get("val_acc") if _finite(record.get("val_acc")) else record["value"]
     return record
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Resuming a killed sweep: the exact command of each unfinished job
+# ----------------------------------------------------------------------------------------------------------------
+def is_sweep_folder(path) -> bool:
+    """True for a sweep folder: search.json or multirun.yaml inside, or numbered job folders (with .hydra/) and no
+    run of its own (no checkpoints/ or summary.json)."""
+    folder = pathlib.Path(path)
+    if not folder.is_dir():
+        return False
+    if (folder / SEARCH_FILE).is_file() or (folder / "multirun.yaml").is_file():
+        return True
+    if (folder / "checkpoints").is_dir() or (folder / "summary.json").is_file():
+        return False
+    return bool(job_dirs(folder))
+
+
+def _override_dirname(overrides: list[str], exclude: list[str]) -> str:
+    """Hydra's override_dirname: the overrides sorted, without the excluded keys, joined by commas."""
+    kept = [o for o in overrides if _split(o)[0] not in set(exclude)]
+    return ",".join(sorted(kept))
+
+
+def resume_commands(sweep_dir) -> tuple[list[str], list[str]]:
+    """(commands, notes) that finish a stopped sweep: for each job that started but has no summary.json,
+    `python -m framework resume=<job folder>` when it wrote checkpoints/last.h5, else its overrides again with
+    hydra.run.dir=<its folder>; for each drawn trial that never started, its overrides with a folder of its own in
+    the sweep (the summary then lists it under its number). Trials of stages that never began cannot run alone
+    (their ranges narrow around the earlier stages): a note says so. Every command pastes into a shell as is."""
+    import yaml
+
+    sweep = load_sweep(sweep_dir)
+    folder = sweep.folder
+    exclude = []
+    try:
+        with open(folder / "multirun.yaml") as f:
+            exclude = list(yaml.safe_load(f)["hydra"]["job"]["config"]["override_dirname"]["exclude_keys"] or [])
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        pass
+    commands, notes, undrawn = [], [], {}
+    for t in sweep.trials:
+        status = t.get("status")
+        if status in FINISHED:
+            continue
+        if status == "running":
+            notes.append(f"job {t['num']} is still running ({t.get('dir')}).")
+            continue
+        job = folder / t["dir"] if t.get("dir") else None
+        if job is not None and (job / "checkpoints" / "last.h5").is_file():
+            commands.append(f"python -m framework {shlex.quote('resume=' + str(job))}")
+            continue
+        overrides = t.get("overrides") or []
+        if not overrides and t.get("params") is None:
+            undrawn.setdefault(t.get("stage"), []).append(t["num"])
+            continue
+        if job is None:
+            name = f"{t['num']}_{_override_dirname(overrides, exclude)}".rstrip("_")
+            job = folder / re.sub(r"[^A-Za-z0-9_.,=+\-\[\]]", "-", name)[:200]
+        run_dir = f'hydra.run.dir="{job}"' if '"' not in str(job) else f"hydra.run.dir='{job}'"
+        commands.append("python -m framework " + " ".join(shlex.quote(o) for o in [*overrides, run_dir,
+                                                                                    f"hydra.job.num={t['num']}"]))
+    for stage, nums in undrawn.items():
+        where = f"stage {stage}" if stage else "the sweep"
+        why = ("their ranges narrow around the earlier stages' results, so they cannot run on their own"
+               if stage and stage > 1 else "the sampler stopped with the sweep")
+        notes.append(f"{len(nums)} trial(s) of {where} (jobs {_ranges(sorted(nums))}) were never drawn ({why}): "
+                     "start a new sweep for them, around the best trials so far (python -m framework.search "
+                     f"summarize {shlex.quote(str(folder))}).")
+    return commands, notes
+
+
+def sweep_resume_message(sweep_dir) -> str:
+    """The one paragraph `resume=<sweep folder>` prints: a sweep is resumed job by job, with these commands."""
+    commands, notes = resume_commands(sweep_dir)
+    if not commands and not notes:
+        return (f"resume={sweep_dir} is a sweep folder whose jobs all finished: nothing to resume. To train a "
+                "job longer, resume that job's folder: python -m framework resume=<job folder> epochs=<more>.")
+    text = (f"resume={sweep_dir} is a sweep folder, not a run: a sweep is resumed job by job. ")
+    if commands:
+        text += (f"Run these {len(commands)} command(s) (one per unfinished job; each continues from the job's last "
+                 "checkpoint or restarts it in its own folder, and `python -m framework.search summarize` then "
+                 "counts it):\n  " + "\n  ".join(commands))
+    if notes:
+        text += ("\n" if commands else "") + " ".join(notes)
+    return text
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Console output of a sweep job
+# ----------------------------------------------------------------------------------------------------------------
+class _TrialPreflightFilter(logging.Filter):
+    """Turns the pre-flight report (one multi-line record) of a sweep job into its one-line verdict with the
+    job number; the whole report stays in the job's preflight.json."""
+
+    def __init__(self, num):
+        super().__init__()
+        self.num = num
+        from .preflight import PreflightReport
+
+        self.report_type = PreflightReport
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args if isinstance(record.args, tuple) else ()
+        if len(args) == 1 and isinstance(args[0], self.report_type):
+            verdict = str(args[0]).splitlines()[0] if str(args[0]) else "pre-flight done"
+            record.msg, record.args = "job %s: %s (report: preflight.json)", (self.num, verdict)
+        return True
+
+
+@contextlib.contextmanager
+def trial_logging(num):
+    """Inside sweep job `num`: job 0 prints the full pre-flight report once; every other job one line with its
+    verdict (a failing check still stops the job with the full message)."""
+    if num is None or str(num) == "0":
+        yield
+        return
+    logger = logging.getLogger("framework")
+    quiet = _TrialPreflightFilter(num)
+    logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        logger.removeFilter(quiet)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -891,13 +1196,17 @@ def main(argv=None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     s = sub.add_parser("summarize", help="print the ranked trials and border warnings of a sweep folder (works "
                                          "while trials still run; reads files only)")
-    s.add_argument("sweep_dir", help="a sweep folder, e.g. outputs/sweeps/2024-05-01/12-00-00")
+    s.add_argument("sweep_dir", help="a sweep folder, e.g. outputs/sweeps/2024-05-01/12-00-00 (as printed), "
+                                     "outputs/sweeps/latest, or a glob naming one")
     s.add_argument("--stage", type=int, default=None, help="only this stage's trials (1-based)")
     s.add_argument("--write", action="store_true",
                    help="also write the summary files (.md, .json, .png) into the sweep folder")
     s.add_argument("--json", action="store_true", help="print JSON instead of Markdown")
     args = parser.parse_args(argv)
     try:
+        from .paths import expand_one
+
+        args.sweep_dir = str(expand_one(args.sweep_dir, "sweep_dir"))
         sweep = load_sweep(args.sweep_dir)
         if not sweep.trials:
             raise SearchError(f"No trials in {args.sweep_dir}: neither {SEARCH_FILE} nor job folders "

@@ -31,7 +31,28 @@ import numpy as np
 from .kernels import jit
 
 HPARAM_TYPES = (bool, int, float, str)
+# The knobs every run shows in the HParams dashboard (notes 5.1); a sweep adds the keys it varies. The other
+# config keys (diagnostics.*, tensorboard.*, ...) stay in summary.json and the `config` text only: logged as
+# hyperparameters they would bury the few that were searched.
+MAIN_HPARAMS = ("lr", "reg", "batch_size", "epochs", "seed", "dtype", "optimizer.name", "model.name",
+                "model.hidden_sizes", "model.activation", "model.keep_prob", "regularizer.name", "schedule.name",
+                "data.name", "ema.decay")
 _file_numbers = itertools.count()  # tells apart the files one process opens within one second
+
+
+def select_hparams(flat: dict, overrides=()) -> dict:
+    """The hyperparameters a run logs to the HParams dashboard: MAIN_HPARAMS plus the keys of the command-line
+    `overrides` (a sweep job's, e.g. ["lr=0.01", "optimizer=sgd", "+momentum_schedule=ramp"]: a group choice
+    logs as <group>.name), taken from `flat` ({dotted key: value}, train.flat_hparams of the run's config)."""
+    keys = list(MAIN_HPARAMS)
+    for text in overrides:
+        key = str(text).partition("=")[0].lstrip("+~")
+        if key.startswith("hydra.") or key == "hydra":
+            continue
+        if key not in flat and f"{key}.name" in flat:
+            key = f"{key}.name"
+        keys.append(key)
+    return {k: flat[k] for k in dict.fromkeys(keys) if k in flat}
 
 
 # --- record checksums ---

@@ -260,6 +260,7 @@ def test_options_are_validated(seeds, tmp_path):
 def test_latest_names_the_newest_date_time_folder(tmp_path):
     for stamp in ("2025-01-02/09-00-00", "2025-01-01/23-00-00"):
         (tmp_path / "sweeps" / stamp / "0_seed=0" / "checkpoints").mkdir(parents=True)
+        (tmp_path / "sweeps" / stamp / "0_seed=0" / "summary.json").write_text('{"status": "ok"}')
     runs, _ = E.resolve_sources([str(tmp_path / "sweeps" / "latest")])
     assert [r.folder.parent.name for r in runs] == ["09-00-00"]
 

@@ -162,3 +162,18 @@ def test_diverged_run_gets_advice(tmp_path):
     found = checks(summary)
     assert "diverged" in found and "lr_too_high" in found
     assert "overfitting" not in found and "dead_relu" not in found  # NaN weights prove nothing else
+
+
+def test_capacity_is_judged_only_after_enough_epochs():
+    # numbers of a 1-epoch coarse-search trial: too early to call the model too small
+    assert fit_findings(0.187, 0.2, TH, epochs=1) == []
+    assert fit_findings(0.187, 0.2, TH, epochs=4) == []
+    assert [f.check for f in fit_findings(0.187, 0.2, TH, epochs=5)] == ["low_capacity"]
+    assert fit_findings(0.187, 0.2, TH) != []  # the rule alone (no epoch count) still judges
+
+
+@pytest.mark.parametrize("epochs, advised", [(1, False), (5, True)])
+def test_one_hidden_unit_gets_capacity_advice_only_after_five_epochs(tmp_path, epochs, advised):
+    summary = framework.train(compose("model.hidden_sizes=[1]", f"epochs={epochs}"), run_dir=tmp_path)
+    assert summary["metrics"]["train/acc"] < 0.3  # one hidden unit: too little capacity at any length
+    assert ("low_capacity" in checks(summary)) is advised

@@ -3,6 +3,7 @@ ranking, border warnings (notes 5.6), the summary read from files alone, Optuna'
 import json
 import math
 import pathlib
+import shlex
 
 import numpy as np
 import pytest
@@ -266,3 +267,107 @@ def test_warm_up_runs_one_tiny_epoch_without_leaving_files(tmp_path, monkeypatch
     assert seconds is not None and seconds < 30
     assert list(tmp_path.iterdir()) == []
     assert cfg.epochs == 50  # the caller's config is untouched
+
+
+# --- killed sweeps ----------------------------------------------------------------------------------------------
+def killed_sweep(root: pathlib.Path, dead_pid: int) -> pathlib.Path:
+    """A sweep whose sweeper died (pid gone) in stage 1 of 2 (3 + 2 trials): job 0 finished, job 1 was killed after
+    two epochs (checkpoints, no summary.json), job 2 was drawn but never started, stage 2 never began."""
+    (lr,), _ = space("lr=tag(log, interval(1e-4, 1e-1))")
+    record = S.SearchRecord(root, "random", 0, [lr], [], [
+        {"index": 1, "n_trials": 3, "top_k": 2, "overrides": ["epochs=2"]},
+        {"index": 2, "n_trials": 2, "top_k": 2, "overrides": ["epochs=5"]}])
+    record.start_stage(1, [lr])
+    for num, value in enumerate([1e-3, 2e-2, 5e-2]):
+        record.add_trial(num, 1, {"lr": value}, [f"lr={value}", "epochs=2"])
+    f0 = fake_job(root, 0, ["lr=0.001", "epochs=2"], ok_summary(0.9, 2))
+    S.settle(record.by_num[0], f0, 0.9, None)
+    fake_job(root, 1, ["lr=0.02", "epochs=2"], checkpoints=["epoch001_val0.8000.h5", "epoch002_val0.8500.h5",
+                                                             "last.h5"])
+    record.data["sweeper"]["pid"] = dead_pid
+    record.save()
+    return root
+
+
+@pytest.fixture
+def dead_pid():
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    return int(done.stdout)  # that process has exited
+
+
+def test_a_killed_sweep_shows_interrupted_and_never_started_trials(tmp_path, dead_pid, capsys):
+    killed_sweep(tmp_path, dead_pid)
+    sweep = S.load_sweep(tmp_path)
+    assert sweep.state == "stopped"
+    statuses = {t["num"]: t["status"] for t in sweep.trials}
+    assert statuses == {0: "ok", 1: "interrupted", 2: "not_started", 3: "not_started", 4: "not_started"}
+    job1 = next(t for t in sweep.trials if t["num"] == 1)
+    assert job1["epochs"] == 2 and job1["val_acc"] == 0.85 and "after 2 epoch(s)" in job1["message"]
+    assert [t["stage"] for t in sweep.trials] == [1, 1, 1, 2, 2]
+    assert S.main(["summarize", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "5 trials (1 ok, 1 interrupted, 3 not started)" in out and "The sweep stopped before it finished" in out
+    assert "| interrupted |" in out and "jobs 2-4" in out and "running" not in out
+
+
+def test_a_live_sweep_keeps_its_jobs_running_and_pending(tmp_path):
+    killed_sweep(tmp_path, __import__("os").getpid())  # this process is alive: the sweep is still going
+    statuses = {t["num"]: t["status"] for t in S.load_sweep(tmp_path).trials}
+    assert statuses == {0: "ok", 1: "running", 2: "pending", 3: "pending", 4: "pending"}
+
+
+def test_resume_commands_of_a_killed_sweep(tmp_path, dead_pid):
+    killed_sweep(tmp_path, dead_pid)
+    commands, notes = S.resume_commands(tmp_path)
+    job1 = next(tmp_path.glob("1_*"))
+    assert commands[0] == f"python -m framework {shlex.quote(f'resume={job1}')}"
+    assert commands[1] == (f"python -m framework lr=0.05 epochs=2 'hydra.run.dir=\"{tmp_path}/2_epochs=2,lr=0.05\"' "
+                           "hydra.job.num=2")
+    (note,) = notes
+    assert "2 trial(s) of stage 2 (jobs 3-4) were never drawn" in note and "narrow around" in note
+    assert S.is_sweep_folder(tmp_path) and not S.is_sweep_folder(job1)
+
+
+# --- border warnings within the allowed range --------------------------------------------------------------------
+def test_border_warnings_never_advise_widening_past_the_allowed_range():
+    (keep,), _ = space("model.keep_prob=interval(0.2, 1.0)")
+    (w,) = S.border_warnings({"params": {"model.keep_prob": 0.97}}, [keep], limits={"model.keep_prob": "(0, 1]"})
+    assert w["at_limit"] and w["direction"] == "higher" and "widen" not in w["message"]
+    assert "already ends at the allowed limit 1 of model.keep_prob" in w["message"]
+    # a range short of the limit may widen, up to the limit
+    (part,), _ = space("model.keep_prob=interval(0.2, 0.9)")
+    (w,) = S.border_warnings({"params": {"model.keep_prob": 0.88}}, [part], limits={"model.keep_prob": "(0, 1]"})
+    assert not w["at_limit"] and "widen the range toward higher values (up to its allowed limit 1)" in w["message"]
+    # lr's open limit 0 is never reached on a log scale: lower stays open
+    (lr,), _ = space("lr=tag(log, interval(1e-6, 1e-1))")
+    (w,) = S.border_warnings({"params": {"lr": 1.1e-6}}, [lr], limits={"lr": "(0, inf)"})
+    assert not w["at_limit"] and w["message"].endswith("widen the range toward lower values (notes 5.6).")
+
+
+def test_allowed_ranges_come_from_the_registered_components():
+    cfg = {"model": {"name": "mlp"}, "optimizer": {"name": "sgd"}, "regularizer": {"name": "l2"}, "epochs": 3}
+    limits = S.param_limits(cfg, ["model.keep_prob", "lr", "reg", "epochs", "data.max_train"])
+    assert limits == {"model.keep_prob": "(0, 1]", "lr": "(0, inf)", "reg": "[0, inf)"}
+
+
+def test_summary_of_a_sweep_without_record_uses_the_jobs_components(tmp_path):
+    for num, keep in enumerate([0.3, 0.6, 1.0]):
+        folder = fake_job(tmp_path, num, [f"model.keep_prob={keep}"], ok_summary(0.8 + 0.05 * num))
+        (folder / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"model": {"name": "mlp", "keep_prob": keep}}))
+    summary = S.summarize(S.load_sweep(tmp_path))
+    (w,) = summary["warnings"]
+    assert w["param"] == "model.keep_prob" and w["at_limit"] and "widen" not in w["message"]
+
+
+def test_without_matplotlib_no_png_is_claimed(tmp_path, monkeypatch):
+    fake_job(tmp_path, 0, ["lr=0.001"], ok_summary(0.9))
+    fake_job(tmp_path, 1, ["lr=0.1"], ok_summary(0.8))
+    monkeypatch.setitem(__import__("sys").modules, "matplotlib", None)
+    monkeypatch.setitem(__import__("sys").modules, "matplotlib.figure", None)
+    monkeypatch.setitem(__import__("sys").modules, "matplotlib.backends.backend_agg", None)
+    summary = S.write_summary(tmp_path)
+    assert summary["files"] == ["search_summary.md", "search_summary.json"]
+    assert not (tmp_path / "search_summary.png").exists()

@@ -228,3 +228,52 @@ def test_submitit_local_launcher_runs_the_trials_in_their_own_processes(tmp_path
     summary = load(sweep)
     assert summary["counts"] == {"ok": 2} and len(list((sweep / ".submitit").iterdir())) >= 2
     assert "Numba cache warm" not in result.stdout + result.stderr  # not a framework config: no warm-up
+
+
+# --- progress, quiet trials, no false file names --------------------------------------------------------------
+def test_each_finished_trial_prints_a_progress_line(tmp_path):
+    result, sweep = toy(tmp_path, "lr=tag(log, interval(1e-5, 1e-1))", "x=interval(0, 1)", "hydra.sweeper.seed=0",
+                        "hydra.sweeper.n_trials=4", "hydra.sweeper.max_parallel=2")
+    assert result.returncode == 0, result.stderr
+    text = result.stdout + result.stderr
+    lines = [line for line in text.splitlines() if "trials] trial" in line]
+    assert [line.split("[")[-1].split("]")[0] for line in lines] == [f"{i}/4 trials" for i in range(1, 5)]
+    best = max(t["value"] for t in json.loads((sweep / "search.json").read_text())["trials"])
+    assert f"best {best:.4f}" in lines[-1] and lines[-1].endswith("stage done")
+    assert all("stage ETA" in line for line in lines[:-1])
+
+
+def test_without_matplotlib_the_sweep_names_no_png(tmp_path):
+    block = tmp_path / "block" / "matplotlib"
+    block.mkdir(parents=True)
+    (block / "__init__.py").write_text("raise ImportError('matplotlib is blocked for this test')\n")
+    (tmp_path / "toy.py").write_text(TOY_APP)
+    (tmp_path / "toy.yaml").write_text(TOY_CONFIG)
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path / "block"), *filter(None, [env.get("PYTHONPATH")])])
+    result = subprocess.run([sys.executable, "toy.py", "-m", "hydra/sweeper=framework_random",
+                             f"hydra.sweep.dir={tmp_path / 'sweep'}", "lr=tag(log, interval(1e-5, 1e-1))",
+                             "hydra.sweeper.n_trials=2"], cwd=tmp_path, capture_output=True, text=True, env=env,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    text = result.stdout + result.stderr
+    assert ".png" not in text and not list((tmp_path / "sweep").glob("*.png"))
+    assert text.count("matplotlib is not installed") == 1  # one notice, not one per summary
+    assert "search_summary.md (and .json)" in text
+
+
+def test_trials_print_the_preflight_once_and_tag_their_diagnostics(tmp_path):
+    result, sweep = framework(tmp_path, "hydra/sweeper=framework_random", "lr=tag(log, interval(0.05, 0.1))",
+                              "hydra.sweeper.n_trials=3", "epochs=2", "preflight=quick",
+                              "tensorboard.enabled=false", "checkpoint.every=0")
+    assert result.returncode == 0, result.stderr
+    text = result.stdout + result.stderr
+    assert text.count("Pre-flight (quick mode") == 3
+    assert text.count("gradient check (1.x)") == 1  # the full table once, from job 0
+    for num in (1, 2):
+        assert f"job {num}: Pre-flight (quick mode, strict): all checks passed" in text
+        assert (next(sweep.glob(f"{num}_*")) / "preflight.json").is_file()  # each job's full report
+    # adam at 50-100x its lr: every job is told, and each advice line says whose it is
+    for num in range(3):
+        assert f"job {num}: diagnostics: learning rate likely too high" in text
+    assert "\ndiagnostics:" not in text

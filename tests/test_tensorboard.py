@@ -22,7 +22,7 @@ from tensorboard.util import tensor_util
 import framework
 from framework.errors import ConfigError
 from framework.monitor import HPARAM_METRICS, make_callback
-from framework.tensorboard import EventWriter, masked_crc32c, tile_images
+from framework.tensorboard import MAIN_HPARAMS, EventWriter, masked_crc32c, select_hparams, tile_images
 from framework.train import Callback, flat_hparams
 from conftest import compose_config
 
@@ -307,8 +307,10 @@ def test_text_and_hparams(logged_run):
 
     content = plugins.PluginTagToContent("hparams")
     start = hp_metadata.parse_session_start_info_plugin_data(content[hp_metadata.SESSION_START_INFO_TAG])
-    expected = {k: v for k, v in flat_hparams(cfg).items() if v is not None}
-    assert set(start.hparams) == set(expected)
+    # the main knobs only (a sweep job adds its swept keys): the 80-odd other keys would bury them
+    expected = {k: v for k, v in select_hparams(flat_hparams(cfg)).items() if v is not None}
+    assert set(start.hparams) == set(expected) and {"lr", "reg", "batch_size", "model.hidden_sizes"} <= set(expected)
+    assert not any(k.startswith(("diagnostics.", "tensorboard.", "preflight.")) for k in start.hparams)
     for key, value in expected.items():
         got = start.hparams[key]
         if isinstance(value, bool):
@@ -382,3 +384,15 @@ def test_make_callback_is_none_when_everything_is_off(tmp_path):
     assert make_callback(run) is None
     cfg = compose("epochs=1", "tensorboard.enabled=false")
     assert make_callback(framework.Run(cfg, tmp_path)).writer is None
+
+
+def test_hparams_are_the_main_knobs_plus_the_swept_keys():
+    flat = flat_hparams(compose("epochs=2"))
+    assert len(flat) > 50  # what every run used to log
+    chosen = select_hparams(flat, ["lr=0.01", "optimizer=sgd", "+momentum_schedule=ramp", "data.max_train=50",
+                                   "hydra.job.num=3", "~model.keep_prob"])
+    # values come from the run's config (the overrides only name the keys)
+    assert chosen["lr"] == flat["lr"] == 1e-3 and chosen["optimizer.name"] == "adam"
+    assert chosen["data.max_train"] == flat["data.max_train"] and chosen["momentum_schedule"] is None
+    assert set(chosen) == set(MAIN_HPARAMS) | {"data.max_train", "momentum_schedule"}
+    assert not any(k.startswith(("diagnostics.", "tensorboard.", "checkpoint.")) for k in chosen)

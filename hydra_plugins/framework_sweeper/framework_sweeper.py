@@ -16,6 +16,7 @@ import logging
 import os
 import pathlib
 import sys
+import time
 from typing import Any, List, Optional, Sequence
 
 from hydra.core.utils import JobStatus
@@ -161,6 +162,19 @@ class FrameworkSweeper(Sweeper):
             except HydraException as exc:
                 raise SearchError(f"A trial's configuration cannot be composed from {' '.join(overrides)}: {exc}")
 
+    def _limits(self, overrides: Sequence[str], space) -> dict:
+        """The allowed range of each numeric searched parameter, from the components a trial's config selects."""
+        from framework.search import param_limits
+
+        try:
+            cfg = self._compose(overrides)
+            plain = {k: OmegaConf.to_container(v, resolve=False) if OmegaConf.is_config(v) else v
+                     for k, v in cfg.items() if k != "hydra"}
+            return param_limits(plain, [p.name for p in space if p.numeric])
+        except Exception as exc:  # limits only refine the border warnings; never stop a sweep for them
+            log.debug("no allowed ranges for the border warnings: %s", exc)
+            return {}
+
     def _warm_up(self, overrides: Sequence[str]) -> None:
         from framework.search import warm_numba_cache
 
@@ -200,15 +214,17 @@ class FrameworkSweeper(Sweeper):
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         record = SearchRecord(sweep_dir, o["sampler"], o["seed"], space, [t for _, t in fixed],
                               [{k: v for k, v in s.items() if not k.startswith("_")} for s in stages])
+        first = {p.name: (p.snap(p.from_unit(0.5)) if p.numeric else p.choices[0]) for p in space}
+        record.set_limits(self._limits(self._job_overrides(fixed, stages[0], space, first), space))
         record.save()
         log.info("Search space: " + "; ".join(f"{p.name} {p.describe()}" for p in space))
-        first = {p.name: (p.snap(p.from_unit(0.5)) if p.numeric else p.choices[0]) for p in space}
         self._warm_up(self._job_overrides(fixed, stages[0], space, first))
         self._export_thread_env()
 
         from framework.lifecycle import STOP
 
         job_idx, stage_space, previous = 0, space, None
+        progress = _Progress(sum(s["n_trials"] for s in stages))
         for stage in stages:
             index = stage["index"]
             if previous is not None:
@@ -229,6 +245,7 @@ class FrameworkSweeper(Sweeper):
                      + ("; ranges " + ", ".join(f"{p.name} [{p.low:.4g}, {p.high:.4g}]"
                                                 for p in stage_space if p.numeric) if index > 1 else ""))
             done = 0
+            progress.start_stage(index, n, sum(s["n_trials"] for s in stages))
             while done < n and not STOP.received:  # after a stop signal launch nothing more (framework.cli)
                 count = min(o["max_parallel"], n - done)
                 asked = [sampler.ask() for _ in range(count)]
@@ -245,16 +262,18 @@ class FrameworkSweeper(Sweeper):
                     if trial["dir"] and os.path.isabs(trial["dir"]):
                         trial["dir"] = os.path.relpath(trial["dir"], sweep_dir)
                     sampler.tell(handle, trial["value"])
+                    progress.finished(trial)
                 record.save()
                 job_idx += count
                 done += count
             record.finish_stage(index)
             record.save()
             summary = write_summary(sweep_dir, stage=index)
-            _log_stage(summary, sweep_dir / f"stage{index}_summary.md", last=index == len(stages))
+            _log_stage(summary, sweep_dir / summary["files"][0], last=index == len(stages))
             previous = stage
             if STOP.received:
                 break
+        record.finish()
         record.save()
         summary = write_summary(sweep_dir)
         best = best_trial(summary["trials"])
@@ -263,7 +282,8 @@ class FrameworkSweeper(Sweeper):
         if best is not None:
             log.info(f"Best validation accuracy {best['val_acc']:.4f}: trial {best['num']} ({best['dir']}) with "
                      + " ".join(best["overrides"]))
-        log.info(f"Search summary: {sweep_dir / 'search_summary.md'} (and .json, .png); "
+        others = ", ".join(f[len("search_summary"):] for f in summary["files"][1:])
+        log.info(f"Search summary: {sweep_dir / summary['files'][0]} (and {others}); "
                  f"{record.data['wall_time_s']:.1f} s in all.")
         return record.trials()
 
@@ -276,6 +296,37 @@ class FrameworkSweeper(Sweeper):
             log.error(f"The launcher failed on jobs {job_idx}..{job_idx + len(batch) - 1}: "
                       f"{type(exc).__name__}: {exc}. They are recorded as failed; the sweep goes on.")
             return [None] * len(batch), f"the launcher failed: {type(exc).__name__}: {exc}"
+
+
+class _Progress:
+    """One line per finished trial: the trial's outcome, trials done of all planned, the best so far and the
+    current stage's ETA (from the mean time per trial of this stage: later stages train longer)."""
+
+    def __init__(self, total: int):
+        self.total, self.done, self.best = total, 0, None
+        self.stage = self.stage_n = self.stage_done = 0
+        self.stage_start = time.monotonic()
+
+    def start_stage(self, index: int, n: int, total: int) -> None:
+        self.stage, self.stage_n, self.stage_done, self.total = index, n, 0, total  # a grid may shrink a stage
+        self.stage_start = time.monotonic()
+
+    def finished(self, trial: dict) -> None:
+        from tqdm import tqdm
+
+        self.done += 1
+        self.stage_done += 1
+        value = trial.get("val_acc")
+        ok = trial.get("status") == "ok" and isinstance(value, (int, float)) and value == value
+        if ok and (self.best is None or value > self.best[0]):
+            self.best = (value, trial["num"])
+        outcome = f"val acc {value:.4f}" if ok else trial.get("status")
+        best = f"best {self.best[0]:.4f} (trial {self.best[1]})" if self.best else "no trial ok yet"
+        elapsed = time.monotonic() - self.stage_start
+        left = self.stage_n - self.stage_done
+        eta = f"stage ETA {tqdm.format_interval(elapsed / self.stage_done * left)}" if left else "stage done"
+        log.info(f"[{self.done}/{self.total} trials] trial {trial['num']} {outcome} | stage {self.stage}: "
+                 f"{self.stage_done}/{self.stage_n} | {best} | {eta}")
 
 
 def _plain(node):
