@@ -180,7 +180,9 @@ class Cifar10:
         missing = [n for n in names if not (root / n).is_file()]
         if missing:
             raise DataError(f"data.path={str(root)!r} lacks the CIFAR-10 batch files {', '.join(missing)}. "
-                            "Point it at the extracted 'cifar-10-batches-py' folder.")
+                            "Point it at the extracted 'cifar-10-batches-py' folder: download the CIFAR-10 python version "
+                            "from https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz and unpack it with "
+                            "tar xzf cifar-10-python.tar.gz.")
         parts = [read_cifar_batch(root / n) for n in names[:-1]]
         X = np.concatenate([p[0] for p in parts]) / 255.0
         y = np.concatenate([p[1] for p in parts])

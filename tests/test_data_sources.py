@@ -1,4 +1,5 @@
-"""The digits loader: scikit-learn's data without importing scikit-learn, and raw pixels in, right labels out."""
+"""Where the data come from: digits read from scikit-learn's files without importing it (raw pixels in, right labels
+out of a checkpoint), and a missing CIFAR-10 folder says where to download it."""
 import importlib.util
 import subprocess
 import sys
@@ -68,3 +69,11 @@ def test_checkpoint_predicts_raw_scikit_learn_pixels(tmp_path):
     acc = float(np.mean(framework.load(tmp_path / "checkpoints" / "best.h5").predict(X_sk[idx]) == y_sk[idx]))
     assert acc == summary["metrics"]["test_acc"]
     assert acc > 0.9
+
+
+def test_missing_cifar_folder_says_where_to_download(tmp_path):
+    framework.load_plugins()
+    with pytest.raises(DataError) as info:
+        framework.DATASETS.build("cifar10", path=str(tmp_path / "nowhere")).load(np.random.default_rng(0))
+    text = str(info.value)
+    assert "data_batch_1" in text and "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz" in text
