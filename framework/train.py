@@ -23,6 +23,7 @@ from .files import write_json_atomic
 from .fused import FusedSteps
 from .metrics import accuracy, loss_from_scores
 from .registry import DATASETS, MODELS, OPTIMIZERS, REGULARIZERS, SCHEDULES
+from .startup import prepare_kernels
 
 log = logging.getLogger("framework")
 STREAMS = ("init", "order", "dropout")  # independent random streams of a run (the split has data.split_seed)
@@ -572,6 +573,7 @@ def train(cfg, run_dir=None, callbacks=None) -> dict:
         run = resume_run(cfg, run_dir)
     else:
         run = Run(cfg, run_dir)
+    prepare_kernels(run, checks=not cfg.get("resume"))  # load (or, said first, compile) the kernels
     if not cfg.get("resume"):  # a resumed run was checked when it started; checks never touch run state
         from .errors import CheckFailed
         from .preflight import run_preflight
