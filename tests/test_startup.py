@@ -107,3 +107,18 @@ def test_cold_cache_is_announced_before_the_first_compile(tmp_path):
     assert text.index("compiling kernels once") < text.index("kernels compiled in") < text.index("Pre-flight")
     second = run("warm")
     assert second.returncode == 0 and "compiling" not in second.stdout + second.stderr
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (7, 5), (8, 9, 3), (30, 64, 3)])
+def test_png_writer_round_trips_through_pillow(shape):
+    """The first-layer image is a PNG written without Pillow; Pillow reads back the same pixels."""
+    import io
+
+    from PIL import Image
+
+    from framework.tensorboard import png_bytes
+
+    pixels = np.random.default_rng(sum(shape)).integers(0, 256, shape).astype(np.uint8)
+    back = Image.open(io.BytesIO(png_bytes(pixels)))
+    assert back.mode == ("L" if len(shape) == 2 else "RGB")
+    np.testing.assert_array_equal(np.asarray(back), pixels)
