@@ -17,7 +17,9 @@ checksums.
 """
 from __future__ import annotations
 
+import hashlib
 import itertools
+import json
 import math
 import os
 import pathlib
@@ -30,6 +32,10 @@ import numpy as np
 from .kernels import jit
 
 HPARAM_TYPES = (bool, int, float, str)
+# the hparams plugin's tags (tensorboard.plugins.hparams.metadata)
+HPARAMS_EXPERIMENT_TAG = "_hparams_/experiment"
+HPARAMS_SESSION_START_TAG = "_hparams_/session_start_info"
+HPARAMS_SESSION_END_TAG = "_hparams_/session_end_info"
 _file_numbers = itertools.count()  # tells apart the files one process opens within one second
 
 
@@ -200,8 +206,7 @@ class EventWriter:
         The experiment config gives each hyperparameter a type but no domain: TensorBoard takes the config of
         one run for the whole logdir, and a domain holding only this run's value would hide the other runs of
         a sweep."""
-        from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
-        from tensorboard.plugins.hparams.summary_v2 import hparams_pb
+        from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
 
         values = {k: v for k, v in hparams.items() if isinstance(v, HPARAM_TYPES)
                   and not (isinstance(v, float) and not math.isfinite(v))}
@@ -212,24 +217,44 @@ class EventWriter:
             hparam_infos=[api_pb2.HParamInfo(name=k, type=kinds.get(type(v), api_pb2.DATA_TYPE_FLOAT64))
                           for k, v in sorted(values.items())],
             metric_infos=[api_pb2.MetricInfo(name=api_pb2.MetricName(tag=tag)) for tag in metrics])
-        self._hparams_event(metadata.EXPERIMENT_TAG, plugin_data_pb2.HParamsPluginData(experiment=experiment), 0)
-        self.add_summary(hparams_pb(values, start_time_secs=start), 0)
+        self._hparams_event(HPARAMS_EXPERIMENT_TAG, plugin_data_pb2.HParamsPluginData(experiment=experiment), 0)
+        # the session start that hparams.summary_v2.hparams_pb writes (same bytes; see _hparams_event)
+        group = hashlib.sha256(json.dumps(values, sort_keys=True, separators=(",", ":")).encode("utf-8")).hexdigest()
+        info = plugin_data_pb2.SessionStartInfo(group_name=group, start_time_secs=start)
+        for name in sorted(values):
+            value = values[name]
+            if isinstance(value, bool):
+                info.hparams[name].bool_value = value
+            elif isinstance(value, (int, float)):
+                info.hparams[name].number_value = value
+            else:
+                info.hparams[name].string_value = value
+        self._hparams_event(HPARAMS_SESSION_START_TAG, plugin_data_pb2.HParamsPluginData(session_start_info=info), 0)
 
     def session_end(self, ok: bool, step: int = 0) -> None:
         """Mark the hparams session finished: success, or failure (diverged/failed runs in a sweep)."""
-        from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
+        from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
 
         info = plugin_data_pb2.SessionEndInfo(status=api_pb2.STATUS_SUCCESS if ok else api_pb2.STATUS_FAILURE,
                                               end_time_secs=time.time())
-        self._hparams_event(metadata.SESSION_END_INFO_TAG,
+        self._hparams_event(HPARAMS_SESSION_END_TAG,
                             plugin_data_pb2.HParamsPluginData(session_end_info=info), step)
 
     def _hparams_event(self, tag: str, plugin_data, step: int) -> None:
-        from tensorboard.plugins.hparams import metadata
+        """What hparams.metadata.create_summary_metadata and its NULL_TENSOR make (tests compare the bytes),
+        built here because that module imports tensor_util and with it a TensorFlow stub (~0.2 s a run)."""
+        from tensorboard.compat.proto import tensor_pb2, tensor_shape_pb2, types_pb2
 
-        summary = self._summary_pb2.Summary()
-        summary.value.add(tag=tag, tensor=metadata.NULL_TENSOR,
-                          metadata=metadata.create_summary_metadata(plugin_data))
+        content = type(plugin_data)()
+        content.CopyFrom(plugin_data)
+        content.version = 0  # the hparams plugin's data version
+        pb = self._summary_pb2
+        meta = pb.SummaryMetadata(plugin_data=pb.SummaryMetadata.PluginData(plugin_name="hparams",
+                                                                             content=content.SerializeToString()))
+        empty = tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT, tensor_shape=tensor_shape_pb2.TensorShapeProto(
+            dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=0)]))
+        summary = pb.Summary()
+        summary.value.add(tag=tag, tensor=empty, metadata=meta)
         self.add_summary(summary, step)
 
     # --- lifetime ---

@@ -122,3 +122,40 @@ def test_png_writer_round_trips_through_pillow(shape):
     back = Image.open(io.BytesIO(png_bytes(pixels)))
     assert back.mode == ("L" if len(shape) == 2 else "RGB")
     np.testing.assert_array_equal(np.asarray(back), pixels)
+
+
+def test_hand_built_text_and_hparams_summaries_equal_tensorboards_bytes(tmp_path):
+    """text, hparams and session-end events are built without tensorboard's tensor_util (a TensorFlow stub, ~0.2 s
+    of import); they must be the bytes tensorboard's own helpers make."""
+    from tensorboard.compat.proto import summary_pb2
+    from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
+    from tensorboard.plugins.hparams.summary_v2 import hparams_pb
+    from tensorboard.plugins.text.summary_v2 import text_pb
+
+    from framework.tensorboard import EventWriter
+
+    writer = EventWriter(tmp_path)
+    seen = []
+    writer.add_summary = lambda summary, step: seen.append(summary.SerializeToString())
+    values = {"lr": 1e-3, "epochs": 20, "model.name": "mlp", "fused_steps": True}
+    writer.text("diagnostics", "**lr** looks fine: ü", 3)
+    writer.hparams(values, ["val/acc"], start_time=123.5)
+    writer.session_end(True, 7)
+    writer.close()
+    assert seen[0] == text_pb("diagnostics", "**lr** looks fine: ü").SerializeToString()
+
+    def reference(tag, data):
+        summary = summary_pb2.Summary()
+        summary.value.add(tag=tag, tensor=metadata.NULL_TENSOR, metadata=metadata.create_summary_metadata(data))
+        return summary.SerializeToString()
+
+    experiment = summary_pb2.Summary.FromString(seen[1])
+    assert experiment.value[0].tag == metadata.EXPERIMENT_TAG
+    content = metadata.parse_experiment_plugin_data(experiment.value[0].metadata.plugin_data.content)
+    assert [h.name for h in content.hparam_infos] == sorted(values)
+    assert seen[1] == reference(metadata.EXPERIMENT_TAG, plugin_data_pb2.HParamsPluginData(experiment=content))
+    assert seen[2] == hparams_pb(values, start_time_secs=123.5).SerializeToString()
+    end = summary_pb2.Summary.FromString(seen[3])
+    info = metadata.parse_session_end_info_plugin_data(end.value[0].metadata.plugin_data.content)
+    assert info.status == api_pb2.STATUS_SUCCESS
+    assert seen[3] == reference(metadata.SESSION_END_INFO_TAG, plugin_data_pb2.HParamsPluginData(session_end_info=info))
