@@ -39,12 +39,12 @@ def module_kernels(module) -> list:
             and getattr(v, "_cache", None) is not None and type(v._cache).__name__ != "NullCache"]
 
 
-def cold_parts(run) -> list[str]:
+def cold_parts(run, training: bool = True) -> list[str]:
     """Which parts of the run's code Numba will compile rather than load: "kernels" when a kernel of the fused
     step (the model's loss, the penalty, the update) has no fresh cache index (without fused steps: when the
     model's module and framework.kernels have none at all), "chunk" when the generated chunk of fused steps of
-    this configuration has none."""
-    plan = run._fused_plan() if run.settings.fused_steps else None  # what fit() makes at its first chunk anyway
+    this configuration has none (training only)."""
+    plan = run._fused_plan() if training and run.settings.fused_steps else None  # what fit() makes anyway
     if plan is not None:
         update = run.optimizer.fused_update(run.opt_state, run.lr, run.momentum)
         calls = [c for c in (plan.loss, plan.penalty, update) if c is not None]
@@ -70,16 +70,16 @@ def warm_numba() -> None:
     K.block_norms(np.zeros(1), np.zeros((1, 2), dtype=np.int64), np.zeros(1))
 
 
-def load_kernels(run, checks: bool) -> None:
+def load_kernels(run, checks: bool, training: bool = True) -> None:
     """Load (or compile) the kernels of the run's first steps by calling them on copies: the model's loss and
     scores and the penalty on two training rows, in float64 for the pre-flight's checks (`checks`) and in the
-    run's dtype, and the fused chunk for zero steps. Nothing of the run changes; a component that raises here
-    is left to the pre-flight and the training loop to report."""
+    run's dtype (`training`), and the fused chunk for zero steps. Nothing of the run changes; a component that
+    raises here is left to the pre-flight and the training loop to report."""
     import numpy as np
 
     d, s = run.data, run.settings
     n = min(2, len(d.y_train))
-    dtypes = dict.fromkeys(([np.dtype(np.float64)] if checks else []) + [np.dtype(s.dtype)])
+    dtypes = dict.fromkeys(([np.dtype(np.float64)] if checks else []) + ([np.dtype(s.dtype)] if training else []))
     for dtype in dtypes:
         try:
             model = run.model.with_dtype(dtype)  # own buffers
@@ -93,17 +93,21 @@ def load_kernels(run, checks: bool) -> None:
                 run.regularizer.penalty_grad(theta, grad, np.asarray(run.reg_mask, dtype=dtype))
         except Exception as exc:
             log.debug("kernel warm-up in %s skipped: %s", dtype, exc)
-    plan = run._fused_plan() if s.fused_steps else None
+    plan = run._fused_plan() if training and s.fused_steps else None
     if plan is not None and (s.loss_multiple == 0 or run.initial_loss is not None):
         plan.steps(0, 0)  # zero steps: loads the chunk, touches nothing
 
 
-def prepare_kernels(run, checks: bool = True) -> None:
+def prepare_kernels(run, checks: bool = True, training: bool = True) -> None:
     """Before the run's first kernel call: announce a cold compile in one line, then load Numba's runtime and
     the run's kernels, so the long first compile follows the message and the pre-flight times only its checks.
-    checks: the pre-flight will run (its float64 kernels are loaded too)."""
+    checks: the pre-flight will run unless its mode is off (its float64 kernels are loaded too); training: the run
+    will train (not the check CLI)."""
+    node = run.cfg.get("preflight") if hasattr(run.cfg, "get") else None
+    mode = node.get("mode", "quick") if hasattr(node, "get") else "quick"
+    checks = checks and mode not in ("off", False)  # a bare YAML `off` reads as false
     try:
-        parts = cold_parts(run)
+        parts = cold_parts(run, training)
     except Exception as exc:  # never stop a run over a guess about caches
         log.debug("cannot tell whether the kernel cache is warm: %s", exc)
         parts = []
@@ -112,7 +116,7 @@ def prepare_kernels(run, checks: bool = True) -> None:
         log.info("compiling kernels once, ~%d s (more on a busy machine); later runs start in ~1 s", seconds)
     start = time.perf_counter()
     warm_numba()
-    load_kernels(run, checks)
+    load_kernels(run, checks, training)
     took = time.perf_counter() - start
     if parts:
         log.info("kernels compiled in %.1f s", took)

@@ -118,3 +118,14 @@ def test_train_a_partial_dict_gives_the_composed_runs_numbers(tmp_path):
     full = framework.train(compose_config(*FAST, "epochs=2"), run_dir=tmp_path / "full")
     assert partial["status"] == "ok" and partial["epochs_completed"] == 2
     assert partial["metrics"] == full["metrics"] and partial["metrics"]["val/acc"] > 0.9
+
+
+@pytest.mark.parametrize("path", ["config.yaml", "experiment/optimizers.yaml"])
+def test_seed_comment_does_not_claim_the_split(path):
+    """`seed` drives init, data order and dropout; the split follows data.split_seed (framework.train.STREAMS)."""
+    text = (CONF_DIR / path).read_text()
+    block = text[text.index("\nseed:"):].split("\n")[1:4]
+    comment = " ".join(line.split("#", 1)[1] for line in block if "#" in line and
+                       (line.startswith("seed:") or line.lstrip().startswith("#")))
+    assert "split_seed" in comment
+    assert "init, split" not in comment and "split and data order" not in comment
