@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from framework.startup import cold_parts, index_is_fresh, prepare_kernels
+from framework.startup import cold_parts, index_is_fresh, load_kernels, prepare_kernels
 from framework.train import Run
 
 from conftest import FAST, compose_config
@@ -38,9 +38,10 @@ def test_index_freshness_follows_numba_cache_files(tmp_path, monkeypatch):
 
 
 def test_a_new_fused_chunk_counts_as_cold_and_a_compiled_one_as_warm(tmp_path, monkeypatch):
+    cfg = compose_config(*FAST, "epochs=1")
+    load_kernels(Run(cfg, tmp_path / "first"), checks=False)  # the kernels in the usual caches (compiled once)
     monkeypatch.setenv("FRAMEWORK_CACHE_DIR", str(tmp_path / "chunks"))
-    run = Run(compose_config(*FAST, "epochs=1"), tmp_path / "run")
-    run.model.scores(run.theta, run.data.X_train[:2])  # the module kernels are compiled by the suite already
+    run = Run(cfg, tmp_path / "run")
     assert cold_parts(run) == ["chunk"]  # the generated module is new in this folder: Numba will compile it
     plan = run._fused_plan()
     plan.steps(0, 0)  # zero steps compile it (nothing of the run changes)
@@ -87,7 +88,7 @@ def test_preflight_reports_its_checks_without_kernel_loading(tmp_path):
     run = Run(compose_config("epochs=1", "checkpoint=null", "++tensorboard.enabled=false"), tmp_path)
     prepare_kernels(run)
     report = run_preflight(run)
-    assert report.passed and report.check("data").seconds < 0.1, str(report)
+    assert report.passed and report.check("data").seconds < 0.2, str(report)
 
 
 @pytest.mark.slow
