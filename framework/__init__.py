@@ -3,7 +3,7 @@
 
 Public API: the registries (OPTIMIZERS, SCHEDULES, REGULARIZERS, MODELS, DATASETS) with `names()` and
 `build(name, **config)`, their base classes and config bases for plugins, `param` for config fields,
-`train(cfg)` and `load(path)`.
+`config(overrides)`, `train(cfg)` and `load(path)`.
 """
 __version__ = "0.1.0"
 
@@ -24,7 +24,25 @@ from .params import param
 from .registry import DATASETS, MODELS, OPTIMIZERS, REGULARIZERS, SCHEDULES, load_plugins
 from .regularize import Regularizer, RegularizerConfig
 from .schedule import Schedule, ScheduleConfig
-from .train import Callback, Run, train
+from .train import Callback, Run
+from .train import train as _train
+
+
+def config(overrides=(), resolve: bool = True):
+    """The DictConfig `python -m framework *overrides` would train (conf/config.yaml composed with Hydra's compose
+    API, interpolations resolved), e.g. `framework.train(framework.config(["optimizer=sgd", "epochs=5"]))`."""
+    from .compose import config as _config
+
+    return _config(overrides, resolve)
+
+
+def train(cfg, run_dir=None, callbacks=None) -> dict:
+    """Train `cfg`: a full config (framework.config(...), or a DictConfig/dict shaped like conf/config.yaml), or a
+    partial dict merged onto the default config, e.g. `framework.train({"epochs": 2, "optimizer": "sgd"})`.
+    Returns the summary dict; see framework.train.train for run_dir and callbacks."""
+    from .compose import complete
+
+    return _train(complete(cfg), run_dir=run_dir, callbacks=callbacks)
 
 
 def load(path):
@@ -43,5 +61,5 @@ __all__ = [
     "DATASETS", "MODELS", "OPTIMIZERS", "REGULARIZERS", "SCHEDULES", "Block", "Callback", "ConfigError",
     "DataConfig", "DataError", "DivergedError", "FrameworkError", "Layout", "Model", "Optimizer",
     "OptimizerConfig", "RawData", "Regularizer", "RegularizerConfig", "Run", "Schedule", "ScheduleConfig",
-    "Splits", "load", "load_plugins", "param", "train",
+    "Splits", "config", "load", "load_plugins", "param", "train",
 ]

@@ -18,9 +18,11 @@ RUN_DIR = "outputs/checks/${now:%Y-%m-%d}/${now:%H-%M-%S}${fw_suffix:${hydra.job
 @user_errors
 def main(cfg):
     from framework.preflight import run_preflight
+    from framework.startup import prepare_kernels
     from framework.train import Run, _hydra_run_dir
 
     run = Run(cfg, _hydra_run_dir() or ".")
+    prepare_kernels(run, checks=True, training=False)  # says so before a first compile; checks time themselves
     run_preflight(run, raise_on_failure=True, training=False)  # CheckFailed -> exit 4, strict or not
     return 0
 

@@ -36,6 +36,7 @@ class RawData:
     image_shape: tuple | None = None  # (H, W) or (H, W, 3) when rows are images
     splits: dict = field(default_factory=dict)
     source: str = ""
+    input_scale: float = 1.0  # the model sees X / input_scale; the saved input transform includes it
 
 
 @dataclass
@@ -48,8 +49,10 @@ class Splits:
     y_test: np.ndarray
     num_classes: int
     image_shape: tuple | None
-    mean: np.ndarray  # (D,) subtracted from every split
-    scale: np.ndarray  # (D,) each split was divided by it after mean subtraction
+    # the input transform from the loader's raw units (RawData.X) to the model: (X_raw - mean) / scale; the
+    # checkpoint saves both, so predict() takes raw inputs
+    mean: np.ndarray  # (D,) training mean in raw units
+    scale: np.ndarray  # (D,) input_scale, times the training std with data.standardize
 
     @property
     def input_dim(self) -> int:
@@ -153,7 +156,8 @@ def prepare(raw: RawData, cfg: DataConfig, rng: np.random.Generator, dtype=np.fl
                         f"({len(parts['val'][1])} val, {len(parts['test'][1])} test examples held out with "
                         f"data.val_fraction={cfg.val_fraction}, data.test_fraction={cfg.test_fraction}). Give more "
                         "examples (at least 3 when both splits are cut from the data) or smaller fractions.")
-    X = X.astype(np.float64)
+    unit = float(raw.input_scale)
+    X = X.astype(np.float64) / unit
     mean = X.mean(axis=0)
     scale = np.ones_like(mean)
     if cfg.standardize:
@@ -169,8 +173,9 @@ def prepare(raw: RawData, cfg: DataConfig, rng: np.random.Generator, dtype=np.fl
                             "chance check would blame the weights. Set data.standardize=true, or rescale the "
                             "features (e.g. divide pixels by 255).")
 
-    def transform(A):
-        return np.ascontiguousarray((np.asarray(A, dtype=np.float64) - mean) / scale, dtype=dtype)
+    def transform(A, unit=unit):
+        return np.ascontiguousarray((np.asarray(A, dtype=np.float64) / unit - mean) / scale, dtype=dtype)
 
-    return Splits(transform(X), y, transform(parts["val"][0]), parts["val"][1], transform(parts["test"][0]),
-                  parts["test"][1], C, raw.image_shape, mean, scale)
+    # with a power-of-two input_scale, (X_raw - unit*mean) / (unit*scale) equals the above bit for bit
+    return Splits(transform(X, 1.0), y, transform(parts["val"][0]), parts["val"][1], transform(parts["test"][0]),
+                  parts["test"][1], C, raw.image_shape, mean * unit, scale * unit)

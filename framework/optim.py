@@ -28,11 +28,13 @@ class Optimizer:
 
     momentum_field: the config field a momentum schedule drives ("mu", "beta1"), or None.
     full_batch: the optimizer needs the whole training set per step (L-BFGS).
+    uses_lr: whether `lr` sets its step length (shown on the epoch line).
     """
 
     State = CountState
     momentum_field: str | None = None
     full_batch = False
+    uses_lr = True  # False when the optimizer picks its own step lengths (L-BFGS): the epoch line omits lr
 
     def __init__(self, cfg):
         self.cfg = cfg
@@ -70,6 +72,10 @@ class Optimizer:
         self.apply(theta, np.asarray(grad), state, self.lr if lr is None else lr,
                    self.momentum if momentum is None else momentum)
         return theta, state
+
+    def epoch_summary(self) -> str | None:
+        """What the last epoch did, in a few words for the epoch line (e.g. L-BFGS iterations), or None."""
+        return None
 
     def state_arrays(self, state) -> dict[str, np.ndarray]:
         """Named arrays of a state, for checkpoints."""

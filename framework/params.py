@@ -3,6 +3,7 @@ checks an instance and raises a ConfigError naming the key, the value and what i
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import re
 import typing
@@ -89,9 +90,15 @@ def describe(meta) -> str:
     return "see the help text"
 
 
+@functools.lru_cache(maxsize=None)
+def _type_hints(cls) -> dict:
+    """A config class's field types, resolved once (get_type_hints evaluates every string annotation)."""
+    return typing.get_type_hints(cls)
+
+
 def validate(cfg, prefix: str):
     """Coerce and check every field of a config dataclass instance in place; returns it."""
-    hints = typing.get_type_hints(type(cfg))
+    hints = _type_hints(type(cfg))
     for f in dataclasses.fields(cfg):
         key = f"{prefix}.{f.name}" if prefix else f.name
         value = _coerce(key, getattr(cfg, f.name), hints.get(f.name, typing.Any))

@@ -155,7 +155,7 @@ class PreflightReport:
 
     def failure_message(self, training: bool = True) -> str:
         text = (f"Pre-flight check failed{' before training' if training else ''} ({self.mode} mode): "
-                + "; ".join(c.line() for c in self.failures) + ".")
+                + "; ".join(c.line() for c in self.failures).rstrip(".") + ".")
         if training:
             text += (" Training did not start. Fix the cause, or set preflight.strict=false to train anyway "
                      "(preflight=off skips the checks).")
@@ -407,7 +407,8 @@ def run_checks(run, cfg: PreflightConfig) -> PreflightReport:
                                   "reg_rise", "reg raises loss (2.2)"))
 
     def gradcheck():
-        gc = check_gradients(model64, theta0, data.X_train, data.y_train, run.regularizer, mask, cfg.gradcheck,
+        # the run's model, not model64: the report records the run's dtype (the check itself runs in float64)
+        gc = check_gradients(run.model, theta0, data.X_train, data.y_train, run.regularizer, mask, cfg.gradcheck,
                              optimizer=run.optimizer, lr=run.settings.lr, rng=rng)
         report.gradcheck = gc
         worst_part, worst_block, worst = gc.worst()

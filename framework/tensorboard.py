@@ -17,8 +17,9 @@ checksums.
 """
 from __future__ import annotations
 
-import io
+import hashlib
 import itertools
+import json
 import math
 import os
 import pathlib
@@ -53,6 +54,27 @@ def select_hparams(flat: dict, overrides=()) -> dict:
             key = f"{key}.name"
         keys.append(key)
     return {k: flat[k] for k in dict.fromkeys(keys) if k in flat}
+
+# the hparams plugin's tags (tensorboard.plugins.hparams.metadata)
+HPARAMS_EXPERIMENT_TAG = "_hparams_/experiment"
+HPARAMS_SESSION_START_TAG = "_hparams_/session_start_info"
+HPARAMS_SESSION_END_TAG = "_hparams_/session_end_info"
+
+
+def png_bytes(pixels: np.ndarray) -> bytes:
+    """A PNG file of 8-bit pixels (H, W) grey or (H, W, 3) RGB: signature, IHDR, one zlib IDAT of the rows (each
+    with filter byte 0), IEND. Written here because importing Pillow costs a run ~0.1-0.2 s for one small image."""
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    height, width = pixels.shape[:2]
+    color = 0 if pixels.ndim == 2 else 2  # PNG colour types: 0 grey, 2 RGB
+    rows = np.ascontiguousarray(pixels, dtype=np.uint8).reshape(height, -1)
+    raw = np.concatenate([np.zeros((height, 1), dtype=np.uint8), rows], axis=1).tobytes()
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, color, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b""))
 
 
 # --- record checksums ---
@@ -171,8 +193,6 @@ class EventWriter:
 
     def image(self, tag: str, image, step: int) -> None:
         """An image (H, W) grey or (H, W, 3) RGB: uint8, or floats in [0, 1] (clipped). Stored as PNG."""
-        from PIL import Image
-
         pixels = np.asarray(image)
         if pixels.dtype != np.uint8:
             pixels = np.round(np.clip(pixels, 0.0, 1.0) * 255.0).astype(np.uint8)
@@ -180,21 +200,26 @@ class EventWriter:
             raise ValueError(f"image must be (H, W) or (H, W, 3), got shape {pixels.shape}")
         if pixels.ndim == 3 and pixels.shape[2] == 1:
             pixels = pixels[:, :, 0]
-        buffer = io.BytesIO()
-        Image.fromarray(pixels).save(buffer, format="PNG")
         height, width = pixels.shape[:2]
         encoded = self._summary_pb2.Summary.Image(height=height, width=width,
                                                   colorspace=1 if pixels.ndim == 2 else 3,
-                                                  encoded_image_string=buffer.getvalue())
+                                                  encoded_image_string=png_bytes(pixels))
         summary = self._summary_pb2.Summary()
         summary.value.add(tag=tag, image=encoded)
         self.add_summary(summary, step)
 
     def text(self, tag: str, markdown: str, step: int) -> None:
         """A Markdown text (the text dashboard renders it)."""
-        from tensorboard.plugins.text.summary_v2 import text_pb
+        # the bytes summary_v2.text_pb makes, without its tensor_util (which imports a TensorFlow stub: ~0.2 s)
+        from tensorboard.compat.proto import tensor_pb2, tensor_shape_pb2, types_pb2
+        from tensorboard.plugins.text import metadata
 
-        self.add_summary(text_pb(tag, markdown), step)
+        tensor = tensor_pb2.TensorProto(dtype=types_pb2.DT_STRING, tensor_shape=tensor_shape_pb2.TensorShapeProto(),
+                                        string_val=[markdown.encode("utf-8")])
+        summary = self._summary_pb2.Summary()
+        summary.value.add(tag=tag, metadata=metadata.create_summary_metadata(display_name=None, description=None),
+                          tensor=tensor)
+        self.add_summary(summary, step)
 
     def hparams(self, hparams: dict, metrics: list[str], start_time: float | None = None) -> None:
         """This run's hyperparameters {name: bool|int|float|str} (other values are dropped) and the scalar
@@ -203,8 +228,7 @@ class EventWriter:
         The experiment config gives each hyperparameter a type but no domain: TensorBoard takes the config of
         one run for the whole logdir, and a domain holding only this run's value would hide the other runs of
         a sweep."""
-        from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
-        from tensorboard.plugins.hparams.summary_v2 import hparams_pb
+        from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
 
         values = {k: v for k, v in hparams.items() if isinstance(v, HPARAM_TYPES)
                   and not (isinstance(v, float) and not math.isfinite(v))}
@@ -215,24 +239,44 @@ class EventWriter:
             hparam_infos=[api_pb2.HParamInfo(name=k, type=kinds.get(type(v), api_pb2.DATA_TYPE_FLOAT64))
                           for k, v in sorted(values.items())],
             metric_infos=[api_pb2.MetricInfo(name=api_pb2.MetricName(tag=tag)) for tag in metrics])
-        self._hparams_event(metadata.EXPERIMENT_TAG, plugin_data_pb2.HParamsPluginData(experiment=experiment), 0)
-        self.add_summary(hparams_pb(values, start_time_secs=start), 0)
+        self._hparams_event(HPARAMS_EXPERIMENT_TAG, plugin_data_pb2.HParamsPluginData(experiment=experiment), 0)
+        # the session start that hparams.summary_v2.hparams_pb writes (same bytes; see _hparams_event)
+        group = hashlib.sha256(json.dumps(values, sort_keys=True, separators=(",", ":")).encode("utf-8")).hexdigest()
+        info = plugin_data_pb2.SessionStartInfo(group_name=group, start_time_secs=start)
+        for name in sorted(values):
+            value = values[name]
+            if isinstance(value, bool):
+                info.hparams[name].bool_value = value
+            elif isinstance(value, (int, float)):
+                info.hparams[name].number_value = value
+            else:
+                info.hparams[name].string_value = value
+        self._hparams_event(HPARAMS_SESSION_START_TAG, plugin_data_pb2.HParamsPluginData(session_start_info=info), 0)
 
     def session_end(self, ok: bool, step: int = 0) -> None:
         """Mark the hparams session finished: success, or failure (diverged/failed runs in a sweep)."""
-        from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
+        from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
 
         info = plugin_data_pb2.SessionEndInfo(status=api_pb2.STATUS_SUCCESS if ok else api_pb2.STATUS_FAILURE,
                                               end_time_secs=time.time())
-        self._hparams_event(metadata.SESSION_END_INFO_TAG,
+        self._hparams_event(HPARAMS_SESSION_END_TAG,
                             plugin_data_pb2.HParamsPluginData(session_end_info=info), step)
 
     def _hparams_event(self, tag: str, plugin_data, step: int) -> None:
-        from tensorboard.plugins.hparams import metadata
+        """What hparams.metadata.create_summary_metadata and its NULL_TENSOR make (tests compare the bytes),
+        built here because that module imports tensor_util and with it a TensorFlow stub (~0.2 s a run)."""
+        from tensorboard.compat.proto import tensor_pb2, tensor_shape_pb2, types_pb2
 
-        summary = self._summary_pb2.Summary()
-        summary.value.add(tag=tag, tensor=metadata.NULL_TENSOR,
-                          metadata=metadata.create_summary_metadata(plugin_data))
+        content = type(plugin_data)()
+        content.CopyFrom(plugin_data)
+        content.version = 0  # the hparams plugin's data version
+        pb = self._summary_pb2
+        meta = pb.SummaryMetadata(plugin_data=pb.SummaryMetadata.PluginData(plugin_name="hparams",
+                                                                             content=content.SerializeToString()))
+        empty = tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT, tensor_shape=tensor_shape_pb2.TensorShapeProto(
+            dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=0)]))
+        summary = pb.Summary()
+        summary.value.add(tag=tag, tensor=empty, metadata=meta)
         self.add_summary(summary, step)
 
     # --- lifetime ---

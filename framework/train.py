@@ -27,6 +27,7 @@ from .fused import FusedSteps
 from .lifecycle import PAUSE, STOP, Interrupted, StoppedHopeless, claim_dir, signal_name, test_pause
 from .metrics import accuracy, loss_from_scores
 from .registry import DATASETS, MODELS, OPTIMIZERS, REGULARIZERS, SCHEDULES
+from .startup import prepare_kernels
 
 log = logging.getLogger("framework")
 STREAMS = ("init", "order", "dropout")  # independent random streams of a run (the split has data.split_seed)
@@ -564,11 +565,13 @@ class Run:
         for cb in self.callbacks:
             cb.on_train_start(self)
         t0 = None  # start of the epoch in progress
+        epoch_times: list[float] = []
         with STOP.training():
             try:
                 while self.epoch < self.settings.epochs:
                     if STOP.received:  # a request from start-up, or one that came with an epoch end
                         raise _SafeStop()
+                    epoch_start = time.perf_counter()
                     self.refresh_hyperparameters()
                     with tqdm(total=self.steps_per_epoch, initial=self.cursor, leave=False, disable=None,
                               desc=f"epoch {self.epoch + 1}/{self.settings.epochs}", unit="step") as bar:
@@ -577,11 +580,8 @@ class Run:
                         self.train_time += time.perf_counter() - t0
                         t0 = None
                     self.end_epoch()
-                    log.info("epoch %3d/%d  train loss %.4f  train acc %.4f  val loss %.4f  val acc %.4f%s  "
-                             "lr %.3g", self.epoch, self.settings.epochs, self.last("train/loss"),
-                             self.last("train/acc"), self.last("val/loss"), self.last("val/acc"),
-                             f"  ema val acc {self.last('val/ema_acc'):.4f}" if self.ema is not None else "",
-                             self.lr)
+                    epoch_times.append(time.perf_counter() - epoch_start)
+                    log.info("%s", self.epoch_line(epoch_times))
                     self._check_hopeless()
                 self.status = "ok"
             except (DivergedError, StoppedHopeless):
@@ -611,10 +611,13 @@ class Run:
             self.wall_time += time.perf_counter() - start
             summary = self.finish()
         m = summary["metrics"]
-        log.info("done in %.1f s: best val acc %.4f at epoch %s, its test acc %.4f (%d steps, %.0f steps/s). "
+        if self.optimizer.full_batch:  # one "step" per epoch: steps/s would say nothing
+            work = f"{self.step} full-batch epochs, {int(self.opt_state.count[0])} {self.optimizer_name} iterations"
+        else:
+            work = f"{self.step} steps, {summary['steps_per_s'] or 0:.0f} steps/s"
+        log.info("done in %.1f s: best val acc %.4f at epoch %s, its test acc %.4f (%s). "
                  "Run folder: %s (view: tensorboard --logdir %s)", self.wall_time, m.get("best_val_acc") or math.nan,
-                 summary["best_epoch"], m.get("test_acc") or math.nan, self.step, summary["steps_per_s"] or 0,
-                 self.run_dir, self.run_dir)
+                 summary["best_epoch"], m.get("test_acc") or math.nan, work, self.run_dir, self.run_dir)
         return summary
 
     def _interrupt_message(self, signum: int, safe: bool) -> str:
@@ -632,6 +635,29 @@ class Run:
         else:
             text += " No checkpoint was written (checkpoint=null, or none yet): run the command again."
         return text
+
+    def epoch_line(self, epoch_times: list[float]) -> str:
+        """The console line of the epoch just ended: losses and accuracies, lr (and the scheduled momentum, or
+        what a full-batch optimizer did), this epoch's wall time and the estimated time to the last epoch.
+        epoch_times: wall seconds of the epochs of this session so far."""
+        opt = self.optimizer
+        parts = [f"epoch {self.epoch:3d}/{self.settings.epochs}", f"train loss {self.last('train/loss'):.4f}",
+                 f"train acc {self.last('train/acc'):.4f}", f"val loss {self.last('val/loss'):.4f}",
+                 f"val acc {self.last('val/acc'):.4f}"]
+        if self.ema is not None:
+            parts.append(f"ema val acc {self.last('val/ema_acc'):.4f}")
+        if opt.uses_lr:
+            parts.append(f"lr {self.lr:.3g}")
+        if self.momentum_schedule is not None and opt.momentum_field and self.momentum is not None:
+            parts.append(f"{opt.momentum_field} {self.momentum:.3g}")
+        summary = opt.epoch_summary()
+        if summary:
+            parts.append(summary)
+        # the first epoch of a process also loads (or compiles) kernels: estimate from the later ones
+        typical = epoch_times[1:] or epoch_times
+        left = (self.settings.epochs - self.epoch) * sum(typical) / len(typical)
+        parts.append(f"{duration(epoch_times[-1])}/epoch" + (f", ETA {duration(left)}" if left > 0 else ""))
+        return "  ".join(parts)
 
     def finish(self) -> dict:
         """Test score of the best epoch, summary.json, callbacks' on_train_end. Returns the summary."""
@@ -673,6 +699,16 @@ class Run:
 
 class _SafeStop(Exception):
     """Raised by the loop at a step boundary after a stop signal; Run.fit turns it into Interrupted."""
+
+def duration(seconds: float) -> str:
+    """Wall time for the console: 0.42 s, 12 s, 3 min 05 s, 1 h 02 min."""
+    if seconds < 10:
+        return f"{seconds:.2f} s" if seconds < 1 else f"{seconds:.1f} s"
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    if seconds < 3600:
+        return f"{int(seconds // 60)} min {int(seconds % 60):02d} s"
+    return f"{int(seconds // 3600)} h {int(seconds % 3600 // 60):02d} min"
 
 
 def flat_hparams(cfg) -> dict:
@@ -736,6 +772,7 @@ def train(cfg, run_dir=None, callbacks=None) -> dict:
         run = resume_run(cfg, run_dir)
     else:
         run = Run(cfg, run_dir)
+    prepare_kernels(run, checks=not cfg.get("resume"))  # load (or, said first, compile) the kernels
     if not cfg.get("resume"):  # a resumed run was checked when it started; checks never touch run state
         from .errors import CheckFailed
         from .preflight import run_preflight

@@ -18,16 +18,42 @@ class DigitsConfig(DataConfig):
 
 @DATASETS.register("digits", config=DigitsConfig)
 class Digits:
-    """scikit-learn's bundled 8x8 handwritten digits: 1,797 images, 10 classes, pixels scaled to [0, 1]."""
+    """scikit-learn's bundled 8x8 handwritten digits: 1,797 images, 10 classes, pixels 0..16 (the model sees them
+    divided by 16, a step of the saved input transform)."""
 
     def __init__(self, cfg):
         self.cfg = cfg
 
     def load(self, rng):
-        from sklearn.datasets import load_digits
+        X, y = read_digits()
+        return RawData(X, y, 10, (8, 8), source="digits", input_scale=16.0)
 
-        d = load_digits()
-        return RawData(d.data / 16.0, d.target, 10, (8, 8), source="digits")
+
+def digits_file() -> pathlib.Path:
+    """scikit-learn's digits.csv.gz, found without importing scikit-learn (its import takes ~2 s: it pulls in
+    scipy.stats and pandas); find_spec of a top-level package does not run its __init__."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("sklearn")
+    path = None
+    if spec is not None and spec.submodule_search_locations:
+        path = pathlib.Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data" / "digits.csv.gz"
+    if path is None or not path.is_file():
+        raise DataError("data=digits reads the 8x8 digits bundled with scikit-learn, but "
+                        + ("scikit-learn is not installed" if spec is None else f"{path} is missing")
+                        + ": pip install scikit-learn (a dependency of this package), or choose another dataset "
+                        "(data=spiral needs nothing).")
+    return path
+
+
+def read_digits() -> tuple[np.ndarray, np.ndarray]:
+    """(X (1797, 64) float64 pixels 0..16, y (1797,) int64 labels): the same arrays as
+    sklearn.datasets.load_digits(return_X_y=True), parsed from its csv.gz (64 pixel columns, then the label)."""
+    import gzip
+
+    with gzip.open(digits_file(), mode="rt", encoding="utf-8") as f:
+        table = np.loadtxt(f, delimiter=",")
+    return np.ascontiguousarray(table[:, :-1]), table[:, -1].astype(np.int64)
 
 
 @dataclass
@@ -192,7 +218,9 @@ class Cifar10:
         missing = [n for n in names if not (root / n).is_file()]
         if missing:
             raise DataError(f"data.path={str(root)!r} lacks the CIFAR-10 batch files {', '.join(missing)}. "
-                            "Point it at the extracted 'cifar-10-batches-py' folder.")
+                            "Point it at the extracted 'cifar-10-batches-py' folder: download the CIFAR-10 python version "
+                            "from https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz and unpack it with "
+                            "tar xzf cifar-10-python.tar.gz.")
         parts = [read_cifar_batch(root / n) for n in names[:-1]]
         X = np.concatenate([p[0] for p in parts]) / 255.0
         y = np.concatenate([p[1] for p in parts])

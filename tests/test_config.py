@@ -66,3 +66,66 @@ def test_every_yaml_option_is_commented():
                 missing.append(f"{path.relative_to(CONF_DIR)}:{lineno}: {line.strip()}")
             parents.append((indent, commented or inherited))
     assert not missing, "options without an inline comment:\n" + "\n".join(missing)
+
+
+# --- framework.config and partial dicts for framework.train (notebooks) ------------------------------------------
+def test_framework_config_composes_the_real_config_resolved():
+    import framework
+    from omegaconf import OmegaConf
+
+    cfg = framework.config(["optimizer=sgd", "epochs=2"])
+    assert cfg.optimizer.name == "sgd" and cfg.lr == 0.1 and cfg.epochs == 2  # lr follows the optimizer
+    assert "${" not in OmegaConf.to_yaml(cfg)  # nothing left to resolve
+    assert OmegaConf.to_container(cfg) == OmegaConf.to_container(compose_config("optimizer=sgd", "epochs=2"),
+                                                                 resolve=True)
+
+
+def test_framework_config_rejects_bad_overrides_in_one_paragraph():
+    import framework
+    from framework.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="adagrad, adam"):
+        framework.config(["optimizer=adamm"])
+    with pytest.raises(ConfigError, match="overrides") as info:
+        framework.config(["lr=="])
+    assert "\n" not in str(info.value)
+
+
+def test_partial_dict_merges_onto_the_default_config():
+    from framework.compose import complete
+
+    cfg = complete({"epochs": 2, "optimizer": "momentum", "momentum_schedule": "ramp", "model": {"keep_prob": 0.5}})
+    assert cfg.epochs == 2 and cfg.optimizer.name == "momentum" and cfg.lr == 0.01 and cfg.optimizer.mu == 0.9
+    assert cfg.momentum_schedule.name == "ramp" and cfg.model.keep_prob == 0.5
+    assert cfg.model.hidden_sizes == [256] and cfg.batch_size == 32  # defaults kept
+
+
+def test_partial_dict_with_an_unknown_key_names_it():
+    from framework.compose import complete
+    from framework.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="'epoch' is not one of them"):
+        complete({"epoch": 2})
+
+
+def test_train_a_partial_dict_gives_the_composed_runs_numbers(tmp_path):
+    import framework
+
+    from conftest import FAST
+
+    partial = framework.train({"epochs": 2, "preflight": "off", "checkpoint": None,
+                               "tensorboard": {"enabled": False}}, run_dir=tmp_path / "partial")
+    full = framework.train(compose_config(*FAST, "epochs=2"), run_dir=tmp_path / "full")
+    assert partial["status"] == "ok" and partial["epochs_completed"] == 2
+    assert partial["metrics"] == full["metrics"] and partial["metrics"]["val/acc"] > 0.9
+
+
+@pytest.mark.parametrize("path", ["config.yaml", "experiment/optimizers.yaml"])
+def test_seed_comment_does_not_claim_the_split(path):
+    """`seed` drives init, data order and dropout; the split follows data.split_seed (framework.train.STREAMS)."""
+    text = (CONF_DIR / path).read_text()
+    block = text[text.index("\nseed:"):].split("\n")[1:4]
+    comment = " ".join(line.split("#", 1)[1] for line in block if "#" in line and
+                       (line.startswith("seed:") or line.lstrip().startswith("#")))
+    assert "split_seed" in comment
+    assert "init, split" not in comment and "split and data order" not in comment

@@ -299,6 +299,55 @@ def test_lbfgs_epochs_restart_so_epoch_checkpoints_are_exact():
     assert int(sa.count[0]) == int(sb2.count[0]) == 10
 
 
+def test_lbfgs_runs_with_one_blas_thread_and_reports_its_work():
+    """During an epoch BLAS runs on one thread (restored after); last_epoch counts what scipy did, checked
+    against the test's own count of loss evaluations."""
+    import scipy.linalg  # noqa: F401  (loads scipy's BLAS so threadpoolctl sees it)
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    theta0, loss_grad, _ = softmax_problem(N=100, D=4, C=3, reg=0.05, seed=8)
+    seen_threads, calls = set(), [0]
+
+    def fg(theta, grad):
+        calls[0] += 1
+        seen_threads.update(i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas")
+        return loss_grad(theta, grad)[0]
+
+    opt = OPTIMIZERS.build("lbfgs", iterations=7)
+    theta = theta0.copy()
+    state = opt.init(theta)
+    with threadpool_limits(limits=2, user_api="blas"):  # as on a 2-core machine, whatever this one has
+        opt.run_epoch(theta, state, fg, 1.0)
+        after = {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
+    assert seen_threads == {1}
+    assert after == {2}
+    e = opt.last_epoch
+    assert e["iterations"] == int(state.count[0]) == 7 and e["stop"] == "iteration limit"
+    assert e["evaluations"] == calls[0] >= 8
+    assert e["line_search_extra"] == calls[0] - 1 - 7
+    assert opt.epoch_summary().startswith(f"L-BFGS 7 it, {calls[0]} f-evals")
+    # converged before the limit: the reason says so
+    opt.run_epoch(theta, state, fg, 1.0)
+    opt.run_epoch(theta, state, fg, 1.0)
+    opt = OPTIMIZERS.build("lbfgs", iterations=200)
+    opt.run_epoch(theta, opt.init(theta), fg, 1.0)
+    assert opt.last_epoch["stop"].startswith("converged") and opt.last_epoch["iterations"] < 200
+
+
+def test_lbfgs_epoch_line_shows_its_work_not_lr(tmp_path, caplog):
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="framework"):
+        summary = framework.train(compose_config(*FAST, "optimizer=lbfgs", "epochs=2", "optimizer.iterations=5"),
+                                  run_dir=tmp_path)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch ")]
+    assert len(lines) == 2 and all("L-BFGS 5 it, " in line and "  lr " not in line for line in lines)
+    done = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("done in"))
+    assert "2 full-batch epochs, 10 lbfgs iterations" in done and "steps/s" not in done
+    assert any("BLAS limited to 1 thread" in r.getMessage() for r in caplog.records)
+    assert summary["status"] == "ok"
+
+
 def test_lbfgs_has_no_minibatch_update():
     opt = OPTIMIZERS.build("lbfgs")
     with pytest.raises(framework.FrameworkError, match="full training batch"):

@@ -200,6 +200,26 @@ def test_run_preflight_leaves_the_run_untouched_and_writes_the_report(tmp_path, 
     assert "loss at chance (2.1)" in text and "gradient check" in text and "W1" in text
 
 
+def test_failure_message_ends_in_one_period(digits_run):
+    """The overfit cause ends in "(notes 2.3)."; the report's message must not add a second period."""
+    from framework.preflight import OverfitOptions, PreflightReport
+
+    d = digits_run.data
+    mlp = MODELS.build("mlp").setup(d.input_dim, d.num_classes)
+    bad = check_overfit(mlp, mlp.init_params(np.random.default_rng(0)), d.X_train[:20], d.y_train[:20],
+                        OPTIMIZERS.build("sgd", lr=1e-6), 1e-6, np.random.default_rng(1), OverfitOptions(steps=2))
+    assert bad.status == "fail" and bad.message.endswith("(notes 2.3).")
+    text = PreflightReport("full", True, [bad]).failure_message()
+    assert "(notes 2.3). Training did not start." in text and ".." not in text
+
+
+def test_preflight_json_records_the_runs_dtype(tmp_path):
+    run = Run(compose_config(*SMALL, "dtype=float32"), tmp_path)
+    run_preflight(run)
+    settings = json.loads((tmp_path / "preflight.json").read_text())["gradcheck"]["settings"]
+    assert settings["model_dtype"] == "float32" and settings["check_dtype"] == "float64"
+
+
 def test_quick_mode_skips_overfit_and_says_so(digits_run):
     report = run_preflight(digits_run)
     assert report.mode == "quick"

@@ -78,3 +78,33 @@ def test_step_allocates_nothing(tmp_path):
     tracemalloc.stop()
     batch_bytes = run.settings.batch_size * run.data.input_dim * 8
     assert peak < batch_bytes + run.data.y_train.nbytes + 20_000  # the epoch permutation and small objects
+
+
+def test_epoch_line_shows_scheduled_momentum_epoch_time_and_eta(tmp_path, caplog):
+    """Under +momentum_schedule=ramp (0.5 -> 0.99 over 10 epochs) the line shows mu at 0.5, 0.549, 0.598."""
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="framework"):
+        framework.train(compose_config(*FAST, "optimizer=nesterov", "+momentum_schedule=ramp", "epochs=3"),
+                        run_dir=tmp_path)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch ")]
+    assert len(lines) == 3
+    for line, mu in zip(lines, (0.5, 0.5 + 0.49 / 10, 0.5 + 0.98 / 10)):
+        assert f"  mu {mu:.3g}  " in line and "  lr 0.01  " in line, line
+        assert "/epoch" in line
+    assert "ETA" in lines[0] and "ETA" in lines[1] and "ETA" not in lines[2]
+
+
+def test_epoch_line_eta_from_the_epochs_after_the_first(tmp_path):
+    """The first epoch also loads kernels: 5 s then 1 s epochs at epoch 3 of 10 leave 7 x 1 s."""
+    from framework.train import duration
+
+    run = Run(compose_config(*FAST, "epochs=10"), tmp_path)
+    run.epoch = 3
+    for key, value in (("train/loss", 0.5), ("train/acc", 0.9), ("val/loss", 0.6), ("val/acc", 0.8),
+                       ("val/ema_acc", 0.8)):
+        run.record(key, value)
+    line = run.epoch_line([5.0, 1.0, 1.0])
+    assert line.startswith("epoch   3/10  train loss 0.5000  train acc 0.9000  val loss 0.6000  val acc 0.8000")
+    assert line.endswith("  lr 0.001  1.0 s/epoch, ETA 7.0 s") and "beta1" not in line  # no momentum schedule
+    assert [duration(s) for s in (0.42, 12.4, 185, 3720)] == ["0.42 s", "12 s", "3 min 05 s", "1 h 02 min"]
