@@ -4,12 +4,13 @@ soups judge parameter layouts; every command has a help text naming it."""
 from __future__ import annotations
 
 import json
-import pathlib
 import shlex
+import shutil
 import subprocess
 import sys
 
 import pytest
+from hydra.core.override_parser.overrides_parser import OverridesParser
 
 import framework
 from framework import ensemble as E
@@ -37,7 +38,7 @@ def runs(tmp_path_factory):
     return root, summaries
 
 
-def folder(root, key) -> str:
+def folder(key) -> str:
     return f"{DAY}/{NAMES[key]}"
 
 
@@ -45,10 +46,10 @@ def folder(root, key) -> str:
 def test_source_lists_rejoin_paths_that_hold_commas(runs, monkeypatch):
     root, _ = runs
     monkeypatch.chdir(root)
-    a, b = folder(root, "a"), folder(root, "b")
+    a, b = folder("a"), folder("b")
     assert quote_path_override(f"source=[{a},{b}]") == f"source=['{a}','{b}']"
     assert quote_path_override(f"source={a}") == f"source=['{a}']"
-    assert quote_path_override("source=[latest]") == f"source=['{folder(root, 'keep')}']"
+    assert quote_path_override("source=[latest]") == f"source=['{folder('keep')}']"
     assert quote_path_override(f"source=[{DAY}/14-1[34]*]") == f"source=['{a}','{b}']"
     assert quote_path_override(f"source=['{a}']") == f"source=['{a}']"  # quoted already: untouched
     assert quote_path_override("seed=3") == "seed=3"
@@ -57,8 +58,8 @@ def test_source_lists_rejoin_paths_that_hold_commas(runs, monkeypatch):
 def test_resume_takes_latest_and_a_glob_of_one_folder(runs, monkeypatch):
     root, _ = runs
     monkeypatch.chdir(root)
-    assert quote_path_override("resume=latest") == f"resume='{folder(root, 'keep')}'"
-    assert quote_path_override(f"resume={DAY}/14-14*") == f"resume='{folder(root, 'b')}'"
+    assert quote_path_override("resume=latest") == f"resume='{folder('keep')}'"
+    assert quote_path_override(f"resume={DAY}/14-14*") == f"resume='{folder('b')}'"
     with pytest.raises(FrameworkError, match=r"matches 3 paths.*resume takes one"):
         quote_path_override(f"resume={DAY}/*")
     with pytest.raises(FrameworkError, match=r"matches no file or folder"):
@@ -68,7 +69,7 @@ def test_resume_takes_latest_and_a_glob_of_one_folder(runs, monkeypatch):
 # --- the commands, end to end ------------------------------------------------------------------------------------
 def test_ensemble_cli_takes_the_printed_folder_names(runs):
     root, summaries = runs
-    result = run_cli(f"source=[{folder(root, 'a')},{folder(root, 'b')}]", "strategy=seeds", "timing.repeats=0",
+    result = run_cli(f"source=[{folder('a')},{folder('b')}]", "strategy=seeds", "timing.repeats=0",
                      "plot=false", "tensorboard=false", module="framework.ensemble", cwd=root)
     assert result.returncode == 0, result.stderr[-2000:]
     (out,) = (root / "outputs" / "ensembles").glob("*/*")
@@ -84,8 +85,8 @@ def test_ensemble_cli_takes_the_printed_folder_names(runs):
 def test_evaluate_takes_any_printed_path(runs, monkeypatch, capsys, how):
     root, summaries = runs
     monkeypatch.chdir(root)
-    best = f"{folder(root, 'a')}/checkpoints/best.h5"
-    arg = {"bare": best, "quoted": f"checkpoint='{best}'", "run folder": f"checkpoint={folder(root, 'a')}",
+    best = f"{folder('a')}/checkpoints/best.h5"
+    arg = {"bare": best, "quoted": f"checkpoint='{best}'", "run folder": f"checkpoint={folder('a')}",
            "latest": "latest", "glob": f"{DAY}/14-13*/checkpoints/best.h5"}[how]
     assert V.main([arg, "json=true"]) == 0
     result = json.loads(capsys.readouterr().out)
@@ -97,9 +98,7 @@ def test_evaluate_a_sweep_folder_scores_its_best_trial(runs, tmp_path, capsys):
     root, summaries = runs
     sweep = tmp_path / "sweep"
     for num, key in enumerate(("a", "b")):  # job folders of a sweep: copies of the two runs
-        import shutil
-
-        shutil.copytree(root / folder(root, key), sweep / f"{num}_{NAMES[key]}")
+        shutil.copytree(root / folder(key), sweep / f"{num}_{NAMES[key]}")
         (sweep / f"{num}_{NAMES[key]}" / ".hydra").mkdir(exist_ok=True)
         (sweep / f"{num}_{NAMES[key]}" / ".hydra" / "overrides.yaml").write_text(f"- seed={num}\n")
     (sweep / "multirun.yaml").write_text("{}\n")
@@ -116,12 +115,10 @@ def test_a_bad_evaluate_argument_is_one_paragraph(tmp_path):
 
 # --- ensembles over killed sweeps -------------------------------------------------------------------------------
 def test_ensembles_take_unfinished_runs_only_when_asked(runs, tmp_path):
-    import shutil
-
     root, _ = runs
     sweep = tmp_path / "sweep"
     for num, key in enumerate(("a", "b")):
-        shutil.copytree(root / folder(root, key), sweep / f"{num}_{NAMES[key]}")
+        shutil.copytree(root / folder(key), sweep / f"{num}_{NAMES[key]}")
     (sweep / f"1_{NAMES['b']}" / "summary.json").unlink()  # job 1 was killed mid-training
     members, skipped = E.resolve_sources([str(sweep)])
     assert [r.folder.name for r in members] == [f"0_{NAMES['a']}"]
@@ -135,7 +132,7 @@ def test_ensembles_take_unfinished_runs_only_when_asked(runs, tmp_path):
 # --- soups -------------------------------------------------------------------------------------------------------
 def test_a_soup_averages_runs_that_differ_only_in_dropout(runs):
     root, _ = runs
-    found, _ = E.resolve_sources([str(root / folder(root, "a")), str(root / folder(root, "keep"))])
+    found, _ = E.resolve_sources([str(root / folder("a")), str(root / folder("keep"))])
     ctx = E.Context(found, "best", timing=E.TimingConfig(repeats=0))
     built = E.Soup(E.SoupConfig(pool="runs", methods=["uniform"])).build(ctx)
     (soup,) = built
@@ -148,8 +145,7 @@ def test_a_soup_averages_runs_that_differ_only_in_dropout(runs):
 def test_resume_on_a_killed_sweep_prints_commands_that_finish_it(tmp_path):
     dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
                               text=True).stdout)
-    (lr,), _ = S.space_from_overrides(__import__("hydra.core.override_parser.overrides_parser", fromlist=["x"])
-                                      .OverridesParser.create().parse_overrides(["lr=tag(log, interval(1e-3, 1e-1))"]))
+    (lr,), _ = S.space_from_overrides(OverridesParser.create().parse_overrides(["lr=tag(log, interval(1e-3, 1e-1))"]))
     sweep = tmp_path / "outputs" / "sweeps" / "2026-01-01" / "10-00-00"
     record = S.SearchRecord(sweep, "random", 0, [lr], [], [{"index": 1, "n_trials": 2, "top_k": 1, "overrides": []}])
     fixed = ["data.max_train=60", "epochs=1", "preflight=off", "tensorboard.enabled=false"]
