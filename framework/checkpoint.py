@@ -540,6 +540,9 @@ def _read_v2(f, path) -> tuple[dict, dict]:
     return state, info
 
 
+_V1_INPUT_SCALE = {"digits": 16.0}  # dataset -> the input scale its loader applied before version 2
+
+
 def _read_v1(f, path) -> tuple[dict, dict]:
     """Format version 1 (one dataset per parameter block, every file a full resume state)."""
     a = f.attrs
@@ -552,7 +555,10 @@ def _read_v1(f, path) -> tuple[dict, dict]:
             "steps_per_epoch": int(a["steps_per_epoch"]),
             "metrics": {k: float(a[k]) for k in (*METRIC_ATTRS, "score") if k in a}}
     d = f["data"]
-    info.update(mean=_numeric(d["mean"], path), scale=_numeric(d["scale"], path),
+    # Version 1 files kept a loader's fixed input scale (digits' /16) outside the saved transform; version 2 folds
+    # it in so that predict() takes the pixels the user loaded: move it in here too.
+    unit = _V1_INPUT_SCALE.get(info["dataset"], 1.0)
+    info.update(mean=_numeric(d["mean"], path) * unit, scale=_numeric(d["scale"], path) * unit,
                 num_classes=int(d.attrs["num_classes"]), input_dim=int(d.attrs["input_dim"]),
                 image_shape=json.loads(_str_attr(d.attrs, "image_shape", path)),
                 sizes=json.loads(_str_attr(d.attrs, "sizes", path)))
