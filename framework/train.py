@@ -439,8 +439,9 @@ class Run:
         self.message = (f"The loss stayed far above where it started: median step loss {median:.4g} in {epochs}, "
                         f"{median / self.initial_loss:.3g} x the first loss {self.initial_loss:.4g} (limit "
                         f"stop_hopeless.loss_multiple={s.hopeless_multiple:g}). Stopped as hopeless: the learning "
-                        f"rate lr={s.lr:g} is likely too high, lower it (e.g. lr={s.lr / 10:g}; notes 3.1: a "
-                        "loss far above the initial loss means the learning rate is too high).")
+                        f"rate (lr={s.lr:g}{f', {self.lr:g} in this epoch' if self.lr != s.lr else ''}) is likely "
+                        f"too high, lower it (e.g. lr={s.lr / 10:g}; notes 3.1: a loss far above the initial loss "
+                        "means the learning rate is too high).")
         raise StoppedHopeless(self.message)
 
     def fit(self) -> dict:
