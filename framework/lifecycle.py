@@ -19,7 +19,7 @@ import time
 from .errors import FrameworkError
 
 STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
-PAUSE_ENV = "FRAMEWORK_TEST_PAUSE"  # test hook: "<point>=<seconds>" sleeps at that point (see test_pause)
+PAUSE_ENV = "FRAMEWORK_TEST_PAUSE"  # test hook: "<point>=<seconds>" sleeps there (pause_for_tests)
 MAX_SUFFIX = 120  # characters of the override suffix kept in a run folder's name
 
 
@@ -190,7 +190,7 @@ def exit_on_interrupt():
 PAUSE = os.environ.get(PAUSE_ENV, "")  # read once: the loop tests this string, never the environment
 
 
-def test_pause(point: str) -> None:
+def pause_for_tests(point: str) -> None:
     """Sleep at `point` when FRAMEWORK_TEST_PAUSE names it ("startup=2" or "step=0.05"), announcing it on stderr
     so a test knows when to send its signal."""
     name, _, seconds = PAUSE.partition("=")

@@ -24,7 +24,7 @@ from .data import Splits, prepare
 from .errors import ConfigError, DivergedError
 from .files import write_json_atomic
 from .fused import FusedSteps
-from .lifecycle import PAUSE, STOP, Interrupted, StoppedHopeless, claim_dir, signal_name, test_pause
+from .lifecycle import PAUSE, STOP, Interrupted, StoppedHopeless, claim_dir, signal_name, pause_for_tests
 from .metrics import accuracy, loss_from_scores
 from .registry import DATASETS, MODELS, OPTIMIZERS, REGULARIZERS, SCHEDULES
 from .startup import prepare_kernels
@@ -428,7 +428,7 @@ class Run:
                 self._plain_step(b, per_iteration, progress, tick)
                 b += 1
             if PAUSE:
-                test_pause("step")
+                pause_for_tests("step")
             if STOP.received and b <= last:  # a safe point: every array and counter is at a step boundary
                 raise _SafeStop()
 
@@ -547,8 +547,9 @@ class Run:
         self.message = (f"The loss stayed far above where it started: median step loss {median:.4g} in {epochs}, "
                         f"{median / self.initial_loss:.3g} x the first loss {self.initial_loss:.4g} (limit "
                         f"stop_hopeless.loss_multiple={s.hopeless_multiple:g}). Stopped as hopeless: the learning "
-                        f"rate lr={s.lr:g} is likely too high, lower it (e.g. lr={s.lr / 10:g}; notes 3.1: a "
-                        "loss far above the initial loss means the learning rate is too high).")
+                        f"rate (lr={s.lr:g}{f', {self.lr:g} in this epoch' if self.lr != s.lr else ''}) is likely "
+                        f"too high, lower it (e.g. lr={s.lr / 10:g}; notes 3.1: a loss far above the initial loss "
+                        "means the learning rate is too high).")
         raise StoppedHopeless(self.message)
 
     def fit(self) -> dict:
@@ -763,7 +764,7 @@ def train(cfg, run_dir=None, callbacks=None) -> dict:
     if not isinstance(cfg, DictConfig):
         cfg = OmegaConf.create(cfg)
     if PAUSE:
-        test_pause("startup")
+        pause_for_tests("startup")
     if run_dir is None:
         run_dir = _hydra_run_dir() or pathlib.Path(claim_dir(time.strftime("outputs/runs/%Y-%m-%d/%H-%M-%S")))
     if cfg.get("resume"):  # continue a stopped run from its checkpoint, in that run's directory
