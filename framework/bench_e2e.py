@@ -466,7 +466,8 @@ def report(result: dict) -> str:
                      f"{_f(row['outside_fit_s'], '8.2f')} {_f(row['test_acc'], '9.4f')} "
                      f"{_f(row['best_val_acc'], '8.4f')} {row['wall_s'] / fw:6.2f}x "
                      f"{_f(row['cpu_s'] / fw_cpu if row['cpu_s'] and fw_cpu else None, '8.2f')}x")
-    lines.append("(fit: the training call itself; outside: start-up, data loading and exit; vs fw: the job's "
+    lines.append("(fit: the training call as the job reports it, the framework's from summary.json's wall_time_s; "
+                 "outside: the rest of the process, start-up, data loading and exit; vs fw: the job's "
                  "median wall time over the framework's; cpu vs fw: the same for CPU seconds of all threads, "
                  "less sensitive to other load on the machine)")
     for name, note in result["peers"].items():
