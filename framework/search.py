@@ -36,6 +36,7 @@ from dataclasses import asdict, dataclass, field, replace
 import numpy as np
 
 from .errors import ConfigError, DivergedError, FrameworkError
+from .lifecycle import StoppedHopeless
 from .files import save_figure_atomic, write_text_atomic
 
 log = logging.getLogger("framework.search")
@@ -1175,7 +1176,7 @@ def warm_numba_cache(cfg, rows: int = 64) -> float | None:
                 contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             try:
                 train(small, run_dir=tmp)
-            except DivergedError:
+            except (DivergedError, StoppedHopeless):
                 pass  # the kernels compiled before the loss blew up
     except Exception as exc:  # never stop a sweep for its warm-up
         log.warning("Numba cache warm-up failed (%s: %s); each job compiles on its own.", type(exc).__name__, exc)

@@ -365,11 +365,12 @@ class Run:
             self.initial_loss = loss
         s = self.settings
         if s.loss_multiple > 0 and self.step >= s.grace_steps and loss > s.loss_multiple * self.initial_loss:
-            self.status = "diverged"
+            # finite but far too high: hopeless, not diverged (the per-step rule of early_stop, notes 5.7)
+            self.status = "stopped_hopeless"
             self.message = (f"Loss {loss:.4g} exceeds {s.loss_multiple:g} x the initial loss "
                             f"{self.initial_loss:.4g} after {self.step} steps: stopped early as hopeless "
-                            "(notes 5.7).")
-            raise DivergedError(self.message)
+                            "(early_stop.loss_multiple; notes 5.7).")
+            raise StoppedHopeless(self.message)
 
     def _full_batch_loss_grad(self, theta, grad) -> float:
         d = self.data

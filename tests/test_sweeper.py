@@ -201,14 +201,15 @@ def test_diverged_and_failed_trials_are_listed_with_their_status(tmp_path):
     assert result.returncode == 0, result.stderr
     trials = load(sweep)["trials"]
     statuses = {t["status"] for t in trials}
-    assert statuses == {"ok", "diverged", "failed"}, [(t["status"], t["params"]) for t in trials]
+    # a NaN loss is 'diverged'; early_stop's finite blow-up is 'stopped_hopeless' (issue 13 item 9)
+    assert statuses == {"ok", "stopped_hopeless", "failed"}, [(t["status"], t["params"]) for t in trials]
     for t in trials:
         if t["params"]["model.hidden_sizes"] == "[0]":
             assert t["status"] == "failed" and "model.hidden_sizes" in t["message"]
-        elif t["status"] == "diverged":
+        elif t["status"] == "stopped_hopeless":
             assert t["params"]["lr"] > 1.0 and "x the initial loss" in t["message"]
     text = (sweep / "search_summary.md").read_text()
-    assert "| diverged |" in text and "| failed |" in text
+    assert "| stopped hopeless |" in text and "| failed |" in text
 
 
 @pytest.mark.parametrize("space", ["lr=interval(1, 0)", "lr=tag(log, interval(0, 1e-1))"])
