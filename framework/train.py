@@ -696,6 +696,9 @@ class Run:
             except Exception as exc:  # a broken logger must not hide the run's own outcome
                 log.warning("callback %s failed at the end of the run: %s", type(cb).__name__, exc)
         write_json_atomic(self.run_dir / "summary.json", self.summary)
+        from .gemm_choice import record
+
+        write_json_atomic(self.run_dir / "gemm.json", record())  # which GEMM each product ran on, and why
         return self.summary
 
 
