@@ -67,7 +67,11 @@ from . import gemm_choice
 from . import kernels as K
 from . import threads
 from .fused import FusedSteps
-from .kernels import jit
+from numba import njit
+
+# Not cached: these call kernels of framework/kernels.py, and a cached caller would keep a stale callee when that
+# file changes (the cache rule in kernels.py). Compiling them costs the benchmark a few seconds, once per process.
+jit_uncached = njit(error_model="numpy", nogil=True)
 
 
 @dataclass(frozen=True)
@@ -534,7 +538,7 @@ class GemmPeak:
         return n
 
 
-@jit
+@jit_uncached
 def _own_gemm_pair(x, w, a, da, dw, n):
     for _ in range(n):
         K.gemm(x, w, a, a, 0, False)
@@ -716,7 +720,7 @@ def python_overhead(run, number: int) -> float:
         run.opt_state, run.step, run.ema_count = saved[1:]
 
 
-@jit
+@jit_uncached
 def step_gemms(work, weights, dweights, wt):
     """Every GEMM of an MLP step as the model kernel runs them (kernels.gemm: forward; dW; dX through W.T except
     for the first layer). work: (L+1) arrays (N, sizes[l]); weights, dweights: L arrays (sizes[l], sizes[l+1]);

@@ -3,6 +3,11 @@
 Paired `<op>_forward` / `<op>_backward` in the CS231n style; they write into preallocated outputs so the hot
 loop allocates nothing. Shapes: N batch, D input features, H hidden units, C classes. Every kernel works for
 float32 and float64 (compiled once per dtype). `error_model="numpy"` keeps divisions vectorisable.
+
+The cache rule: a cached kernel calls only kernels of its own file. Numba's disk cache checks the caller's file
+alone, so a cached caller in another file keeps a stale copy of a callee from here after this file changes
+(numba#1833). Callers elsewhere are either plain Python (threads.py, the plugins' classes), uncached (the bench),
+or generated modules whose names hash every kernel source (fused.py). tests/test_numba_cache_rule.py enforces it.
 """
 from __future__ import annotations
 
