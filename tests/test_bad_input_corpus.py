@@ -407,17 +407,24 @@ def test_checkpoint_with_bad_config(trained, tmp_path, name, how):
     assert not (tmp_path / "pwned.txt").exists()
 
 
+def _edit_rng(f, name, value):
+    """Replace one stream's bit-generator state in the root `state` JSON (format 2)."""
+    state = json.loads(f.attrs["state"])
+    state["rng"][name] = value
+    f.attrs["state"] = json.dumps(state)
+
+
 def _bad_rng(f):
-    f["rng"].attrs["order"] = json.dumps({"bit_generator": "PCG64", "state": {"state": "x", "inc": 1},
-                                          "has_uint32": 0, "uinteger": 0})
+    _edit_rng(f, "order", {"bit_generator": "PCG64", "state": {"state": "x", "inc": 1}, "has_uint32": 0,
+                           "uinteger": 0})
 
 
 def _rng_not_json(f):
-    f["rng"].attrs["init"] = "not json"
+    f.attrs["state"] = "not json"
 
 
 def _rng_wrong_generator(f):
-    f["rng"].attrs["dropout"] = json.dumps({"bit_generator": "MT19937", "state": {"key": [1, 2], "pos": 0}})
+    _edit_rng(f, "dropout", {"bit_generator": "MT19937", "state": {"key": [1, 2], "pos": 0}})
 
 
 DAMAGED = {
