@@ -777,6 +777,7 @@ class CheckpointCallback(Callback):
         self._t0 = self._epoch_t0 = time.perf_counter()
         self._wall0 = run.wall_time
         self._committed = run.epoch
+        self._resume_step = run.step if run.step > 0 else -1  # a resumed run starts from what last.h5 holds
         if run.step > 0:  # a resumed run: make the files agree with the checkpoint it resumed from
             self.reconcile(run)
         every = self.settings.every_steps
@@ -816,6 +817,8 @@ class CheckpointCallback(Callback):
     def _timed_save(self, run: Run, path: pathlib.Path, kind: str, **extra) -> float:
         t = time.perf_counter()
         save(run, path, kind=kind, **extra)
+        if kind == "resume":
+            self._resume_step = run.step  # the step last.h5 now holds
         took = time.perf_counter() - t
         self.write_time += took
         self.writes += 1
@@ -871,9 +874,14 @@ class CheckpointCallback(Callback):
         self._epoch_t0 = time.perf_counter()
 
     def on_interrupt(self, run: Run) -> None:
-        # a signal stopped the loop at a step boundary: keep that exact point (an epoch end already has last.h5)
-        if 0 < run.cursor < run.steps_per_epoch:
-            self._timed_save(run, self.folder / "last.h5", **self._clocks(run, mid_epoch=True))
+        # a signal stopped the loop at a step boundary: keep that exact point, unless last.h5 holds it already
+        # (under the write budget an epoch end need not have written it)
+        if run.step in (0, self._resume_step):  # nothing trained yet, or already saved
+            return
+        mid_epoch = 0 < run.cursor < run.steps_per_epoch
+        extra = {} if mid_epoch else {"score": self._score(run)}
+        self._timed_save(run, self.folder / "last.h5", "resume", **extra, **self._clocks(run, mid_epoch=mid_epoch))
+        self._committed = run.epoch
 
     def on_train_end(self, run: Run) -> None:
         # No write here: after an interrupt or divergence the state may be mid-update; last.h5 stays the last

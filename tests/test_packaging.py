@@ -128,8 +128,9 @@ def _train_sweep_and_ensemble(venv: pathlib.Path, wheel: pathlib.Path, tmp_path:
     assert list((work / "outputs" / "checks").rglob("preflight.json"))
 
     # The notes' search preset (joblib launcher), shrunk to one stage of 4 one-epoch trials.
+    # stop_hopeless off: a trial drawing a too-high lr would stop as hopeless; this test is about the install
     _run(venv, ["-m", "framework", "-m", "+search=coarse_to_fine", "hydra.sweeper.stages=[{n_trials:4}]",
-                "epochs=1"], work, env)
+                "epochs=1", "stop_hopeless.loss_multiple=0"], work, env)
     sweep = _only_child(work / "outputs" / "sweeps", 2)
     trials = sorted(sweep.glob("*/summary.json"))
     assert len(trials) == 4
