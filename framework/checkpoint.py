@@ -540,7 +540,7 @@ def _read_v2(f, path) -> tuple[dict, dict]:
     return state, info
 
 
-_V1_INPUT_SCALE = {"digits": 16.0}  # dataset -> the input scale its loader applied before version 2
+_V1_INPUT_SCALE = {"digits": 16.0, "mnist": 255.0, "cifar10": 255.0}  # loaders' scales before version 2
 
 
 def _read_v1(f, path) -> tuple[dict, dict]:

