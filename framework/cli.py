@@ -147,20 +147,14 @@ def user_errors(task):
                 _record_failure("interrupted", str(exc))
                 return math.nan
             raise exc from None  # main_entry prints it and exits 128 + signal number
-        except OSError as exc:
-            message = os_error_message(exc)
-            if message is None:
-                if not _is_multirun():
-                    raise
-                log.exception("trial failed")
-                _record_failure("failed", f"{type(exc).__name__}: {exc}")
-                return math.nan
-            if _is_multirun():
-                log.error("%s", message)
-                return math.nan
-            print(f"error: {message}", file=sys.stderr)
-            sys.exit(2)
         except Exception as exc:
+            message = os_error_message(exc) if isinstance(exc, OSError) else None
+            if message is not None:  # a folder or disk the user can fix (full, read-only, no permission)
+                if _is_multirun():
+                    log.error("%s", message)
+                    return math.nan
+                print(f"error: {message}", file=sys.stderr)
+                sys.exit(2)
             if not _is_multirun():
                 raise
             log.exception("trial failed")
