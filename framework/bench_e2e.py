@@ -173,7 +173,9 @@ class Jobs:
         self.work, self.data, self.env, self.timeout = work, data, env, timeout
 
     def _folder(self, job: str, tag: str) -> pathlib.Path:
-        folder = self.work / job / tag
+        # under runs/: a folder named `framework` in the processes' working directory would shadow the package
+        # for `python -m framework` in an editable install (a namespace package found first)
+        folder = self.work / "runs" / job / tag
         folder.mkdir(parents=True, exist_ok=True)
         return folder
 
