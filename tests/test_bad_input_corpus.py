@@ -500,8 +500,23 @@ def test_ensemble_file_with_bad_config(tmp_path, name):
 # ---------------------------------------------------------------------------------------------------------------
 # ensemble sources and options
 # ---------------------------------------------------------------------------------------------------------------
+# options that are wrong on a good source: name -> (overrides, pieces the message must hold)
+ENSEMBLE_OPTION_CASES = {
+    "unknown strategy": (["strategy=bogus"], ["strategy", "bogus"]),
+    "unknown combine": (["combine=bogus"], ["combine", "bogus"]),
+    "unknown weights": (["weights=bogus"], ["weights", "bogus"]),
+    "topk.k=1": (["topk.k=1"], ["topk.k"]),
+    "typo key": (["+strat=seeds"], ["strat", "strategy"]),
+    "typo section key": (["topk.kk=3"], ["topk.kk", "topk.k"]),
+    "timing.repeats=-1": (["timing.repeats=-1"], ["timing.repeats"]),
+    "distill.temperature=0": (["distill.temperature=0"], ["distill.temperature"]),
+}
+
+
 def _ensemble_source(name, trained, folder: pathlib.Path):
     """(source list text, extra overrides, pieces) for the ensemble case `name`."""
+    if name in ENSEMBLE_OPTION_CASES:
+        return (f"[{trained}]", *ENSEMBLE_OPTION_CASES[name])
     if name == "missing folder":
         return "[nowhere]", [], ["nowhere"]
     if name == "empty folder":
@@ -545,9 +560,7 @@ def _ensemble_source(name, trained, folder: pathlib.Path):
 
 
 ENSEMBLE_CASES = ["missing folder", "empty folder", "folder of text files", "text file as checkpoint",
-                  "run with a damaged last.h5", "empty list", "latest without runs", "unknown strategy",
-                  "unknown combine", "unknown weights", "topk.k=1", "typo key", "typo section key",
-                  "timing.repeats=-1", "distill.temperature=0"]
+                  "run with a damaged last.h5", "empty list", "latest without runs", *ENSEMBLE_OPTION_CASES]
 
 
 @pytest.mark.parametrize("name", ENSEMBLE_CASES)
