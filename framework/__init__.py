@@ -11,27 +11,27 @@ import sys as _sys
 
 _argv = getattr(_sys, "orig_argv", [])
 if "-m" in _argv and _argv[_argv.index("-m") + 1:][:1] == ["framework"]:
-    from .lifecycle import exit_early_on_signals  # `python -m framework`: a signal during the imports below
+    from framework.core.lifecycle import exit_early_on_signals  # `python -m framework`: a signal during the imports below
 
     exit_early_on_signals()  # is one line and exit 128 + signal, never a traceback
 
-from .data import DataConfig, RawData, Splits
-from .errors import ConfigError, DataError, DivergedError, FrameworkError
-from .layout import Block, Layout
-from .model import Model
-from .optim import Optimizer, OptimizerConfig
-from .params import param
-from .registry import DATASETS, MODELS, OPTIMIZERS, REGULARIZERS, SCHEDULES, load_plugins
-from .regularize import Regularizer, RegularizerConfig
-from .schedule import Schedule, ScheduleConfig
-from .train import Callback, Run
-from .train import train as _train
+from framework.components.data import DataConfig, RawData, Splits
+from framework.core.errors import ConfigError, DataError, DivergedError, FrameworkError
+from framework.core.layout import Block, Layout
+from framework.components.model import Model
+from framework.components.optim import Optimizer, OptimizerConfig
+from framework.core.params import param
+from framework.core.registry import DATASETS, MODELS, OPTIMIZERS, REGULARIZERS, SCHEDULES, load_plugins
+from framework.components.regularize import Regularizer, RegularizerConfig
+from framework.components.schedule import Schedule, ScheduleConfig
+from framework.engine.train import Callback, Run
+from framework.engine.train import train as _train
 
 
 def config(overrides=(), resolve: bool = True):
     """The DictConfig `python -m framework *overrides` would train (conf/config.yaml composed with Hydra's compose
     API, interpolations resolved), e.g. `framework.train(framework.config(["optimizer=sgd", "epochs=5"]))`."""
-    from .compose import config as _config
+    from framework.cli.compose import config as _config
 
     return _config(overrides, resolve)
 
@@ -40,7 +40,7 @@ def train(cfg, run_dir=None, callbacks=None) -> dict:
     """Train `cfg`: a full config (framework.config(...), or a DictConfig/dict shaped like conf/config.yaml), or a
     partial dict merged onto the default config, e.g. `framework.train({"epochs": 2, "optimizer": "sgd"})`.
     Returns the summary dict; see framework.train.train for run_dir and callbacks."""
-    from .compose import complete
+    from framework.cli.compose import complete
 
     return _train(complete(cfg), run_dir=run_dir, callbacks=callbacks)
 
@@ -48,11 +48,11 @@ def train(cfg, run_dir=None, callbacks=None) -> dict:
 def load(path):
     """Open a checkpoint (framework.checkpoint.Checkpoint) or an ensemble file (framework.ensemble.Ensemble) for
     prediction; both offer predict, predict_proba, scores, transform, weights, cfg, num_classes."""
-    from .ensemble import is_ensemble_file, load_ensemble
+    from framework.ensemble.build import is_ensemble_file, load_ensemble
 
     if is_ensemble_file(path):
         return load_ensemble(path)
-    from .checkpoint import load as _load
+    from framework.io.checkpoint import load as _load
 
     return _load(path)
 

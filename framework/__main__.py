@@ -1,5 +1,5 @@
 """`python -m framework [overrides]`: train one configuration (or sweep with -m)."""
-from framework.lifecycle import STOP, exit_on_interrupt
+from framework.core.lifecycle import STOP, exit_on_interrupt
 
 if __name__ == "__main__":
     STOP.install()  # before the slow imports: a signal during start-up ends with one line, never a traceback
@@ -7,13 +7,13 @@ if __name__ == "__main__":
 with exit_on_interrupt():
     import hydra
 
-    from framework.cli import CONF_DIR, main_entry, user_errors
+    from framework.cli.app import CONF_DIR, main_entry, user_errors
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 @user_errors
 def main(cfg):
-    from framework.train import train
+    from framework.engine.train import train
 
     summary = train(cfg)
     return summary["metrics"].get("best_val_acc")

@@ -1,42 +1,7 @@
-"""`python -m framework.list [kind] [--options]`: what is registered, with one line each (and its options)."""
-from __future__ import annotations
-
-import sys
-
-from .params import help_table
-from .registry import ALL, load_plugins
-
-
-def main(argv=None) -> int:
-    import argparse
-
-    parser = argparse.ArgumentParser(
-        prog="python -m framework.list",
-        description="List the registered components (built-in and plugins): each with a one-line description, "
-                    "and with --options every option with its default, help text and allowed range. Select one "
-                    "in a run with <group>=NAME, e.g. python -m framework optimizer=adam.")
-    parser.add_argument("kinds", nargs="*", metavar="KIND",
-                        help="only these kinds, by group or kind name (e.g. optimizer, model, schedule)")
-    parser.add_argument("--options", action="store_true", help="also list every option of each component")
-    args = parser.parse_args(sys.argv[1:] if argv is None else list(argv))
-    show_options, kinds = args.options, args.kinds
-    load_plugins()
-    known = {r.group: r for r in ALL} | {r.kind: r for r in ALL}
-    unknown = [k for k in kinds if k not in known]
-    if unknown:
-        print(f"error: unknown kind {unknown[0]!r}; choose from {', '.join(r.group for r in ALL)}.",
-              file=sys.stderr)
-        return 2
-    for registry in [known[k] for k in kinds] or ALL:
-        print(f"{registry.group} (select with {registry.group}=NAME):")
-        for name in registry.names():
-            entry = registry.get(name)
-            print(f"  {name:<14} {entry.description}")
-            if show_options:
-                for field, default, text in help_table(entry.config_cls):
-                    print(f"      {field} = {default!r}: {text}")
-    return 0
-
-
+"""`python -m framework.list`: the entry point only; the command is documented where it lives (imported below)."""
 if __name__ == "__main__":
+    import sys
+
+    from framework.cli.list import main
+
     sys.exit(main())

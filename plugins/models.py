@@ -6,9 +6,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from framework import MODELS, Model, param
-from framework import kernels as K
-from framework import threads
-from framework.fused import GRAD, IDX, THETA, X, Y, FusedCall
+from framework.kernels import dense as K
+from framework.engine import threads
+from framework.engine.fused import GRAD, IDX, THETA, X, Y, FusedCall
 
 ACTIVATIONS = {"relu": K.ACT_RELU, "leaky_relu": K.ACT_LEAKY_RELU, "tanh": K.ACT_TANH}
 LOSSES = {"softmax": K.LOSS_SOFTMAX, "svm": K.LOSS_SVM}
@@ -57,7 +57,7 @@ class MLP(Model):
         blocks = []
         for i in range(len(dims) - 1):
             blocks += [(f"W{i + 1}", (dims[i], dims[i + 1]), True), (f"b{i + 1}", (dims[i + 1],), False)]
-        from framework.layout import Layout
+        from framework.core.layout import Layout
         self.layout = Layout(blocks)
         self._capacity = 0
         self._empty = np.empty(0, dtype=self.dtype)

@@ -8,8 +8,8 @@ from typing import NamedTuple
 import numpy as np
 
 from framework import OPTIMIZERS, FrameworkError, Optimizer, OptimizerConfig, param
-from framework.fused import GRAD, THETA, FusedCall
-from framework.kernels import jit
+from framework.engine.fused import GRAD, THETA, FusedCall
+from framework.kernels.dense import jit
 
 # --- kernels: theta, grad, slots (P,) float64 or float32; count (1,) int64; scalars float64 ---
 # Scalars are cast to theta's dtype on entry (`f = theta.dtype.type`), so float32 runs in float32 arithmetic as

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from framework import REGULARIZERS, Regularizer, RegularizerConfig, param
-from framework.fused import GRAD, THETA, FusedCall
-from framework.kernels import jit, l2_penalty_grad
+from framework.engine.fused import GRAD, THETA, FusedCall
+from framework.kernels.dense import jit, l2_penalty_grad
 
 
 @jit

@@ -8,7 +8,7 @@ import sys
 import pytest
 from hydra import compose, initialize_config_dir
 
-from framework.cli import CONF_DIR, register_configs
+from framework.cli.app import CONF_DIR, register_configs
 
 # Quiet, quick runs: no pre-flight, TensorBoard or checkpoints unless a test asks for them.
 FAST_BASE = ["preflight=off", "++tensorboard.enabled=false"]

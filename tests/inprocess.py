@@ -16,20 +16,20 @@ def _entry(module: str):
     """The callable that `python -m module` runs (reads sys.argv, may raise SystemExit)."""
     if module == "framework":
         import framework.__main__ as app
-        from framework.cli import main_entry
+        from framework.cli.app import main_entry
 
         return lambda: main_entry(app.main)
     if module == "framework.ensemble":
-        from framework import ensemble
-        from framework.cli import main_entry
+        from framework.ensemble import build as ensemble
+        from framework.cli.app import main_entry
 
         import inspect
 
         if "config_name" in inspect.signature(main_entry).parameters:
-            return lambda: main_entry(ensemble._hydra_app(), config_name="ensemble")
-        return lambda: main_entry(ensemble._hydra_app())  # an older framework (the corpus can judge it too)
+            return lambda: main_entry(ensemble.hydra_app(), config_name="ensemble")
+        return lambda: main_entry(ensemble.hydra_app())  # an older framework (the corpus can judge it too)
     if module == "framework.evaluate":
-        from framework import evaluate
+        from framework.io import evaluate
 
         return lambda: sys.exit(evaluate.main())
     raise ValueError(f"no in-process entry for {module}")
@@ -40,11 +40,11 @@ def warm_up() -> None:
     import h5py  # noqa: F401
     import sklearn.datasets  # noqa: F401
 
-    import framework.checkpoint  # noqa: F401
-    import framework.ensemble  # noqa: F401
-    import framework.monitor  # noqa: F401
-    import framework.preflight  # noqa: F401
-    from framework.cli import register_configs
+    import framework.io.checkpoint  # noqa: F401
+    import framework.ensemble.build  # noqa: F401
+    import framework.monitoring.monitor  # noqa: F401
+    import framework.checks.preflight  # noqa: F401
+    from framework.cli.app import register_configs
 
     register_configs()
     for module in ("framework", "framework.ensemble", "framework.evaluate"):

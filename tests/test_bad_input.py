@@ -118,7 +118,7 @@ def test_genuine_cifar_layout_loads(tmp_path):
     ("model: {name: '???'}\n", "'model.name'"),
 ])
 def test_saved_config_is_loaded_safely(text, piece):
-    from framework.safe_config import SavedConfigError, load_saved_config
+    from framework.core.safe_config import SavedConfigError, load_saved_config
 
     with pytest.raises(SavedConfigError) as info:
         load_saved_config(text, "some/file.h5")
@@ -126,7 +126,7 @@ def test_saved_config_is_loaded_safely(text, piece):
 
 
 def test_saved_config_keeps_plain_values():
-    from framework.safe_config import load_saved_config
+    from framework.core.safe_config import load_saved_config
 
     cfg = load_saved_config("model: {name: mlp, hidden_sizes: [8, 4]}\nlr: 0.001\npath: a$b{c}\n", "f.h5")
     assert cfg.model.hidden_sizes == [8, 4] and cfg.lr == 0.001 and cfg.path == "a$b{c}"
@@ -144,8 +144,8 @@ def test_saved_config_keeps_plain_values():
 def test_every_section_is_checked_before_data_or_preflight(monkeypatch, overrides, key):
     """A bad value in any section stops the run before the data are loaded (so before the pre-flight)."""
     from conftest import compose_config
-    train_module = importlib.import_module("framework.train")
-    from framework.errors import ConfigError
+    train_module = importlib.import_module("framework.engine.train")
+    from framework.core.errors import ConfigError
 
     def no_data(*args, **kw):
         raise AssertionError("data loaded before the config was validated")
@@ -159,9 +159,9 @@ def test_every_section_is_checked_before_data_or_preflight(monkeypatch, override
 
 def test_momentum_schedule_errors_name_their_own_section():
     from conftest import compose_config
-    from framework.errors import ConfigError
+    from framework.core.errors import ConfigError
 
-    train_module = importlib.import_module("framework.train")
+    train_module = importlib.import_module("framework.engine.train")
     cfg = compose_config("+momentum_schedule=ramp", "momentum_schedule.start=1.5", "model.hidden_sizes=[4]")
     with pytest.raises(ConfigError) as info:
         train_module.Run(cfg, "unused")
@@ -169,8 +169,8 @@ def test_momentum_schedule_errors_name_their_own_section():
 
 
 def test_seed_error_states_the_allowed_range():
-    from framework.errors import ConfigError
-    from framework.train import Settings
+    from framework.core.errors import ConfigError
+    from framework.engine.train import Settings
 
     from conftest import compose_config
 
@@ -189,8 +189,8 @@ def test_seed_error_states_the_allowed_range():
     (["data=npz", "data.paht=x"], ["'data.paht'", "data.path"]),
 ])
 def test_unknown_keys_are_refused(argv, pieces):
-    from framework.cli import check_unknown_keys
-    from framework.errors import FrameworkError
+    from framework.cli.app import check_unknown_keys
+    from framework.core.errors import FrameworkError
 
     with pytest.raises(FrameworkError) as info:
         check_unknown_keys(argv)
@@ -205,7 +205,7 @@ def test_unknown_keys_are_refused(argv, pieces):
     ["model.hidden_sizes=[10]", "optimizer=sgd", "optimizer.lr=0.1", "~ema"],
 ])
 def test_known_keys_pass(argv):
-    from framework.cli import check_unknown_keys
+    from framework.cli.app import check_unknown_keys
 
     check_unknown_keys(argv)
 
@@ -213,7 +213,7 @@ def test_known_keys_pass(argv):
 # --- data: relative threshold of standardize, fractions named together -----------------------------------------
 @pytest.mark.parametrize("scale", [1e-15, 1.0, 1e3])
 def test_standardize_works_at_any_scale(scale):
-    from framework.data import DataConfig, RawData, prepare
+    from framework.components.data import DataConfig, RawData, prepare
 
     rng = np.random.default_rng(0)
     X = rng.standard_normal((200, 3)) * scale
@@ -225,8 +225,8 @@ def test_standardize_works_at_any_scale(scale):
 
 
 def test_fractions_summing_to_one_name_both_keys():
-    from framework.data import DataConfig, RawData, prepare
-    from framework.errors import ConfigError
+    from framework.components.data import DataConfig, RawData, prepare
+    from framework.core.errors import ConfigError
 
     rng = np.random.default_rng(0)
     raw = RawData(rng.standard_normal((50, 2)), rng.integers(0, 2, 50), 2, source="t")
@@ -239,8 +239,8 @@ def test_fractions_summing_to_one_name_both_keys():
 
 
 def test_model_too_big_for_memory_is_refused_before_allocating(monkeypatch):
-    train_module = importlib.import_module("framework.train")
-    from framework.errors import ConfigError
+    train_module = importlib.import_module("framework.engine.train")
+    from framework.core.errors import ConfigError
 
     monkeypatch.setattr(train_module, "available_memory", lambda: 10 ** 6)  # 1 MB
     with pytest.raises(ConfigError) as info:

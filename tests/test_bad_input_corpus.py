@@ -334,7 +334,7 @@ def test_bad_cifar_test_batch_is_named(tmp_path):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A finished 2-epoch run of a small MLP on digits (its folder), trained in this process."""
-    from framework.train import train
+    from framework.engine.train import train
 
     folder = tmp_path_factory.mktemp("trained") / "run"
     cfg = compose_config("epochs=2", "model.hidden_sizes=[8]", "preflight=off", "++tensorboard.enabled=false")
@@ -388,7 +388,7 @@ def test_checkpoint_with_bad_config(trained, tmp_path, name, how):
     pieces = [str(path) if how != "ensemble source" else path.name, *CONFIG_PIECES.get(name, [])]
     if how == "load":
         import framework
-        from framework.errors import FrameworkError
+        from framework.core.errors import FrameworkError
 
         with pytest.raises(FrameworkError) as info:
             framework.load(path)
@@ -486,7 +486,7 @@ def _ensemble_file(folder: pathlib.Path, config: str) -> pathlib.Path:
 @pytest.mark.parametrize("name", ["python object tag", "invalid yaml", "a scalar", "env interpolation"])
 def test_ensemble_file_with_bad_config(tmp_path, name):
     import framework
-    from framework.errors import FrameworkError
+    from framework.core.errors import FrameworkError
 
     path = _ensemble_file(tmp_path, EVIL_CONFIGS[name])
     with pytest.raises(FrameworkError) as info:
@@ -627,7 +627,7 @@ def test_write_error_in_checkpoint_path(trained, tmp_path, monkeypatch, code):
     """An OSError injected into the third checkpoint write (the forked run inherits the patch): exit 2 naming
     the file, no temporary file left, and the last.h5 written before is intact."""
     import framework
-    from framework import checkpoint
+    from framework.io import checkpoint
 
     real, calls = checkpoint._write_file, []
 
@@ -647,7 +647,7 @@ def test_write_error_in_checkpoint_path(trained, tmp_path, monkeypatch, code):
 
 
 def test_write_error_in_summary_leaves_no_temp_file(tmp_path, monkeypatch):
-    from framework import files
+    from framework.core import files
 
     real = os.fsync
 

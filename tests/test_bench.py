@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from framework import bench
+from benchmarks import bench
 
 TINY = [bench.Workload("one_hidden", 7, (6,), 4, 3), bench.Workload("two_hidden", 9, (8, 5), 3, 4)]
 STEPS = 6

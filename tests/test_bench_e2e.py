@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import assert_clean_failure, run_cli
-from framework import bench_e2e
+from benchmarks import e2e as bench_e2e
 
 BREAKDOWN_PARTS = {"start-up", "training steps", "evaluation", "checkpoints", "tensorboard", "exit", "other (in fit)"}
 

@@ -16,8 +16,8 @@ from omegaconf import OmegaConf
 
 import framework
 from framework import OPTIMIZERS, SCHEDULES
-from framework import checkpoint as C
-from framework.train import Callback, Run
+from framework.io import checkpoint as C
+from framework.engine.train import Callback, Run
 
 from conftest import FAST_BASE, compose_config
 
@@ -185,7 +185,7 @@ def test_weights_files_predict_but_do_not_resume(tmp_path):
 def test_format_version_1_files_still_load_and_resume(tmp_path):
     """tests/data/v1_softmax_epoch2.h5: last.h5 of `model=softmax epochs=2 checkpoint.every=0` written by the
     version-1 writer (one dataset per block, every file a full state)."""
-    from framework.evaluate import evaluate
+    from framework.io.evaluate import evaluate
 
     path = pathlib.Path(__file__).parent / "data" / "v1_softmax_epoch2.h5"
     state, info = C.read_checkpoint(path)
@@ -260,7 +260,7 @@ def test_keep_top_k_keeps_the_ends_of_warm_restart_cycles(tmp_path):
 def test_every_n_epochs_and_mid_epoch_writes(tmp_path):
     cfg = small_cfg("epochs=4", "checkpoint.every=2", "checkpoint.every_steps=4")
     run = Run(cfg, tmp_path)
-    from framework.train import default_callbacks
+    from framework.engine.train import default_callbacks
     run.callbacks = default_callbacks(run)
     # 6 steps per epoch; mid-epoch writes of last.h5 at steps 4, 8, 16, 20 (12 and 24 end an epoch: the
     # epoch-end write covers them); stop at step 23, mid-epoch 4
@@ -321,7 +321,7 @@ def trained(tmp_path_factory):
 def test_load_predicts_from_raw_features(trained):
     from sklearn.datasets import load_digits
 
-    from framework.evaluate import rebuild_splits
+    from framework.io.evaluate import rebuild_splits
 
     run_dir, summary = trained
     ck = framework.load(run_dir / "checkpoints" / "best.h5")
@@ -345,7 +345,7 @@ def test_load_predicts_from_raw_features(trained):
 
 def test_evaluate_reproduces_the_runs_test_score(trained, cli):
     run_dir, summary = trained
-    from framework.evaluate import evaluate
+    from framework.io.evaluate import evaluate
 
     result = evaluate(run_dir / "checkpoints" / "best.h5")
     # best.h5 holds the best epoch's raw weights: the same test score the run reported
@@ -359,7 +359,7 @@ def test_evaluate_reproduces_the_runs_test_score(trained, cli):
 
 
 def test_evaluate_on_an_npz(trained, tmp_path):
-    from framework.evaluate import evaluate
+    from framework.io.evaluate import evaluate
 
     run_dir, _ = trained
     ck = framework.load(run_dir / "checkpoints" / "last.h5")

@@ -11,14 +11,14 @@ import pytest
 import yaml
 
 from framework import DATASETS, MODELS, OPTIMIZERS, REGULARIZERS, SCHEDULES
-from framework.checkpoint import CheckpointSettings
-from framework.cli import CONF_DIR
-from framework.diagnostics import Thresholds
-from framework.distill import DistillConfig
-from framework.ensemble import STRATEGIES, TimingConfig
-from framework.gradcheck import GradCheckOptions
-from framework.monitor import Options as TensorBoardOptions
-from framework.preflight import ChanceOptions, OverfitOptions, RegRiseOptions
+from framework.io.checkpoint import CheckpointSettings
+from framework.cli.app import CONF_DIR
+from framework.monitoring.diagnostics import Thresholds
+from framework.ensemble.distill import DistillConfig
+from framework.ensemble.build import STRATEGIES, TimingConfig
+from framework.checks.gradcheck import GradCheckOptions
+from framework.monitoring.monitor import Options as TensorBoardOptions
+from framework.checks.preflight import ChanceOptions, OverfitOptions, RegRiseOptions
 
 REGISTRY_OF = {"model": MODELS, "data": DATASETS, "optimizer": OPTIMIZERS, "schedule": SCHEDULES,
                "regularizer": REGULARIZERS, "momentum_schedule": SCHEDULES}

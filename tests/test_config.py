@@ -4,8 +4,8 @@ import re
 import pytest
 
 from framework import DATASETS, MODELS, OPTIMIZERS, REGULARIZERS, SCHEDULES
-from framework.cli import CONF_DIR
-from framework.train import component_config
+from framework.cli.app import CONF_DIR
+from framework.engine.train import component_config
 
 from conftest import compose_config
 
@@ -82,7 +82,7 @@ def test_framework_config_composes_the_real_config_resolved():
 
 def test_framework_config_rejects_bad_overrides_in_one_paragraph():
     import framework
-    from framework.errors import ConfigError
+    from framework.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="adagrad, adam"):
         framework.config(["optimizer=adamm"])
@@ -92,7 +92,7 @@ def test_framework_config_rejects_bad_overrides_in_one_paragraph():
 
 
 def test_partial_dict_merges_onto_the_default_config():
-    from framework.compose import complete
+    from framework.cli.compose import complete
 
     cfg = complete({"epochs": 2, "optimizer": "momentum", "momentum_schedule": "ramp", "model": {"keep_prob": 0.5}})
     assert cfg.epochs == 2 and cfg.optimizer.name == "momentum" and cfg.lr == 0.01 and cfg.optimizer.mu == 0.9
@@ -101,8 +101,8 @@ def test_partial_dict_merges_onto_the_default_config():
 
 
 def test_partial_dict_with_an_unknown_key_names_it():
-    from framework.compose import complete
-    from framework.errors import ConfigError
+    from framework.cli.compose import complete
+    from framework.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="'epoch' is not one of them"):
         complete({"epoch": 2})

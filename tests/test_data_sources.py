@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 import framework
-from framework.errors import DataError
-from framework.train import load_splits
+from framework.core.errors import DataError
+from framework.engine.train import load_splits
 
 from conftest import FAST_BASE, compose_config
 

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 import framework
-from framework import kernels as K
-from framework.distill import DistillConfig, DistillError, SoftTargetModel, distill, student_config, train_student
-from framework.model import Model
+from framework.kernels import dense as K
+from framework.ensemble.distill import DistillConfig, DistillError, SoftTargetModel, distill, student_config, train_student
+from framework.components.model import Model
 
 from conftest import FAST, compose_config
 
@@ -147,7 +147,7 @@ def test_student_config_merges_or_replaces_the_model():
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory):
     """A 3-seed ensemble of digits MLPs (the default one at lr 1e-2, 8 epochs) and the shared split."""
-    from framework import ensemble as E
+    from framework.ensemble import build as E
 
     root = tmp_path_factory.mktemp("teachers")
     train = [o for o in FAST if "checkpoint" not in o] + ["epochs=8", "lr=1e-2"]

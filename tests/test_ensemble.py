@@ -14,9 +14,9 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 import framework
-from framework import ensemble as E
-from framework.cli import CONF_DIR, register_configs
-from framework.errors import DataError, FrameworkError
+from framework.ensemble import build as E
+from framework.cli.app import CONF_DIR, register_configs
+from framework.core.errors import DataError, FrameworkError
 
 from conftest import FAST, compose_config
 
@@ -137,7 +137,7 @@ def test_every_strategy_builds(built):
 def test_ensemble_file_round_trips_bit_for_bit(built, tmp_path):
     from sklearn.datasets import load_digits
 
-    from framework.evaluate import evaluate
+    from framework.io.evaluate import evaluate
 
     ctx, ensembles = built
     X = load_digits().data[:300]  # raw pixels 0..16: load() applies the preprocessing

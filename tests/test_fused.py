@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 import framework
-from framework import fused
-from framework.errors import DivergedError
-from framework.lifecycle import StoppedHopeless
-from framework.train import Run, default_callbacks
+from framework.engine import fused
+from framework.core.errors import DivergedError
+from framework.core.lifecycle import StoppedHopeless
+from framework.engine.train import Run, default_callbacks
 
 from conftest import FAST, compose_config
 
@@ -126,7 +126,7 @@ def test_changed_kernel_source_gives_a_new_module(tmp_path, monkeypatch):
 
     def edited(self):
         data = real_read(self)
-        return data + b"# edited" if self.name == "kernels.py" else data
+        return data + b"# edited" if self.name == "dense.py" else data
 
     monkeypatch.setattr(fused.pathlib.Path, "read_bytes", edited)
     monkeypatch.setattr(fused, "_modules", {})  # as in a new process
@@ -138,7 +138,7 @@ def test_changed_kernel_source_gives_a_new_module(tmp_path, monkeypatch):
 def test_monitor_steps_inside_chunks_see_the_same_numbers(tmp_path):
     """A chunk ends with its monitor step: theta before the update and the block norms after, then on_monitor,
     exactly as the plain loop does."""
-    from framework.train import Callback
+    from framework.engine.train import Callback
 
     class Record(Callback):
         def __init__(self):

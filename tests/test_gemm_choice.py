@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 
 import plugins.models as models_module
-from framework import gemm_choice as G
-from framework import kernels as K
-from framework import threads
-from framework.errors import ConfigError
-from framework.train import Run
+from framework.kernels import gemm_choice as G
+from framework.kernels import dense as K
+from framework.engine import threads
+from framework.core.errors import ConfigError
+from framework.engine.train import Run
 
 from conftest import FAST, assert_clean_failure, compose_config
 
@@ -219,14 +219,14 @@ def test_bad_mode_is_a_clean_user_error(cli):
 
 PROBE = """
 import numpy as np
-from framework import kernels as K
+from framework.kernels import dense as K
 rng = np.random.default_rng(0)
 A, B = rng.standard_normal((37, 300)).astype(np.float32), rng.standard_normal((300, 70)).astype(np.float32)
 C = np.empty((37, 70), np.float32)
 K.gemm_repeat(A, B, C, 1, False)  # whole tiles, masked last columns, single rows, two K blocks
 assert np.allclose(C, A.astype(np.float64) @ B, atol=1e-3)
 asm = "".join(K.gemm_repeat.inspect_asm().values())
-from framework.gemm_choice import cpu_info
+from framework.kernels.gemm_choice import cpu_info
 print(K.VECTOR_BITS, K.TILE_ROWS, K.TILE_VECS, "%zmm" in asm, "%ymm" in asm, cpu_info()["isa"])
 """
 

@@ -10,10 +10,10 @@ import pytest
 
 import framework
 from framework import MODELS, OPTIMIZERS
-from framework.errors import ConfigError
-from framework.lifecycle import StoppedHopeless
-from framework.search import load_sweep, summarize
-from framework.train import Run
+from framework.core.errors import ConfigError
+from framework.core.lifecycle import StoppedHopeless
+from framework.search.sweep import load_sweep, summarize
+from framework.engine.train import Run
 
 from conftest import FAST, assert_clean_failure, compose_config
 

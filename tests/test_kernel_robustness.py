@@ -16,8 +16,8 @@ import pytest
 from numba.core.registry import CPUDispatcher
 
 import framework
-from framework import kernels as K
-from framework.layout import Layout
+from framework.kernels import dense as K
+from framework.core.layout import Layout
 
 GUARD = 7  # elements before and after every array
 SENTINEL = -12345.0

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from framework import kernels as K
+from framework.kernels import dense as K
 
 
 def numerical_grad(f, x, h=1e-6):

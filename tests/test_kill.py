@@ -21,7 +21,7 @@ import pytest
 from omegaconf import OmegaConf
 
 import framework
-from framework import checkpoint as C
+from framework.io import checkpoint as C
 
 from conftest import compose_config
 from test_checkpoint import assert_same_checkpoints

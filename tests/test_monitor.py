@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 import framework
-from framework.diagnostics import (Thresholds, as_markdown, divergence_finding, fit_findings, short, unit_findings,
+from framework.monitoring.diagnostics import (Thresholds, as_markdown, divergence_finding, fit_findings, short, unit_findings,
                                    unit_fractions, update_ratio_findings)
-from framework.errors import ConfigError, DivergedError
+from framework.core.errors import ConfigError, DivergedError
 from conftest import compose_config
 
 TH = Thresholds()

@@ -1,15 +1,15 @@
-"""The Numba cache rule (see framework/kernels.py): a cached kernel calls only kernels of its own file.
+"""The Numba cache rule (see framework/kernels/dense.py): a cached kernel calls only kernels of its own file.
 
 Numba's disk cache keys a kernel on its own file's timestamp: when a kernel of another file that it calls changes,
 the caller's cache entry is not invalidated and keeps the old callee compiled in (numba#1833). Generated modules
-(framework/fused.py) avoid it by hashing every kernel source into their name, so they are exempt.
+(framework/engine/fused.py) avoid it by hashing every kernel source into their name, so they are exempt.
 """
 import ast
 import pathlib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SOURCES = sorted([*ROOT.glob("framework/**/*.py"), *ROOT.glob("plugins/**/*.py")])
-EXEMPT = {"framework/fused.py"}  # generated callers, keyed by the hash of every kernel source
+EXEMPT = {"framework/engine/fused.py"}  # generated callers, keyed by the hash of every kernel source
 
 
 def _module_name(path: pathlib.Path) -> str:
@@ -79,11 +79,11 @@ def test_cached_kernels_call_only_kernels_of_their_own_file():
 
 def test_the_rule_finds_a_cross_file_call(tmp_path, monkeypatch):
     """The checker itself: a kernel in another file calling kernels.gemm is reported."""
-    fake = ROOT / "framework" / "_cache_rule_probe.py"
-    source = "from .kernels import jit, gemm\n\n@jit\ndef probe(a, b, c):\n    gemm(a, b, c, c, 0, False)\n"
+    fake = ROOT / "framework" / "kernels" / "_cache_rule_probe.py"
+    source = "from .dense import jit, gemm\n\n@jit\ndef probe(a, b, c):\n    gemm(a, b, c, c, 0, False)\n"
     monkeypatch.setattr(__import__(__name__), "SOURCES", SOURCES + [fake])
     fake.write_text(source)
     try:
-        assert any("probe calls framework.kernels.gemm" in line for line in cross_file_calls())
+        assert any("probe calls framework.kernels.dense.gemm" in line for line in cross_file_calls())
     finally:
         fake.unlink()

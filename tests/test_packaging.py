@@ -21,7 +21,7 @@ SOURCES = ("pyproject.toml", "README.md", "framework", "conf", "plugins", "hydra
 def test_active_install_finds_configs_and_hydra_plugins(tmp_path):
     """Whatever install runs the tests (editable in CI), seen from a folder outside the repository: the configs and
     the Hydra plugins the search preset needs (our sweeper, the joblib launcher) are found."""
-    code = ("import framework.cli as c; from hydra.core.plugins import Plugins; "
+    code = ("import framework.cli.app as c; from hydra.core.plugins import Plugins; "
             "from hydra.plugins.launcher import Launcher; from hydra.plugins.sweeper import Sweeper; "
             "print((c.CONF_DIR / 'config.yaml').is_file()); "
             "print(*sorted(p.__name__ for k in (Sweeper, Launcher) for p in Plugins.instance().discover(k)))")
@@ -108,7 +108,7 @@ def _train_sweep_and_ensemble(venv: pathlib.Path, wheel: pathlib.Path, tmp_path:
     work = tmp_path / "elsewhere"
     work.mkdir()
 
-    where = _run(venv, ["-c", "import framework.cli as c; print(c.__file__); print(c.CONF_DIR)"], work, env)
+    where = _run(venv, ["-c", "import framework.cli.app as c; print(c.__file__); print(c.CONF_DIR)"], work, env)
     module_file, conf_dir = where.stdout.split()
     site = pathlib.Path(module_file).parent.parent
     assert site.is_relative_to(venv) and not pathlib.Path(module_file).is_relative_to(REPO)

@@ -13,11 +13,11 @@ import pytest
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
 import framework
-from framework import ensemble as E
-from framework import evaluate as V
-from framework import search as S
-from framework.cli import quote_path_override
-from framework.errors import FrameworkError
+from framework.ensemble import build as E
+from framework.io import evaluate as V
+from framework.search import sweep as S
+from framework.cli.app import quote_path_override
+from framework.core.errors import FrameworkError
 
 from conftest import FAST_BASE, assert_clean_failure, compose_config, run_cli
 

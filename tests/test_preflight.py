@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 from framework import MODELS, OPTIMIZERS, REGULARIZERS, Regularizer
-from framework.errors import CheckFailed, ConfigError
-from framework.preflight import (check_chance_loss, check_data, check_overfit, check_reg_rise, preflight_config,
+from framework.core.errors import CheckFailed, ConfigError
+from framework.checks.preflight import (check_chance_loss, check_data, check_overfit, check_reg_rise, preflight_config,
                                  run_preflight)
-from framework.train import Run, default_callbacks
+from framework.engine.train import Run, default_callbacks
 
 from conftest import FAST, compose_config
 from user_models import NumpySoftmax as _NumpySoftmax
@@ -202,7 +202,7 @@ def test_run_preflight_leaves_the_run_untouched_and_writes_the_report(tmp_path, 
 
 def test_failure_message_ends_in_one_period(digits_run):
     """The overfit cause ends in "(notes 2.3)."; the report's message must not add a second period."""
-    from framework.preflight import OverfitOptions, PreflightReport
+    from framework.checks.preflight import OverfitOptions, PreflightReport
 
     d = digits_run.data
     mlp = MODELS.build("mlp").setup(d.input_dim, d.num_classes)
@@ -294,7 +294,7 @@ BROKEN_PLUGIN = '''
     import numpy as np
 
     from framework import MODELS, Model
-    from framework.layout import Layout
+    from framework.core.layout import Layout
 
 
     class Broken(Model):

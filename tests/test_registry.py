@@ -6,7 +6,7 @@ import pytest
 
 import framework
 from framework import OPTIMIZERS, ConfigError, param
-from framework.registry import ALL, Registry, RegistryError, load_plugins
+from framework.core.registry import ALL, Registry, RegistryError, load_plugins
 
 
 def test_every_registry_lists_builtins():

@@ -5,7 +5,7 @@ import pytest
 
 import framework
 from framework import REGULARIZERS, Layout
-from framework.errors import ConfigError
+from framework.core.errors import ConfigError
 
 from conftest import FAST, assert_clean_failure, compose_config
 

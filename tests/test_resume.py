@@ -17,7 +17,7 @@ import time
 import numpy as np
 import pytest
 
-from framework import checkpoint as C
+from framework.io import checkpoint as C
 
 from conftest import run_cli
 from test_checkpoint import assert_same, bad_files

@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from framework.cli import _run_dir
-from framework.lifecycle import MAX_SUFFIX, claim_dir, override_suffix
+from framework.cli.app import _run_dir
+from framework.core.lifecycle import MAX_SUFFIX, claim_dir, override_suffix
 
 FAST = ["epochs=1", "preflight=off", "++tensorboard.enabled=false"]
 

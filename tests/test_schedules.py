@@ -7,7 +7,7 @@ import pytest
 
 import framework
 from framework import SCHEDULES
-from framework.errors import ConfigError
+from framework.core.errors import ConfigError
 
 from conftest import FAST, assert_clean_failure, compose_config
 

@@ -11,8 +11,8 @@ import yaml
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from scipy import stats
 
-from framework import search as S
-from framework.errors import ConfigError
+from framework.search import sweep as S
+from framework.core.errors import ConfigError
 
 
 def space(*texts, digits=4):
@@ -257,7 +257,7 @@ def test_tpe_without_optuna_is_a_clear_error(monkeypatch):
 def test_warm_up_runs_one_tiny_epoch_without_leaving_files(tmp_path, monkeypatch):
     from hydra import compose, initialize_config_dir
 
-    from framework.cli import CONF_DIR, register_configs
+    from framework.cli.app import CONF_DIR, register_configs
 
     register_configs()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):

@@ -18,9 +18,9 @@ import time
 import numpy as np
 import pytest
 
-from framework import checkpoint as C
-from framework.lifecycle import PAUSE_ENV
-from framework.search import load_sweep
+from framework.io import checkpoint as C
+from framework.core.lifecycle import PAUSE_ENV
+from framework.search.sweep import load_sweep
 
 from test_checkpoint import assert_same
 

@@ -10,8 +10,8 @@ import time
 import numpy as np
 import pytest
 
-from framework.startup import cold_parts, index_is_fresh, load_kernels, prepare_kernels
-from framework.train import Run
+from framework.kernels.startup import cold_parts, index_is_fresh, load_kernels, prepare_kernels
+from framework.engine.train import Run
 
 from conftest import FAST, compose_config
 
@@ -83,7 +83,7 @@ def test_preflight_reports_its_checks_without_kernel_loading(tmp_path):
     """After prepare_kernels the quick pre-flight of the default MLP measures only its checks: far under the
     ~0.5 s that the first kernel call (Numba's runtime) used to add to the data check. Loose bound: the
     machine running the suite may be busy."""
-    from framework.preflight import run_preflight
+    from framework.checks.preflight import run_preflight
 
     run = Run(compose_config("epochs=1", "checkpoint=null", "++tensorboard.enabled=false"), tmp_path)
     prepare_kernels(run)
@@ -117,7 +117,7 @@ def test_png_writer_round_trips_through_pillow(shape):
 
     from PIL import Image
 
-    from framework.tensorboard import png_bytes
+    from framework.monitoring.tensorboard import png_bytes
 
     pixels = np.random.default_rng(sum(shape)).integers(0, 256, shape).astype(np.uint8)
     back = Image.open(io.BytesIO(png_bytes(pixels)))
@@ -133,7 +133,7 @@ def test_hand_built_text_and_hparams_summaries_equal_tensorboards_bytes(tmp_path
     from tensorboard.plugins.hparams.summary_v2 import hparams_pb
     from tensorboard.plugins.text.summary_v2 import text_pb
 
-    from framework.tensorboard import EventWriter
+    from framework.monitoring.tensorboard import EventWriter
 
     writer = EventWriter(tmp_path)
     seen = []

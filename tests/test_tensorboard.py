@@ -20,10 +20,10 @@ from tensorboard.plugins.hparams import metadata as hp_metadata
 from tensorboard.util import tensor_util
 
 import framework
-from framework.errors import ConfigError
-from framework.monitor import HPARAM_METRICS, make_callback
-from framework.tensorboard import MAIN_HPARAMS, EventWriter, masked_crc32c, select_hparams, tile_images
-from framework.train import Callback, flat_hparams
+from framework.core.errors import ConfigError
+from framework.monitoring.monitor import HPARAM_METRICS, make_callback
+from framework.monitoring.tensorboard import MAIN_HPARAMS, EventWriter, masked_crc32c, select_hparams, tile_images
+from framework.engine.train import Callback, flat_hparams
 from conftest import compose_config
 
 KEEP_ALL = {ea.SCALARS: 0, ea.HISTOGRAMS: 0, ea.IMAGES: 0, ea.TENSORS: 0}

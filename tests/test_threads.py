@@ -5,9 +5,9 @@ import pytest
 
 import framework
 import plugins.models as models_module
-from framework import kernels as K
-from framework import threads
-from framework.train import Run
+from framework.kernels import dense as K
+from framework.engine import threads
+from framework.engine.train import Run
 
 from conftest import FAST, compose_config
 

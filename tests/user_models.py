@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from framework import Model
-from framework.layout import Layout
+from framework.core.layout import Layout
 
 
 class NumpySoftmax(Model):

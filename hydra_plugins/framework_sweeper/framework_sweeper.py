@@ -61,7 +61,7 @@ class FrameworkSweeper(Sweeper):
     def sweep(self, arguments: List[str]) -> Any:
         """Run the search. A mistake in the search space or options prints one paragraph and exits non-zero
         before any trial runs."""
-        from framework.errors import FrameworkError
+        from framework.core.errors import FrameworkError
 
         try:
             return self._sweep(arguments)
@@ -71,8 +71,8 @@ class FrameworkSweeper(Sweeper):
 
     # --- planning (everything here runs before the first trial) ---
     def _check_options(self) -> None:
-        from framework.errors import ConfigError
-        from framework.search import SAMPLERS
+        from framework.core.errors import ConfigError
+        from framework.search.sweep import SAMPLERS
 
         o = self.options
 
@@ -93,8 +93,8 @@ class FrameworkSweeper(Sweeper):
         """(space, fixed overrides, stages) from hydra.sweeper.params, the command line and hydra.sweeper.stages."""
         from hydra.core.override_parser.overrides_parser import OverridesParser
 
-        from framework.errors import ConfigError
-        from framework.search import SearchError, space_from_overrides
+        from framework.core.errors import ConfigError
+        from framework.search.sweep import SearchError, space_from_overrides
 
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
 
@@ -149,7 +149,7 @@ class FrameworkSweeper(Sweeper):
     def _check_composition(self, space, fixed, stages) -> None:
         """Compose one configuration per stage and per choice option (cheap), so a misspelt key or group option
         stops the sweep before any trial runs instead of failing every trial."""
-        from framework.search import SearchError
+        from framework.search.sweep import SearchError
 
         middle = {p.name: (p.snap(p.from_unit(0.5)) if p.numeric else p.choices[0]) for p in space}
         probes = [self._job_overrides(fixed, s, space, middle) for s in stages]
@@ -164,7 +164,7 @@ class FrameworkSweeper(Sweeper):
 
     def _limits(self, overrides: Sequence[str], space) -> dict:
         """The allowed range of each numeric searched parameter, from the components a trial's config selects."""
-        from framework.search import param_limits
+        from framework.search.sweep import param_limits
 
         try:
             cfg = self._compose(overrides)
@@ -176,7 +176,7 @@ class FrameworkSweeper(Sweeper):
             return {}
 
     def _warm_up(self, overrides: Sequence[str]) -> None:
-        from framework.search import warm_numba_cache
+        from framework.search.sweep import warm_numba_cache
 
         if not self.options["warmup"] or type(self.launcher).__name__ == "BasicLauncher":
             return  # the basic launcher runs jobs one after another in this process: the first job compiles
@@ -200,7 +200,7 @@ class FrameworkSweeper(Sweeper):
 
     # --- the search ---
     def _sweep(self, arguments: List[str]) -> Any:
-        from framework.search import SearchRecord, best_trial, make_sampler, narrow, rank, settle, write_summary
+        from framework.search.sweep import SearchRecord, best_trial, make_sampler, narrow, rank, settle, write_summary
 
         assert self.config is not None and self.launcher is not None and self.hydra_context is not None
         self._check_options()
@@ -221,7 +221,7 @@ class FrameworkSweeper(Sweeper):
         self._warm_up(self._job_overrides(fixed, stages[0], space, first))
         self._export_thread_env()
 
-        from framework.lifecycle import STOP
+        from framework.core.lifecycle import STOP
 
         job_idx, stage_space, previous = 0, space, None
         progress = _Progress(sum(s["n_trials"] for s in stages))

@@ -1,0 +1,88 @@
+"""The model interface. A model maps inputs X (N, D) to class scores (N, C) with all its parameters in one
+flat vector theta (P,) described by `self.layout`. Built-in and user models implement the same methods."""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+
+from framework.core.layout import Layout
+
+
+class Model:
+    """Base class for models. Subclasses set `self.layout` in `setup` and implement `init_params`,
+    `loss_grad` and `scores`; `sample_noise` and `winners` are optional (dropout, kink detection)."""
+
+    loss_kind = "softmax"  # "softmax" or "svm": which chance loss the pre-flight expects
+    layout: Layout
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.input_dim = self.num_classes = None
+        self.dtype = np.dtype(np.float64)
+
+    def setup(self, input_dim: int, num_classes: int, dtype=np.float64) -> "Model":
+        """Size the model for D inputs and C classes; must set `self.layout`. Returns self."""
+        self.input_dim, self.num_classes, self.dtype = int(input_dim), int(num_classes), np.dtype(dtype)
+        return self
+
+    def with_dtype(self, dtype) -> "Model":
+        """A copy of this model working in `dtype` (gradient checks always run in float64)."""
+        clone = copy.copy(self)
+        return clone.setup(self.input_dim, self.num_classes, dtype)
+
+    # --- required ---
+    def init_params(self, rng: np.random.Generator, small: bool = False) -> np.ndarray:
+        """A fresh (P,) parameter vector; `small=True` gives tiny weights (for the chance-loss check)."""
+        raise NotImplementedError
+
+    def loss_grad(self, theta, grad, X, y, idx=None, noise=None) -> float:
+        """Mean data loss (no regularization) on rows `idx` of X (all rows if None); writes dloss/dtheta
+        into grad (P,). `noise` is what `sample_noise` returned (dropout masks), or None."""
+        raise NotImplementedError
+
+    def scores(self, theta, X) -> np.ndarray:
+        """Eval-mode class scores (N, C)."""
+        raise NotImplementedError
+
+    # --- optional ---
+    def sample_noise(self, rng: np.random.Generator, n: int):
+        """Random state of one training forward pass on n rows (e.g. dropout masks), or None."""
+        return None
+
+    def winners(self, theta, X, y, noise=None):
+        """Boolean vector of the outcome of every max()/hinge in the forward pass (notes 1.5), or None when
+        the model does not record them (kink detection then says it is unavailable)."""
+        return None
+
+    def activations(self, theta, X) -> dict[str, np.ndarray]:
+        """Hidden-layer outputs by layer name (for histograms and dead-unit fractions)."""
+        return {}
+
+    activation_kind = None  # "relu" | "leaky_relu" | "tanh" | None
+
+    def step_threads(self, batch: int) -> int:
+        """Threads a training step on `batch` rows may use (framework.threads); 1 (default) keeps it serial."""
+        return 1
+
+    def fused_loss(self, batch: int):
+        """The loss_grad of a noise-free training step as one kernel call, for fused steps (framework.fused):
+        a FusedCall whose kernel returns the mean data loss and overwrites grad, with slots THETA, GRAD, X, Y,
+        IDX; or None (default) to keep one Python call per step. batch: the largest batch it will see."""
+        return None
+
+    # --- derived ---
+    def predict_proba(self, theta, X) -> np.ndarray:
+        """Softmax of the scores (N, C), float64."""
+        s = np.asarray(self.scores(theta, X), dtype=np.float64)
+        s = s - s.max(axis=1, keepdims=True)
+        e = np.exp(s)
+        return e / e.sum(axis=1, keepdims=True)
+
+    def predict(self, theta, X) -> np.ndarray:
+        return np.argmax(self.scores(theta, X), axis=1)
+
+    def loss(self, theta, X, y) -> float:
+        """Mean data loss over all of X (no gradient wanted; eval mode, no noise)."""
+        grad = np.empty_like(theta)
+        return float(self.loss_grad(theta, grad, X, y))

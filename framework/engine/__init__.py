@@ -1,0 +1,2 @@
+"""The training loop: Settings from the config, Run (one training job), callbacks, fused multi-step kernels,
+threading of wide steps, metrics."""

@@ -1,0 +1,1 @@
+"""Babysitting a run: the monitor callback, its diagnostics and the TensorBoard event writer."""

@@ -1,0 +1,169 @@
+"""Babysitting advice (notes section 3): rules that turn a run's measurements into readable advice.
+
+Each rule is a plain function of numbers (update ratios, accuracies, unit fractions), so it is tested without
+training; framework.monitor collects the numbers during a run and reports the findings on the console, in
+TensorBoard (text tag `diagnostics`) and in summary.json (`diagnostics`).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+
+import numpy as np
+
+from framework.core.errors import ConfigError
+
+HEALTHY_RATIO = 1e-3  # notes 3.3: update/weight ratio around 1e-3 is healthy
+MIN_FIT_EPOCHS = 5  # train/val accuracies of shorter runs (a coarse search's 1-epoch trials) say nothing of capacity
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Limits of the diagnostics (the `diagnostics:` section of conf/config.yaml)."""
+
+    enabled: bool = True
+    ratio_low: float = 1e-4  # median update/weight ratio of a weight block below this: lr too low
+    ratio_high: float = 1e-2  # ... above this: lr too high
+    overfit_gap: float = 0.1  # train acc - val acc above this: overfitting
+    capacity_gap: float = 0.02  # |train acc - val acc| below this ...
+    capacity_acc: float = 0.7  # ... with train acc below this: too little capacity
+    dead_fraction: float = 0.5  # fraction of dead ReLUs / saturated tanh units of a layer above this: bad init/lr
+    saturation: float = 0.99  # a tanh output with |a| above this counts as saturated
+
+    @classmethod
+    def from_cfg(cls, node) -> "Thresholds":
+        """Validated thresholds from a config node (missing keys keep their defaults)."""
+        node = dict(node or {})
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(node) - known)
+        if unknown:
+            raise ConfigError(f"diagnostics.{unknown[0]}", node[unknown[0]],
+                              "one of the keys " + ", ".join(f.name for f in fields(cls)))
+        out = cls(**node)
+        if not isinstance(out.enabled, bool):
+            raise ConfigError("diagnostics.enabled", out.enabled, "true or false")
+        for name, low, high in (("ratio_low", 0.0, math.inf), ("ratio_high", 0.0, math.inf),
+                                ("overfit_gap", 0.0, 1.0), ("capacity_gap", 0.0, 1.0), ("capacity_acc", 0.0, 1.0),
+                                ("dead_fraction", 0.0, 1.0), ("saturation", 0.0, 1.0)):
+            value = getattr(out, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not low < value <= high:
+                raise ConfigError(f"diagnostics.{name}", value, f"a number in ({low:g}, {high:g}]")
+        if out.ratio_low >= out.ratio_high:
+            raise ConfigError("diagnostics.ratio_low", out.ratio_low,
+                              f"a number below diagnostics.ratio_high ({out.ratio_high:g})")
+        return out
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One piece of advice. check: a stable id (e.g. 'lr_too_low'); subject: the block or layer, if any;
+    value: the measured number the rule judged; notes: the section of the notes it comes from."""
+
+    check: str
+    message: str
+    notes: str
+    subject: str = ""
+    value: float | None = None
+
+    def as_dict(self) -> dict:
+        out = asdict(self)
+        if out["value"] is not None and not math.isfinite(out["value"]):
+            out["value"] = None
+        return out
+
+
+def short(x: float) -> str:
+    """1 significant digit in the notes' style: 3e-6, 0.002 -> 2e-3."""
+    if x == 0 or not math.isfinite(x):
+        return f"{x:g}"
+    mantissa, exponent = f"{x:.0e}".split("e")
+    return f"{mantissa}e{int(exponent)}"
+
+
+def update_ratio_findings(ratios: dict[str, float], th: Thresholds) -> list[Finding]:
+    """ratios: {weight block: median ||applied update|| / ||weights||}. Outside [ratio_low, ratio_high] the
+    learning rate is likely wrong for that block (notes 3.3)."""
+    out = []
+    for block, r in ratios.items():
+        if not math.isfinite(r):
+            continue
+        for side, bad in (("low", r < th.ratio_low), ("high", r > th.ratio_high)):
+            if bad:
+                out.append(Finding(
+                    f"lr_too_{side}",
+                    f"learning rate likely too {side} for block {block} (update/weight ratio {short(r)}, "
+                    f"healthy ~{short(HEALTHY_RATIO)}; notes 3.3)", "3.3", block, float(r)))
+    return out
+
+
+def divergence_finding(epoch: int, lr: float) -> Finding:
+    """The loss exploded (NaN/inf, or past the early-stop multiple): the run stopped as diverged."""
+    return Finding("diverged",
+                   f"loss exploded and the run stopped as diverged in epoch {epoch} (lr={lr:g}): the learning "
+                   "rate is likely far too high; lower it 3-10x (notes 3.1)", "3.1", "", float(lr))
+
+
+def fit_findings(train_acc: float, val_acc: float, th: Thresholds, lr_suspect: bool = False,
+                 epochs: int | None = None) -> list[Finding]:
+    """Overfitting when train acc exceeds val acc by more than overfit_gap; too little capacity when val tracks
+    train within capacity_gap while train acc stays below capacity_acc (notes 3.2). With `lr_suspect` (the
+    update ratios already blame the learning rate) low accuracy is not blamed on capacity. `epochs`: epochs
+    trained; a run shorter than MIN_FIT_EPOCHS is not judged (after 1 epoch every model looks too small)."""
+    if not (math.isfinite(train_acc) and math.isfinite(val_acc)):
+        return []
+    if epochs is not None and epochs < MIN_FIT_EPOCHS:
+        return []
+    gap = train_acc - val_acc
+    if gap > th.overfit_gap:
+        return [Finding("overfitting",
+                        f"train/val accuracy gap {gap:.3f} (train {train_acc:.3f}, val {val_acc:.3f}) exceeds "
+                        f"{th.overfit_gap:g}: the model overfits; add regularization (higher reg, dropout) or more "
+                        "data (notes 3.2)", "3.2", "", float(gap))]
+    if abs(gap) < th.capacity_gap and train_acc < th.capacity_acc and not lr_suspect:
+        return [Finding("low_capacity",
+                        f"validation accuracy tracks training (gap {gap:.3f}) at low accuracy (train "
+                        f"{train_acc:.3f} < {th.capacity_acc:g}): the model has too little capacity; try a bigger "
+                        "model (wider or more hidden layers) (notes 3.2)", "3.2", "", float(train_acc))]
+    return []
+
+
+def unit_fractions(activations: dict[str, np.ndarray], kind: str | None,
+                   saturation: float = 0.99) -> tuple[dict[str, float], dict[str, float]]:
+    """From hidden activations {layer: (N, H)} on a fixed sample: the fraction of dead units per layer (a ReLU
+    or leaky ReLU never positive on any of the N rows) and of saturated units (a tanh with |a| > saturation on
+    more than half of the rows). Returns (dead, saturated); each is empty when it does not apply to `kind`."""
+    dead, saturated = {}, {}
+    for layer, a in activations.items():
+        a = np.asarray(a)
+        if a.ndim != 2 or a.shape[0] == 0 or a.shape[1] == 0:
+            continue
+        if kind in ("relu", "leaky_relu"):
+            dead[layer] = float(np.mean(~(a > 0).any(axis=0)))
+        elif kind == "tanh":
+            saturated[layer] = float(np.mean((np.abs(a) > saturation).mean(axis=0) > 0.5))
+    return dead, saturated
+
+
+def unit_findings(dead: dict[str, float], saturated: dict[str, float], th: Thresholds, rows: int) -> list[Finding]:
+    """More than dead_fraction of a layer's ReLUs dead or tanh units saturated: init or lr (notes 3.4)."""
+    out = []
+    for layer, f in dead.items():
+        if f > th.dead_fraction:
+            out.append(Finding("dead_relu",
+                               f"{f:.0%} of the ReLUs in {layer} are dead (never active on {rows} validation rows): "
+                               "the learning rate is likely too high or the initialization poor (use He init); "
+                               "notes 3.4", "3.4", layer, f))
+    for layer, f in saturated.items():
+        if f > th.dead_fraction:
+            out.append(Finding("saturated_tanh",
+                               f"{f:.0%} of the tanh units in {layer} are saturated (|a| > {th.saturation:g} on most "
+                               f"of {rows} validation rows): the initial weights are too large (use Xavier init) or "
+                               "the learning rate is too high; notes 3.4", "3.4", layer, f))
+    return out
+
+
+def as_markdown(findings: list[Finding]) -> str:
+    """The findings as a Markdown list for TensorBoard's text dashboard."""
+    if not findings:
+        return "No problems found (notes 3: update ratios, train/val gap, dead or saturated units)."
+    return "\n".join(f"- **{f.check}**: {f.message}" for f in findings)

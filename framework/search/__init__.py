@@ -1,0 +1,2 @@
+"""Hyperparameter search: spaces, samplers, coarse-to-fine narrowing, sweep records and summaries.
+`python -m framework.search` is the command."""

@@ -1,0 +1,7 @@
+"""`python -m framework.search`: the entry point only; the command is documented where it lives (imported below)."""
+if __name__ == "__main__":
+    import sys
+
+    from framework.search.sweep import main
+
+    sys.exit(main())
