@@ -16,7 +16,7 @@ from framework.cli.app import CONF_DIR
 from framework.monitoring.diagnostics import Thresholds
 from framework.ensemble.distill import DistillConfig
 from framework.ensemble.build import STRATEGIES, TimingConfig
-from framework.checks.gradcheck import GradCheckOptions
+from framework.checks.gradcheck_report import GradCheckOptions
 from framework.monitoring.monitor import Options as TensorBoardOptions
 from framework.checks.preflight import ChanceOptions, OverfitOptions, RegRiseOptions
 

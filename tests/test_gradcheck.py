@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from framework import MODELS, REGULARIZERS, ConfigError, OPTIMIZERS, Regularizer, RegularizerConfig
-from framework.checks.gradcheck import check_gradients, make_options, relative_error
+from framework.checks.gradcheck import check_gradients
+from framework.checks.gradcheck_report import make_options, relative_error
 
 from user_models import NumpySoftmax
 

@@ -30,7 +30,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from framework.core.errors import CheckFailed, ConfigError, FrameworkError
-from framework.checks.gradcheck import GradCheckReport, check_gradients, has_penalty, make_options, run_steps, with_strength
+from framework.checks.gradcheck import check_gradients, has_penalty, run_steps, with_strength
+from framework.checks.gradcheck_report import GradCheckReport, make_options
 from framework.core.params import param, validate
 
 log = logging.getLogger("framework")
@@ -72,7 +73,7 @@ class PreflightConfig:
     strict: bool = param(True, "a failed check stops the run; false logs a warning and trains anyway")
     chance: ChanceOptions = field(default_factory=ChanceOptions)
     reg_rise: RegRiseOptions = field(default_factory=RegRiseOptions)
-    gradcheck: object = None  # GradCheckOptions, validated by framework.gradcheck.make_options
+    gradcheck: object = None  # GradCheckOptions, validated by framework.checks.gradcheck_report.make_options
     overfit: OverfitOptions = field(default_factory=OverfitOptions)
 
 
