@@ -9,7 +9,7 @@ import math
 import typing
 from dataclasses import dataclass, field
 
-from framework.core.params import param, validate
+from framework.core.params import param, plain, section
 
 PARTS = ("data", "reg", "total")
 # Round-off of a loss value: ~10 ulps of max(|f|, loss_scale), since a loss sums many rounded terms and a small
@@ -58,21 +58,11 @@ class GradCheckOptions:
 def make_options(options=None, **overrides) -> GradCheckOptions:
     """GradCheckOptions from an instance, a dict (config node) or defaults, with keyword overrides, validated
     (a bad value raises ConfigError naming `preflight.gradcheck.<field>`)."""
-    from framework.core.errors import ConfigError
-
-    if isinstance(options, GradCheckOptions):
-        values = dataclasses.asdict(options)
-    else:
-        values = dict(options or {})
+    values = dataclasses.asdict(options) if isinstance(options, GradCheckOptions) else plain(options)
     values.update(overrides)
-    known = {f.name for f in dataclasses.fields(GradCheckOptions)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ConfigError(f"preflight.gradcheck.{unknown[0]}", values[unknown[0]],
-                          f"options of the gradient check: {', '.join(sorted(known))}")
     if isinstance(values.get("parts"), str):
         values["parts"] = [values["parts"]]
-    return validate(GradCheckOptions(**values), "preflight.gradcheck")
+    return section(GradCheckOptions, values, "preflight.gradcheck", "the gradient check")
 
 
 def relative_error(a: float, n: float) -> float:

@@ -20,7 +20,6 @@ the run's seed and copies of theta, model buffers and optimizer: the run's numbe
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import time
@@ -29,10 +28,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from framework.core.errors import CheckFailed, ConfigError, FrameworkError
+from framework.core.errors import CheckFailed, FrameworkError
 from framework.checks.gradcheck import check_gradients, has_penalty, run_steps, with_strength
 from framework.checks.gradcheck_report import GradCheckReport, make_options
-from framework.core.params import param, validate
+from framework.core.params import param, plain, section
 
 log = logging.getLogger("framework")
 MODES = ("full", "quick", "off")
@@ -77,36 +76,16 @@ class PreflightConfig:
     overfit: OverfitOptions = field(default_factory=OverfitOptions)
 
 
-def _sub(cls, values, prefix):
-    values = dict(values or {})
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ConfigError(f"{prefix}.{unknown[0]}", values[unknown[0]],
-                          f"options of {prefix}: {', '.join(sorted(known))}")
-    return validate(cls(**values), prefix)
-
-
 def preflight_config(node) -> PreflightConfig:
     """A validated PreflightConfig from the `preflight` config node (DictConfig, dict or None)."""
-    from omegaconf import DictConfig, OmegaConf
-
-    if isinstance(node, DictConfig):
-        values = OmegaConf.to_container(node, resolve=True)
-    else:
-        values = dict(node or {})
+    values = plain(node)
     if values.get("mode") is False:  # a bare YAML `off` reads as false
         values["mode"] = "off"
-    known = {f.name for f in dataclasses.fields(PreflightConfig)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ConfigError(f"preflight.{unknown[0]}", values[unknown[0]],
-                          f"options of preflight: {', '.join(sorted(known))}")
-    top = validate(PreflightConfig(mode=values.get("mode", "quick"), strict=values.get("strict", True)),
-                   "preflight")
-    top.chance = _sub(ChanceOptions, values.get("chance"), "preflight.chance")
-    top.reg_rise = _sub(RegRiseOptions, values.get("reg_rise"), "preflight.reg_rise")
-    top.overfit = _sub(OverfitOptions, values.get("overfit"), "preflight.overfit")
+    parts = ("chance", "reg_rise", "overfit", "gradcheck")  # sections of their own, validated below
+    top = section(PreflightConfig, {k: v for k, v in values.items() if k not in parts}, "preflight")
+    top.chance = section(ChanceOptions, values.get("chance"), "preflight.chance")
+    top.reg_rise = section(RegRiseOptions, values.get("reg_rise"), "preflight.reg_rise")
+    top.overfit = section(OverfitOptions, values.get("overfit"), "preflight.overfit")
     top.gradcheck = make_options(values.get("gradcheck"))
     return top
 

@@ -120,6 +120,30 @@ def validate(cfg, prefix: str):
     return cfg
 
 
+def section(cls, node, prefix: str, where: str | None = None):
+    """The one way a config section becomes a validated `cls` (a config dataclass): `node` is a DictConfig, a dict
+    or None (all defaults). An unknown key is a ConfigError naming `<prefix>.<key>` and listing the options of
+    `where` (default: the prefix); every field is then coerced and checked by `validate`."""
+    values = plain(node)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"{prefix}.{unknown[0]}" if prefix else unknown[0], values[unknown[0]],
+                          f"options of {where or prefix}: {', '.join(sorted(known)) or '(none)'}")
+    return validate(cls(**values), prefix)
+
+
+def plain(node) -> dict:
+    """A config node as a plain dict with interpolations resolved ({} for None)."""
+    if node is None:
+        return {}
+    if hasattr(node, "_get_node"):  # a DictConfig, without importing omegaconf for plain dicts
+        from omegaconf import OmegaConf
+
+        return OmegaConf.to_container(node, resolve=True)
+    return dict(node)
+
+
 def help_table(config_cls) -> list[tuple[str, object, str]]:
     """(field, default, help with range) rows, for documentation and error messages."""
     rows = []

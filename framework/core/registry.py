@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from framework.core.errors import ConfigError, FrameworkError
-from framework.core.params import validate
+from framework.core.params import section
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
@@ -90,12 +90,7 @@ class Registry:
         configured there)."""
         entry = self.get(name)
         prefix = config_key or self.group
-        known = {f.name for f in dataclasses.fields(entry.config_cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(f"{prefix}.{unknown[0]}", values[unknown[0]],
-                              f"options of {self.kind} {name!r}: {', '.join(sorted(known)) or '(none)'}")
-        return validate(entry.config_cls(**values), prefix)
+        return section(entry.config_cls, values, prefix, f"{self.kind} {name!r}")
 
     def build(self, name: str, /, *, config_key: str | None = None, **values) -> Any:
         """Build the component `name` with its config fields given as keyword arguments (see `config`)."""
