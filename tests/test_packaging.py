@@ -110,7 +110,7 @@ def _train_sweep_and_ensemble(venv: pathlib.Path, wheel: pathlib.Path, tmp_path:
 
     where = _run(venv, ["-c", "import framework.cli.app as c; print(c.__file__); print(c.CONF_DIR)"], work, env)
     module_file, conf_dir = where.stdout.split()
-    site = pathlib.Path(module_file).parent.parent
+    site = pathlib.Path(module_file).parents[2]  # site-packages/framework/cli/app.py
     assert site.is_relative_to(venv) and not pathlib.Path(module_file).is_relative_to(REPO)
     assert pathlib.Path(conf_dir) == site / "framework" / "conf"
 
