@@ -4,9 +4,11 @@ evaluation, clear errors for members of other data/classes/architectures (also t
 files that round-trip bit for bit through framework.load and score through framework.evaluate."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import pathlib
+import re
 
 import numpy as np
 import pytest
@@ -15,7 +17,7 @@ from omegaconf import OmegaConf
 
 import framework
 from framework.components.schedule import cycle_end_epochs
-from framework.ensemble.combine import COMBINES, combine_proba
+from framework.ensemble.combine import COMBINES, CombineRule, combine_proba
 from framework.ensemble.errors import NotApplicable
 from framework.ensemble.fileformat import save_ensemble
 from framework.ensemble.job import build_ensembles
@@ -23,8 +25,8 @@ from framework.ensemble.members import Context
 from framework.ensemble.predictor import Ensemble
 from framework.ensemble.report import ensemble_row
 from framework.ensemble.sources import resolve_sources
-from framework.ensemble.strategies import (EMA, Built, Seeds, Snapshots, SnapshotsConfig, Soup, SoupConfig, TopK,
-                                           TopkConfig)
+from framework.ensemble.strategies import (EMA, STRATEGIES, Built, Seeds, Snapshots, SnapshotsConfig, Soup, SoupConfig,
+                                           TopK, TopkConfig)
 from framework.ensemble.timing import TimingConfig
 from framework.cli.app import CONF_DIR, register_configs
 from framework.core.errors import DataError, FrameworkError
@@ -123,6 +125,63 @@ def test_vote_is_the_majority_and_ties_go_to_the_higher_mean_probability():
     assert combine_proba([s1, s2, s3], "vote").argmax(axis=1).tolist() == [2, 1]
     assert combine_proba([s1, s2, s3], "mean_prob").argmax(axis=1).tolist() == [1, 1]
 
+
+
+# --- the registries of strategies and combine rules ---------------------------------------------------------------
+@pytest.mark.parametrize("registry", [STRATEGIES, COMBINES], ids=lambda r: r.kind)
+def test_every_strategy_and_combine_rule_documents_itself_and_its_options(registry):
+    assert registry.names()
+    for name in registry.names():
+        entry = registry.get(name)
+        assert entry.description, f"{registry.kind} {name} has no docstring"
+        for f in dataclasses.fields(entry.config_cls):
+            assert f.metadata.get("help"), f"{registry.kind} {name}: field {f.name} lacks help text"
+
+
+def test_framework_list_shows_the_strategies_and_combine_rules(cli):
+    run = cli("strategy", "combine", "--options", module="framework.list")
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.splitlines()
+    assert lines[0] == "strategy (select with python -m framework.ensemble strategy=NAME):"
+    assert "combine (select with python -m framework.ensemble combine=NAME):" in lines
+    for registry in (STRATEGIES, COMBINES):
+        for name in registry.names():
+            assert re.search(rf"^  {name} +{re.escape(registry.get(name).description)}$", run.stdout, re.M), name
+    k_line = "      k = 5: how many of the runs with the best validation accuracy to combine (a value in [2, inf))"
+    assert k_line in lines
+    everything = cli(module="framework.list")
+    assert everything.returncode == 0, everything.stderr
+    headers = [line.split(" (")[0] for line in everything.stdout.splitlines() if not line.startswith(" ")]
+    assert headers == ["optimizer", "schedule", "regularizer", "model", "data", "strategy", "combine"]
+    assert "optimizer (select with optimizer=NAME):" in everything.stdout  # training groups as before
+
+
+class MaxProb(CombineRule):
+    """Per class the highest probability any member gives it, renormalized (a combine rule plugin of the tests)."""
+
+    def proba(self, stack, T=1.0):
+        e = np.exp(stack / T - (stack / T).max(axis=2, keepdims=True))
+        top = (e / e.sum(axis=2, keepdims=True)).max(axis=0)
+        return top / top.sum(axis=1, keepdims=True)
+
+
+def test_a_combine_rule_plugin_registers_with_the_decorator_and_runs_end_to_end(seeds, monkeypatch, tmp_path):
+    from sklearn.datasets import load_digits
+
+    monkeypatch.setattr(COMBINES, "_entries", dict(COMBINES._entries))  # the plugin leaves with the test
+    COMBINES.register("max_prob")(MaxProb)
+    report = build_ensembles(ensemble_config([seeds[0]], "strategy=seeds", "combine=max_prob", *NO_TIMING), tmp_path)
+    (row,) = report["ensembles"]
+    assert row["combine"] == "max_prob"
+    ens = framework.load(row["file"])
+    X = load_digits().data[:200]
+    members = np.stack(ens.member_proba(X))  # (M, N, C): each member's own softmax
+    expected = members.max(axis=0) / members.max(axis=0).sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(ens.predict_proba(X), expected, rtol=1e-12)
+    np.testing.assert_allclose(np.exp(ens.scores(X)), expected, rtol=1e-12)  # scores: log of the probabilities
+    assert np.array_equal(ens.predict(X), expected.argmax(axis=1))
+    with pytest.raises(FrameworkError, match=r"'combine'.*max_prob, mean_logits, mean_prob, vote"):
+        combine_proba([np.zeros((2, 3))], "median")
 
 @pytest.fixture(scope="module")
 def built(seeds):
