@@ -48,7 +48,7 @@ def train(cfg, run_dir=None, callbacks=None) -> dict:
 def load(path):
     """Open a checkpoint (framework.checkpoint.Checkpoint) or an ensemble file (framework.ensemble.Ensemble) for
     prediction; both offer predict, predict_proba, scores, transform, weights, cfg, num_classes."""
-    from framework.ensemble.build import is_ensemble_file, load_ensemble
+    from framework.ensemble.fileformat import is_ensemble_file, load_ensemble
 
     if is_ensemble_file(path):
         return load_ensemble(path)

@@ -20,7 +20,7 @@ def _entry(module: str):
 
         return lambda: main_entry(app.main)
     if module == "framework.ensemble":
-        from framework.ensemble import build as ensemble
+        from framework.ensemble import job as ensemble
         from framework.cli.app import main_entry
 
         import inspect
@@ -41,7 +41,7 @@ def warm_up() -> None:
     import sklearn.datasets  # noqa: F401
 
     import framework.io.checkpoint  # noqa: F401
-    import framework.ensemble.build  # noqa: F401
+    import framework.ensemble.job  # noqa: F401
     import framework.monitoring.monitor  # noqa: F401
     import framework.checks.preflight  # noqa: F401
     from framework.cli.app import register_configs

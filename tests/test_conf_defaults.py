@@ -15,7 +15,8 @@ from framework.io.checkpoint import CheckpointSettings
 from framework.cli.app import CONF_DIR
 from framework.monitoring.diagnostics import Thresholds
 from framework.ensemble.distill import DistillConfig
-from framework.ensemble.build import STRATEGIES, TimingConfig
+from framework.ensemble.strategies import STRATEGIES
+from framework.ensemble.timing import TimingConfig
 from framework.checks.gradcheck_report import GradCheckOptions
 from framework.monitoring.monitor import Options as TensorBoardOptions
 from framework.checks.preflight import ChanceOptions, OverfitOptions, RegRiseOptions

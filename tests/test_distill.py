@@ -147,15 +147,18 @@ def test_student_config_merges_or_replaces_the_model():
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory):
     """A 3-seed ensemble of digits MLPs (the default one at lr 1e-2, 8 epochs) and the shared split."""
-    from framework.ensemble import build as E
+    from framework.ensemble.members import Context
+    from framework.ensemble.sources import resolve_sources
+    from framework.ensemble.strategies import Seeds
+    from framework.ensemble.timing import TimingConfig
 
     root = tmp_path_factory.mktemp("teachers")
     train = [o for o in FAST if "checkpoint" not in o] + ["epochs=8", "lr=1e-2"]
     for s in range(3):
         framework.train(compose_config(*train, f"seed={s}"), run_dir=root / f"{s}")
-    runs, _ = E.resolve_sources([str(root)])
-    ctx = E.Context(runs, timing=E.TimingConfig(repeats=0))
-    (b,) = E.Seeds(None).build(ctx)
+    runs, _ = resolve_sources([str(root)])
+    ctx = Context(runs, timing=TimingConfig(repeats=0))
+    (b,) = Seeds(None).build(ctx)
     return b.ensemble, ctx.splits, ctx.reference.cfg
 
 

@@ -4,9 +4,11 @@ evaluation, clear errors for members of other data/classes/architectures (also t
 files that round-trip bit for bit through framework.load and score through framework.evaluate."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import pathlib
+import re
 
 import numpy as np
 import pytest
@@ -14,7 +16,18 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 import framework
-from framework.ensemble import build as E
+from framework.components.schedule import cycle_end_epochs
+from framework.ensemble.combine import COMBINES, CombineRule, combine_proba
+from framework.ensemble.errors import NotApplicable
+from framework.ensemble.fileformat import save_ensemble
+from framework.ensemble.job import build_ensembles
+from framework.ensemble.members import Context
+from framework.ensemble.predictor import Ensemble
+from framework.ensemble.report import ensemble_row
+from framework.ensemble.sources import resolve_sources
+from framework.ensemble.strategies import (EMA, STRATEGIES, Built, Seeds, Snapshots, SnapshotsConfig, Soup, SoupConfig,
+                                           TopK, TopkConfig)
+from framework.ensemble.timing import TimingConfig
 from framework.cli.app import CONF_DIR, register_configs
 from framework.core.errors import DataError, FrameworkError
 
@@ -40,8 +53,8 @@ def ensemble_config(sources, *overrides):
 
 
 def context(*sources, weights="best"):
-    runs, _ = E.resolve_sources([str(s) for s in sources])
-    return E.Context(runs, weights, timing=E.TimingConfig(repeats=0))
+    runs, _ = resolve_sources([str(s) for s in sources])
+    return Context(runs, weights, timing=TimingConfig(repeats=0))
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +68,7 @@ def seeds(tmp_path_factory):
 @pytest.fixture(scope="module")
 def seed_report(seeds, tmp_path_factory):
     out = tmp_path_factory.mktemp("seed_report")
-    return E.build_ensembles(ensemble_config([seeds[0]], "strategy=seeds", *NO_TIMING), out), out
+    return build_ensembles(ensemble_config([seeds[0]], "strategy=seeds", *NO_TIMING), out), out
 
 
 def test_seed_ensemble_scores_at_least_the_best_member(seeds, seed_report):
@@ -93,12 +106,12 @@ def numpy_combine(scores, rule, T):
     return probs
 
 
-@pytest.mark.parametrize("rule", E.COMBINES)
+@pytest.mark.parametrize("rule", COMBINES.names())
 @pytest.mark.parametrize("T", [1.0, 3.0])
 def test_combine_rules_match_numpy(rule, T):
     rng = np.random.default_rng(1)
     scores = [rng.standard_normal((40, 7)) * 3 for _ in range(5)]
-    out = E.combine_proba(scores, rule, T)
+    out = combine_proba(scores, rule, T)
     np.testing.assert_allclose(out, numpy_combine(scores, rule, T), rtol=1e-12, atol=1e-15)
     np.testing.assert_allclose(out.sum(axis=1), 1.0, rtol=1e-12)
 
@@ -109,22 +122,79 @@ def test_vote_is_the_majority_and_ties_go_to_the_higher_mean_probability():
     s1 = np.array([[0.0, 0.0, 1.0], [2.0, 0.0, 0.0]])
     s2 = np.array([[0.0, 0.0, 1.0], [0.0, 9.0, 0.0]])
     s3 = np.array([[0.0, 20.0, 0.0], [0.0, 9.0, 0.0]])
-    assert E.combine_proba([s1, s2, s3], "vote").argmax(axis=1).tolist() == [2, 1]
-    assert E.combine_proba([s1, s2, s3], "mean_prob").argmax(axis=1).tolist() == [1, 1]
+    assert combine_proba([s1, s2, s3], "vote").argmax(axis=1).tolist() == [2, 1]
+    assert combine_proba([s1, s2, s3], "mean_prob").argmax(axis=1).tolist() == [1, 1]
 
+
+
+# --- the registries of strategies and combine rules ---------------------------------------------------------------
+@pytest.mark.parametrize("registry", [STRATEGIES, COMBINES], ids=lambda r: r.kind)
+def test_every_strategy_and_combine_rule_documents_itself_and_its_options(registry):
+    assert registry.names()
+    for name in registry.names():
+        entry = registry.get(name)
+        assert entry.description, f"{registry.kind} {name} has no docstring"
+        for f in dataclasses.fields(entry.config_cls):
+            assert f.metadata.get("help"), f"{registry.kind} {name}: field {f.name} lacks help text"
+
+
+def test_framework_list_shows_the_strategies_and_combine_rules(cli):
+    run = cli("strategy", "combine", "--options", module="framework.list")
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.splitlines()
+    assert lines[0] == "strategy (select with python -m framework.ensemble strategy=NAME):"
+    assert "combine (select with python -m framework.ensemble combine=NAME):" in lines
+    for registry in (STRATEGIES, COMBINES):
+        for name in registry.names():
+            assert re.search(rf"^  {name} +{re.escape(registry.get(name).description)}$", run.stdout, re.M), name
+    k_line = "      k = 5: how many of the runs with the best validation accuracy to combine (a value in [2, inf))"
+    assert k_line in lines
+    everything = cli(module="framework.list")
+    assert everything.returncode == 0, everything.stderr
+    headers = [line.split(" (")[0] for line in everything.stdout.splitlines() if not line.startswith(" ")]
+    assert headers == ["optimizer", "schedule", "regularizer", "model", "data", "strategy", "combine"]
+    assert "optimizer (select with optimizer=NAME):" in everything.stdout  # training groups as before
+
+
+class MaxProb(CombineRule):
+    """Per class the highest probability any member gives it, renormalized (a combine rule plugin of the tests)."""
+
+    def proba(self, stack, T=1.0):
+        e = np.exp(stack / T - (stack / T).max(axis=2, keepdims=True))
+        top = (e / e.sum(axis=2, keepdims=True)).max(axis=0)
+        return top / top.sum(axis=1, keepdims=True)
+
+
+def test_a_combine_rule_plugin_registers_with_the_decorator_and_runs_end_to_end(seeds, monkeypatch, tmp_path):
+    from sklearn.datasets import load_digits
+
+    monkeypatch.setattr(COMBINES, "_entries", dict(COMBINES._entries))  # the plugin leaves with the test
+    COMBINES.register("max_prob")(MaxProb)
+    report = build_ensembles(ensemble_config([seeds[0]], "strategy=seeds", "combine=max_prob", *NO_TIMING), tmp_path)
+    (row,) = report["ensembles"]
+    assert row["combine"] == "max_prob"
+    ens = framework.load(row["file"])
+    X = load_digits().data[:200]
+    members = np.stack(ens.member_proba(X))  # (M, N, C): each member's own softmax
+    expected = members.max(axis=0) / members.max(axis=0).sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(ens.predict_proba(X), expected, rtol=1e-12)
+    np.testing.assert_allclose(np.exp(ens.scores(X)), expected, rtol=1e-12)  # scores: log of the probabilities
+    assert np.array_equal(ens.predict(X), expected.argmax(axis=1))
+    with pytest.raises(FrameworkError, match=r"'combine'.*max_prob, mean_logits, mean_prob, vote"):
+        combine_proba([np.zeros((2, 3))], "median")
 
 @pytest.fixture(scope="module")
 def built(seeds):
     """Every strategy on the seed runs (soup on snapshots of one run: one initialization)."""
     ctx = context(seeds[0])
     out = {}
-    (seeds_built,) = E.Seeds(None).build(ctx)
-    for combine in E.COMBINES:
-        b = seeds_built if combine == ctx.combine else E.Built(
+    (seeds_built,) = Seeds(None).build(ctx)
+    for combine in COMBINES.names():
+        b = seeds_built if combine == ctx.combine else Built(
             ctx.ensemble(f"seeds_{combine}", "seeds", seeds_built.members, combine), seeds_built.members)
         out[b.ensemble.name] = b
-    for b in (E.Snapshots(E.SnapshotsConfig(select="last", k=4)).build(ctx) + E.EMA(None).build(ctx)
-              + E.Soup(E.SoupConfig(pool="snapshots")).build(ctx)):
+    for b in (Snapshots(SnapshotsConfig(select="last", k=4)).build(ctx) + EMA(None).build(ctx)
+              + Soup(SoupConfig(pool="snapshots")).build(ctx)):
         out[b.ensemble.name] = b
     return ctx, out
 
@@ -143,14 +213,14 @@ def test_ensemble_file_round_trips_bit_for_bit(built, tmp_path):
     X = load_digits().data[:300]  # raw pixels 0..16: load() applies the preprocessing
     for name, b in ensembles.items():
         ens = b.ensemble
-        path = E.save_ensemble(ens, tmp_path / f"{name}.h5")
+        path = save_ensemble(ens, tmp_path / f"{name}.h5")
         loaded = framework.load(path)
-        assert isinstance(loaded, E.Ensemble) and loaded.labels == ens.labels
+        assert isinstance(loaded, Ensemble) and loaded.labels == ens.labels
         assert np.array_equal(loaded.params, ens.params) and loaded.params.dtype == ens.params.dtype
         for method in ("predict_proba", "scores", "predict"):
             assert np.array_equal(getattr(loaded, method)(X), getattr(ens, method)(X)), (name, method)
         # the evaluate CLI's function scores the file on the split rebuilt from the saved data config
-        row = E.ensemble_row(ctx, b)
+        row = ensemble_row(ctx, b)
         assert evaluate(path)["accuracy"] == row["test_acc"]
         assert evaluate(path, split="val")["accuracy"] == row["val_acc"]
     assert not list(tmp_path.glob(".*.tmp"))
@@ -158,9 +228,9 @@ def test_ensemble_file_round_trips_bit_for_bit(built, tmp_path):
 
 def test_greedy_soup_never_loses_validation_accuracy_and_ignores_test_labels(seeds):
     ctx = context(seeds[0])
-    greedy = E.Soup(E.SoupConfig(pool="snapshots", methods=["greedy"]))
+    greedy = Soup(SoupConfig(pool="snapshots", methods=["greedy"]))
     (b,) = greedy.build(ctx)
-    row = E.ensemble_row(ctx, b)
+    row = ensemble_row(ctx, b)
     assert row["val_acc"] >= max(m.val_acc for m in b.members)
     # scrambled test labels change nothing that was chosen
     ctx2 = context(seeds[0])
@@ -172,7 +242,7 @@ def test_greedy_soup_never_loses_validation_accuracy_and_ignores_test_labels(see
 
 def test_top_k_chooses_by_validation_only(seeds):
     ctx = context(seeds[0])
-    (b,) = E.TopK(E.TopkConfig(k=3)).build(ctx)
+    (b,) = TopK(TopkConfig(k=3)).build(ctx)
     vals = sorted((ctx.run_member(r).val_acc for r in ctx.runs), reverse=True)
     assert [m.val_acc for m in b.members] == vals[:3] and b.ensemble.name == "top3"
 
@@ -180,9 +250,9 @@ def test_top_k_chooses_by_validation_only(seeds):
 def test_ema_strategy_reproduces_the_training_loops_ema_score(seeds):
     root, _ = seeds
     ctx = context(root / "3_seed3")
-    (b,) = E.EMA(None).build(ctx)
+    (b,) = EMA(None).build(ctx)
     history = framework.load(root / "3_seed3" / "checkpoints" / "last.h5").history
-    row = E.ensemble_row(ctx, b)
+    row = ensemble_row(ctx, b)
     assert row["val_acc"] == history["val/ema_acc"][-1]
     assert b.members[0].val_acc == history["val/acc"][-1]
 
@@ -193,17 +263,17 @@ def test_cycle_ends_of_cosine_warm_restarts(unit):
     period = 3 if unit == "epoch" else 3 * steps
     cfg = OmegaConf.create({"lr": 0.1, "schedule": {"name": "cosine", "unit": unit, "period": period,
                                                     "restart": True, "min_factor": 0.0}})
-    assert E.cycle_end_epochs(cfg, steps, 10) == [3, 6, 9]
+    assert cycle_end_epochs(cfg, steps, 10) == [3, 6, 9]
     cfg.schedule.restart = False
-    assert E.cycle_end_epochs(cfg, steps, 10) == []
+    assert cycle_end_epochs(cfg, steps, 10) == []
     cfg = OmegaConf.create({"lr": 0.1, "schedule": {"name": "constant", "unit": unit, "warmup": 2}})
-    assert E.cycle_end_epochs(cfg, steps, 10) == []  # the warm-up's rise is no restart
+    assert cycle_end_epochs(cfg, steps, 10) == []  # the warm-up's rise is no restart
 
 
 def test_snapshots_take_the_ends_of_the_cosine_cycles(tmp_path):
     train_run(tmp_path / "cosine", "epochs=6", "schedule=cosine", "schedule.period=2", "schedule.restart=true")
     ctx = context(tmp_path / "cosine")
-    (b,) = E.Snapshots(E.SnapshotsConfig()).build(ctx)
+    (b,) = Snapshots(SnapshotsConfig()).build(ctx)
     assert [m.label for m in b.members] == ["cosine:epoch002", "cosine:epoch004", "cosine:epoch006"]
     assert b.note.startswith("cycles")
 
@@ -211,8 +281,8 @@ def test_snapshots_take_the_ends_of_the_cosine_cycles(tmp_path):
 def test_seeds_strategy_names_the_keys_that_differ(seeds, tmp_path):
     train_run(tmp_path / "other_lr", "seed=7", "lr=3e-3")
     ctx = context(seeds[0] / "0_seed0", tmp_path / "other_lr")
-    with pytest.raises(E.NotApplicable, match=r"differ only in `seed`.*lr=0\.003 where 0_seed0 has 0\.01"):
-        E.Seeds(None).build(ctx)
+    with pytest.raises(NotApplicable, match=r"differ only in `seed`.*lr=0\.003 where 0_seed0 has 0\.01"):
+        Seeds(None).build(ctx)
 
 
 @pytest.fixture(scope="module")
@@ -235,15 +305,15 @@ def odd_runs(tmp_path_factory):
 ])
 def test_members_of_other_data_or_classes_are_refused(odd_runs, a, b, message):
     with pytest.raises(DataError, match=message):
-        E.build_ensembles(ensemble_config([odd_runs / a, odd_runs / b], "strategy=topk", *NO_TIMING),
+        build_ensembles(ensemble_config([odd_runs / a, odd_runs / b], "strategy=topk", *NO_TIMING),
                           odd_runs / "out")
 
 
 def test_weights_of_different_architectures_do_not_average(odd_runs):
     ctx = context(odd_runs / "digits", odd_runs / "narrow")
-    with pytest.raises(E.NotApplicable, match=r"different architectures.*model\.hidden_sizes"):
-        E.Soup(E.SoupConfig(pool="runs")).build(ctx)
-    (b,) = E.TopK(E.TopkConfig(k=2)).build(ctx)  # their predictions still combine
+    with pytest.raises(NotApplicable, match=r"different architectures.*model\.hidden_sizes"):
+        Soup(SoupConfig(pool="runs")).build(ctx)
+    (b,) = TopK(TopkConfig(k=2)).build(ctx)  # their predictions still combine
     assert len(b.ensemble.parts) == 2
 
 
@@ -252,16 +322,16 @@ def test_options_are_validated(seeds, tmp_path):
                            (["topk.k=1"], "topk.k"), (["snapshots.select=first"], "snapshots.select"),
                            (["distill.alpha=2"], "distill.alpha")):
         with pytest.raises(FrameworkError, match=rf"'{key}'"):
-            E.build_ensembles(ensemble_config([seeds[0]], *overrides, *NO_TIMING), tmp_path)
+            build_ensembles(ensemble_config([seeds[0]], *overrides, *NO_TIMING), tmp_path)
     with pytest.raises(FrameworkError, match="source"):
-        E.build_ensembles(ensemble_config([], *NO_TIMING), tmp_path)
+        build_ensembles(ensemble_config([], *NO_TIMING), tmp_path)
 
 
 def test_latest_names_the_newest_date_time_folder(tmp_path):
     for stamp in ("2025-01-02/09-00-00", "2025-01-01/23-00-00"):
         (tmp_path / "sweeps" / stamp / "0_seed=0" / "checkpoints").mkdir(parents=True)
         (tmp_path / "sweeps" / stamp / "0_seed=0" / "summary.json").write_text('{"status": "ok"}')
-    runs, _ = E.resolve_sources([str(tmp_path / "sweeps" / "latest")])
+    runs, _ = resolve_sources([str(tmp_path / "sweeps" / "latest")])
     assert [r.folder.parent.name for r in runs] == ["09-00-00"]
 
 

@@ -13,7 +13,11 @@ import pytest
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
 import framework
-from framework.ensemble import build as E
+from framework.ensemble.errors import EnsembleError
+from framework.ensemble.members import Context
+from framework.ensemble.sources import resolve_sources
+from framework.ensemble.strategies import Soup, SoupConfig
+from framework.ensemble.timing import TimingConfig
 from framework.io import evaluate as V
 from framework.search import sweep as S
 from framework.cli.app import quote_path_override
@@ -120,21 +124,21 @@ def test_ensembles_take_unfinished_runs_only_when_asked(runs, tmp_path):
     for num, key in enumerate(("a", "b")):
         shutil.copytree(root / folder(key), sweep / f"{num}_{NAMES[key]}")
     (sweep / f"1_{NAMES['b']}" / "summary.json").unlink()  # job 1 was killed mid-training
-    members, skipped = E.resolve_sources([str(sweep)])
+    members, skipped = resolve_sources([str(sweep)])
     assert [r.folder.name for r in members] == [f"0_{NAMES['a']}"]
     assert skipped[0]["source"].endswith(f"1_{NAMES['b']}") and "include_unfinished=true" in skipped[0]["reason"]
-    members, skipped = E.resolve_sources([str(sweep)], include_unfinished=True)
+    members, skipped = resolve_sources([str(sweep)], include_unfinished=True)
     assert len(members) == 2 and skipped == []
-    with pytest.raises(E.EnsembleError, match=r"1 unfinished.*include_unfinished=true"):
-        E.resolve_sources([str(sweep / f"1_{NAMES['b']}")])
+    with pytest.raises(EnsembleError, match=r"1 unfinished.*include_unfinished=true"):
+        resolve_sources([str(sweep / f"1_{NAMES['b']}")])
 
 
 # --- soups -------------------------------------------------------------------------------------------------------
 def test_a_soup_averages_runs_that_differ_only_in_dropout(runs):
     root, _ = runs
-    found, _ = E.resolve_sources([str(root / folder("a")), str(root / folder("keep"))])
-    ctx = E.Context(found, "best", timing=E.TimingConfig(repeats=0))
-    built = E.Soup(E.SoupConfig(pool="runs", methods=["uniform"])).build(ctx)
+    found, _ = resolve_sources([str(root / folder("a")), str(root / folder("keep"))])
+    ctx = Context(found, "best", timing=TimingConfig(repeats=0))
+    built = Soup(SoupConfig(pool="runs", methods=["uniform"])).build(ctx)
     (soup,) = built
     a, keep = soup.members
     assert a.cfg.model.keep_prob == 1.0 and keep.cfg.model.keep_prob == 0.8

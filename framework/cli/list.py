@@ -1,10 +1,18 @@
-"""`python -m framework.list [kind] [--options]`: what is registered, with one line each (and its options)."""
+"""`python -m framework.list [kind] [--options]`: what is registered, with one line each (and its options): the
+training components and the ensemble strategies and combine rules of `python -m framework.ensemble`."""
 from __future__ import annotations
 
 import sys
 
 from framework.core.params import help_table
 from framework.core.registry import ALL, load_plugins
+from framework.ensemble.combine import COMBINES
+from framework.ensemble.strategies import STRATEGIES
+
+# ALL holds the training config groups only (the CLI checks `<group>=NAME` against them; for the ensemble command
+# `strategy=all` names no strategy), so the ensemble registries are listed here, with the command that selects them.
+COMMANDS = {COMBINES.group: "python -m framework.ensemble ", STRATEGIES.group: "python -m framework.ensemble "}
+LISTED = (*ALL, STRATEGIES, COMBINES)
 
 
 def main(argv=None) -> int:
@@ -21,14 +29,14 @@ def main(argv=None) -> int:
     args = parser.parse_args(sys.argv[1:] if argv is None else list(argv))
     show_options, kinds = args.options, args.kinds
     load_plugins()
-    known = {r.group: r for r in ALL} | {r.kind: r for r in ALL}
+    known = {r.group: r for r in LISTED} | {r.kind: r for r in LISTED}
     unknown = [k for k in kinds if k not in known]
     if unknown:
-        print(f"error: unknown kind {unknown[0]!r}; choose from {', '.join(r.group for r in ALL)}.",
+        print(f"error: unknown kind {unknown[0]!r}; choose from {', '.join(r.group for r in LISTED)}.",
               file=sys.stderr)
         return 2
-    for registry in [known[k] for k in kinds] or ALL:
-        print(f"{registry.group} (select with {registry.group}=NAME):")
+    for registry in [known[k] for k in kinds] or LISTED:
+        print(f"{registry.group} (select with {COMMANDS.get(registry.group, '')}{registry.group}=NAME):")
         for name in registry.names():
             entry = registry.get(name)
             print(f"  {name:<14} {entry.description}")

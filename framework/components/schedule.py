@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+from omegaconf import OmegaConf
+
 from framework.core.params import param
+from framework.core.registry import SCHEDULES
 
 
 @dataclass
@@ -51,3 +55,19 @@ class Schedule:
 
     def load_state_dict(self, state: dict) -> None:
         pass
+
+
+def cycle_end_epochs(cfg, steps_per_epoch: int, epochs: int) -> list[int]:
+    """Epochs (1-based) after which the learning-rate schedule of the run config `cfg` (its `schedule` node and
+    `lr`) restarts (jumps up after its warm-up): the ends of the cosine cycles, where the learning rate is at its
+    minimum. A restart inside an epoch counts for the epoch before it. Empty when the schedule never restarts."""
+    opts = OmegaConf.to_container(cfg.schedule, resolve=True) if OmegaConf.is_config(cfg.schedule) \
+        else dict(cfg.schedule)
+    schedule = SCHEDULES.build(opts.pop("name", None), **opts)
+    base, warmup = float(cfg.lr), float(getattr(schedule.cfg, "warmup", 0) or 0)
+    per_step = schedule.unit == "iteration"
+    steps = np.arange(epochs * steps_per_epoch) if per_step else np.arange(epochs)
+    lrs = np.array([schedule.value(float(t), base) for t in steps])
+    rises = np.flatnonzero((lrs[1:] > lrs[:-1] * (1 + 1e-9) + 1e-15) & (steps[1:] > warmup)) + 1
+    ends = {int(steps[i] // steps_per_epoch) if per_step else int(steps[i]) for i in rises}
+    return sorted(e for e in ends if 1 <= e < epochs)

@@ -1,5 +1,5 @@
-"""`python -m framework.ensemble`: the entry point only; the command lives in framework/ensemble/build.py."""
-from framework.ensemble.build import __doc__, hydra_app  # noqa: F401  (--help shows the command's own docstring)
+"""`python -m framework.ensemble`: the entry point only; the command lives in framework/ensemble/job.py."""
+from framework.ensemble.job import __doc__, hydra_app  # noqa: F401  (--help shows the command's own docstring)
 
 if __name__ == "__main__":
     from framework.cli.app import main_entry

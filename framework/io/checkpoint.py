@@ -766,7 +766,7 @@ class CheckpointCallback(Callback):
         self.info_json = run_info(run)
         import h5py  # noqa: F401  (imported here so the first write's timing is the write's)
         if self.settings.keep_top_k and self.settings.keep_cycle_ends:
-            from framework.ensemble.build import cycle_end_epochs
+            from framework.components.schedule import cycle_end_epochs
 
             self.cycle_ends = set(cycle_end_epochs(run.cfg, run.steps_per_epoch, run.settings.epochs))
             self.cycle_ends.add(run.settings.epochs)  # the end of the last cycle
