@@ -1173,7 +1173,6 @@ def resume_sweep(sweep_dir, extra: list[str]) -> int:
         raise SearchError(f"resume={folder}: the sweep is still running (process {who.get('pid')} on "
                           f"{who.get('host')}); stop it first, or wait for it to finish.")
     multirun = _multirun_config(folder)
-    STOP.deferred = True  # from here a signal stops the running job at its safe point, then this command
     code = 0
     if sweep.meta:
         left = [t for t in sweep.trials if t.get("status") not in FINISHED]
@@ -1185,7 +1184,8 @@ def resume_sweep(sweep_dir, extra: list[str]) -> int:
             raise SearchError(f"resume={folder}: the sweep's multirun.yaml (its command line) is missing or "
                               "unreadable, so the search cannot continue where it stopped.")
         kept = [str(o) for o in hydra if not str(o).startswith(("hydra.sweep.dir=", "hydra.mode=", RESUME_FLAG))]
-        log.info(f"Resuming the sweep in {folder}: {len(left)} of {len(sweep.trials)} jobs left.")
+        print(f"Resuming the sweep in {folder}: {len(left)} of {len(sweep.trials)} jobs left.", flush=True)
+        STOP.deferred = True  # from here a signal stops the running job at its safe point, then this command
         code = run_framework(["-m", *[str(o) for o in task], *kept, f"hydra.sweep.dir={hydra_quote(str(folder))}",
                               RESUME_FLAG])
     else:
@@ -1193,7 +1193,8 @@ def resume_sweep(sweep_dir, extra: list[str]) -> int:
         if not jobs:
             print(f"The sweep in {folder} has finished all of its jobs: nothing to resume.")
             return 0
-        log.info(f"Resuming the sweep in {folder}: {len(jobs)} job(s) left, one after another.")
+        print(f"Resuming the sweep in {folder}: {len(jobs)} job(s) left, one after another.", flush=True)
+        STOP.deferred = True
         for j in jobs:
             if STOP.received:
                 break
