@@ -254,6 +254,18 @@ def main_entry(hydra_main, config_name: str = "config"):
             sys.exit(exc.exit_code)
         hydra_main()
         if STOP.deferred and STOP.received:
-            raise Interrupted(STOP.received, f"{signal_name(STOP.received)}: the sweep stopped; each trial's "
-                                             "summary.json records how it ended (interrupted trials can be "
-                                             "continued with resume=<trial folder>).")
+            import shlex
+
+            from . import paths
+
+            # the sweep's folder (hydra.sweep.dir as given, else the newest below outputs/sweeps), as
+            # `resume=<sweep folder>` (framework.search.resume_sweep) prints it too
+            given = [a.partition("=")[2] for a in sys.argv[1:] if a.startswith("hydra.sweep.dir=")]
+            try:
+                where = paths.unquote(given[-1]) if given else paths.newest(paths.OUTPUTS / "sweeps")
+                folder = shlex.quote(f"resume={where}")
+            except FrameworkError:
+                folder = "resume=<sweep folder>"
+            raise Interrupted(STOP.received, f"{signal_name(STOP.received)}: the sweep stopped; each job's "
+                                             "summary.json records how it ended. Continue it with: python -m "
+                                             f"framework {folder}")

@@ -82,7 +82,8 @@ def reference(tmp_path_factory):
 @pytest.mark.slow
 def test_a_search_stopped_in_stage_1_and_again_in_stage_2_finishes_as_if_never_stopped(tmp_path, reference):
     t = Trainer(tmp_path, *SEARCH, env=STEP_PAUSE)
-    stop_during(t, "epoch   1/3", times=2)  # trial 1 of stage 1 is training; stage 2 is not drawn
+    line = stop_during(t, "epoch   1/3", times=2)  # trial 1 of stage 1 is training; stage 2 is not drawn
+    assert "Continue it with: python -m framework resume=sweep" in line
     sweep = tmp_path / "sweep"
     record = json.loads((sweep / "search.json").read_text())
     assert [x["status"] for x in record["trials"]] == ["ok", "interrupted"]
