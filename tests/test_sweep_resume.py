@@ -6,18 +6,14 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 import signal
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 from framework import checkpoint as C
-from framework.lifecycle import PAUSE_ENV
 
-from test_signals import STEP_PAUSE, TIMEOUT, Trainer
+from test_signals import STEP_PAUSE, Trainer
 from conftest import assert_clean_failure, run_cli
 
 # 147 steps per epoch (batch 8), a 30 ms test pause per 10 steps under STEP_PAUSE: an epoch lasts ~0.5 s there
@@ -111,6 +107,25 @@ def test_a_search_stopped_in_stage_1_and_again_in_stage_2_finishes_as_if_never_s
     done = Trainer(tmp_path, "resume=sweep")
     assert done.end() == 0, done.text
     assert "nothing to resume" in done.text and first.stat().st_mtime_ns == mtime
+
+
+@pytest.mark.slow
+def test_a_search_whose_process_group_was_killed_finishes_as_if_never_stopped(tmp_path, reference):
+    """SIGKILL of the whole sweep (no handler runs, nothing is recorded) once trial 1 has written its last.h5."""
+    t = Trainer(tmp_path, *SEARCH, env=STEP_PAUSE, session=True)
+    sweep = tmp_path / "sweep"
+    t.wait_for(lambda: any(sweep.glob("1_*/checkpoints/last.h5")))
+    os.killpg(t.proc.pid, signal.SIGKILL)
+    t.end()
+    assert [x["status"] for x in json.loads((sweep / "search.json").read_text())["trials"]] == ["ok", "pending"]
+    first = job_folders(sweep)[0] / "summary.json"
+    mtime = first.stat().st_mtime_ns
+    t = Trainer(tmp_path, "resume=sweep")
+    assert t.end() == 0, t.text
+    assert first.stat().st_mtime_ns == mtime
+    got, ref = (json.loads((s / "search.json").read_text()) for s in (sweep, reference / "search" / "sweep"))
+    assert without_clock(got) == without_clock(ref)
+    assert_same_jobs(sweep, reference / "search" / "sweep")
 
 
 @pytest.mark.slow
