@@ -1084,8 +1084,12 @@ def _plain_sweep_jobs(folder: pathlib.Path, multirun: dict, sweep: Sweep) -> lis
     if isinstance(task, list):
         params = _hydra_node(multirun, "sweeper", "params") or {}
         texts = [f"{k}={v}" for k, v in params.items()] if isinstance(params, dict) else []
-        parsed = OverridesParser.create().parse_overrides([*texts, *[str(t) for t in task]])
-        combos = [list(job) for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+        try:
+            parsed = OverridesParser.create().parse_overrides([*texts, *[str(t) for t in task]])
+            combos = [list(job) for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+        except Exception as exc:  # not Hydra's basic grammar (another sweeper): its job folders are all we know
+            log.warning(f"The sweep's overrides in multirun.yaml do not expand into jobs ({exc}); resuming the "
+                        "jobs that have folders only.")
     exclude = _hydra_node(multirun, "job", "config", "override_dirname", "exclude_keys") or []
     jobs = []
     for num in sorted(set(range(len(combos))) | set(existing)):
@@ -1176,7 +1180,7 @@ def resume_sweep(sweep_dir, extra: list[str]) -> int:
     code = 0
     if sweep.meta:
         left = [t for t in sweep.trials if t.get("status") not in FINISHED]
-        if not left:
+        if not left and sweep.meta.get("finished"):  # else the sweeper still writes the final summaries
             print(f"The sweep in {folder} has finished all {len(sweep.trials)} of its jobs: nothing to resume.")
             return 0
         task, hydra = _hydra_node(multirun, "overrides", "task"), _hydra_node(multirun, "overrides", "hydra")

@@ -4,7 +4,6 @@ soups judge parameter layouts; every command has a help text naming it."""
 from __future__ import annotations
 
 import json
-import shlex
 import shutil
 import subprocess
 import sys

@@ -3,7 +3,6 @@ ranking, border warnings (notes 5.6), the summary read from files alone, Optuna'
 import json
 import math
 import pathlib
-import shlex
 
 import numpy as np
 import pytest
