@@ -96,6 +96,7 @@ def test_a_search_stopped_in_stage_1_and_again_in_stage_2_finishes_as_if_never_s
     t = Trainer(tmp_path, "resume=sweep")
     assert t.end() == 0, t.text
     assert first.stat().st_mtime_ns == mtime  # the finished trial never ran again
+    assert list(job_folders(sweep)[1].glob("resumes/*/.hydra"))  # trial 1 went on from its last.h5
     got, ref = (json.loads((s / "search.json").read_text()) for s in (sweep, reference / "search" / "sweep"))
     assert len(got["trials"]) == 4 and [x["stage"] for x in got["trials"]] == [1, 1, 2, 2]
     assert without_clock(got) == without_clock(ref)  # params, statuses, metrics, narrowed stage ranges
@@ -123,6 +124,7 @@ def test_a_search_whose_process_group_was_killed_finishes_as_if_never_stopped(tm
     t = Trainer(tmp_path, "resume=sweep")
     assert t.end() == 0, t.text
     assert first.stat().st_mtime_ns == mtime
+    assert list(job_folders(sweep)[1].glob("resumes/*/.hydra"))  # trial 1 went on from its last.h5
     got, ref = (json.loads((s / "search.json").read_text()) for s in (sweep, reference / "search" / "sweep"))
     assert without_clock(got) == without_clock(ref)
     assert_same_jobs(sweep, reference / "search" / "sweep")
@@ -141,6 +143,7 @@ def test_a_plain_hydra_sweep_stopped_after_job_0_finishes_its_other_jobs(tmp_pat
     t = Trainer(tmp_path, f"resume={sweep}")
     assert t.end() == 0, t.text
     assert first.stat().st_mtime_ns == mtime
+    assert list(jobs[1].glob("resumes/*/.hydra"))  # job 1 went on from its last.h5
     assert_same_jobs(sweep, reference / "plain" / "sweep")
 
 

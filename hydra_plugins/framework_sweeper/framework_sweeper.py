@@ -323,13 +323,14 @@ class FrameworkSweeper(Sweeper):
         """A trial the stopped sweep had drawn: as it ended when it finished; else continued from its
         checkpoints/last.h5 exactly as `resume=<job folder>` does, or launched again under its number in its folder."""
         from framework.lifecycle import STOP
-        from framework.search import FINISHED, SearchError, continue_job, read_job, settle
+        from framework.search import FINISHED, SearchError, continue_job, job_dirs, read_job, settle
 
         if trial.get("params") != values:
             raise SearchError(f"hydra.sweeper.resume=true: trial {trial['num']} of {sweep_dir} has params "
                               f"{trial.get('params')}, but the seeded sampler draws {values} there: search.json "
                               "does not come from this search; it cannot be continued.")
-        folder = sweep_dir / trial["dir"] if trial.get("dir") else None
+        # a job killed with its sweep has a folder that search.json does not name yet
+        folder = sweep_dir / trial["dir"] if trial.get("dir") else job_dirs(sweep_dir).get(trial["num"])
         ended = read_job(folder).get("status") if folder is not None and folder.is_dir() else None
         if (ended or trial.get("status")) in FINISHED or STOP.received:
             return trial
