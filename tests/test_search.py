@@ -3,7 +3,6 @@ ranking, border warnings (notes 5.6), the summary read from files alone, Optuna'
 import json
 import math
 import pathlib
-import shlex
 
 import numpy as np
 import pytest
@@ -319,16 +318,29 @@ def test_a_live_sweep_keeps_its_jobs_running_and_pending(tmp_path):
     assert statuses == {0: "ok", 1: "running", 2: "pending", 3: "pending", 4: "pending"}
 
 
-def test_resume_commands_of_a_killed_sweep(tmp_path, dead_pid):
-    killed_sweep(tmp_path, dead_pid)
-    commands, notes = S.resume_commands(tmp_path)
-    job1 = next(tmp_path.glob("1_*"))
-    assert commands[0] == f"python -m framework {shlex.quote(f'resume={job1}')}"
-    assert commands[1] == (f"python -m framework lr=0.05 epochs=2 'hydra.run.dir=\"{tmp_path}/2_epochs=2,lr=0.05\"' "
-                           "hydra.job.num=2")
-    (note,) = notes
-    assert "2 trial(s) of stage 2 (jobs 3-4) were never drawn" in note and "narrow around" in note
-    assert S.is_sweep_folder(tmp_path) and not S.is_sweep_folder(job1)
+def test_resuming_a_sweep_refuses_a_live_one_and_one_without_its_command_line(tmp_path, dead_pid):
+    killed_sweep(tmp_path, __import__("os").getpid())  # this process is alive: the sweep is still going
+    with pytest.raises(S.SearchError, match="the sweep is still running"):
+        S.resume_sweep(tmp_path, [])
+    record = json.loads((tmp_path / S.SEARCH_FILE).read_text())
+    record["sweeper"]["pid"] = dead_pid
+    (tmp_path / S.SEARCH_FILE).write_text(json.dumps(record))
+    with pytest.raises(S.SearchError, match="multirun.yaml .* is missing or unreadable"):
+        S.resume_sweep(tmp_path, [])
+    with pytest.raises(S.SearchError, match="takes no other arguments .got: epochs=9"):
+        S.resume_sweep(tmp_path, ["epochs=9"])
+    assert S.is_sweep_folder(tmp_path) and not S.is_sweep_folder(next(tmp_path.glob("1_*")))
+
+
+def test_a_plain_sweep_resumes_its_never_started_jobs_under_hydras_numbers_and_folders(tmp_path):
+    fake_job(tmp_path, 0, ["seed=1", "epochs=2"], ok_summary(0.9))
+    multirun = {"hydra": {"overrides": {"task": ["seed=1,2,3", "epochs=2", "resume=null"]},
+                          "job": {"config": {"override_dirname": {"exclude_keys": ["resume"]}}}}}
+    jobs = S._plain_sweep_jobs(tmp_path, multirun, S.load_sweep(tmp_path))
+    assert [(j["num"], j["dir"].name) for j in jobs] == [
+        (0, "0_seed=1,epochs=2"), (1, "1_epochs=2,seed=2"), (2, "2_epochs=2,seed=3")]
+    assert jobs[2]["overrides"] == ["seed=3", "epochs=2", "resume=null"]
+    assert S.is_job_finished(jobs[0]["dir"]) and not S.is_job_finished(jobs[1]["dir"])
 
 
 # --- border warnings within the allowed range --------------------------------------------------------------------

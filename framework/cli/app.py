@@ -190,7 +190,7 @@ LIST_PATH_KEYS = ("source",)  # overrides whose value is a list of paths (framew
 def quote_path_override(arg: str) -> str:
     """`resume=outputs/runs/d/t_epochs=2,seed=1` -> quoted, so run folders named after their overrides can be
     pasted as they are (Hydra's grammar would read the '=' and ',' inside the path). resume= also takes `latest`
-    and a glob matching one folder, and for a sweep folder stops with the commands that resume its jobs;
+    and a glob matching one folder; for a sweep folder it finishes that sweep and exits (framework.search);
     source=[...] takes such paths, sweep folders, `latest` and globs (framework.paths)."""
     from framework.core import paths
 
@@ -204,11 +204,11 @@ def quote_path_override(arg: str) -> str:
         items = [str(p) for item in paths.split_list(value) for p in paths.expand(item, name)]
         return f"{key}=[{','.join(paths.hydra_quote(i) for i in items)}]"
     if name == "resume" and value not in ("null", ""):
-        from framework.search.sweep import SearchError, is_sweep_folder, sweep_resume_message
+        from framework.search.sweep import is_sweep_folder, resume_sweep
 
         value = str(paths.expand_one(value, name))
-        if is_sweep_folder(value):
-            raise SearchError(sweep_resume_message(value))
+        if is_sweep_folder(value):  # the whole sweep continues here; the other arguments must be none
+            sys.exit(resume_sweep(value, [a for a in sys.argv[1:] if a != arg]))
     if re.search(r"[=,\s\[\]{}()'*?]", value):
         return f"{key}={paths.hydra_quote(value)}"
     return f"{key}={value}"
@@ -254,6 +254,18 @@ def main_entry(hydra_main, config_name: str = "config"):
             sys.exit(exc.exit_code)
         hydra_main()
         if STOP.deferred and STOP.received:
-            raise Interrupted(STOP.received, f"{signal_name(STOP.received)}: the sweep stopped; each trial's "
-                                             "summary.json records how it ended (interrupted trials can be "
-                                             "continued with resume=<trial folder>).")
+            import shlex
+
+            from framework.core import paths
+
+            # the sweep's folder (hydra.sweep.dir as given, else the newest below outputs/sweeps), as
+            # `resume=<sweep folder>` (framework.search.resume_sweep) prints it too
+            given = [a.partition("=")[2] for a in sys.argv[1:] if a.startswith("hydra.sweep.dir=")]
+            try:
+                where = paths.unquote(given[-1]) if given else paths.newest(paths.OUTPUTS / "sweeps")
+                folder = shlex.quote(f"resume={where}")
+            except FrameworkError:
+                folder = "resume=<sweep folder>"
+            raise Interrupted(STOP.received, f"{signal_name(STOP.received)}: the sweep stopped; each job's "
+                                             "summary.json records how it ended. Continue it with: python -m "
+                                             f"framework {folder}")

@@ -589,7 +589,7 @@ def load_sweep(sweep_dir) -> Sweep:
         if t["status"] == "interrupted" and not info.get("status"):  # a signal's stop writes its own summary
             done = f"after {t['epochs']} epoch(s)" if t.get("epochs") else "before its first epoch checkpoint"
             t["message"] = (f"no summary.json and no live sweep: the job stopped {done} (killed?); "
-                            f"`python -m framework resume=<sweep folder>` lists the commands that finish it")
+                            f"`python -m framework resume=<sweep folder>` finishes the sweep")
         if t["status"] == "failed" and not t.get("message"):
             t["message"] = info.get("log_error") or "the job returned no result (see its log)"
         if info.get("best_checkpoint"):
@@ -793,7 +793,7 @@ def render_markdown(summary: dict) -> str:
     lines.append(head + ".")
     if summary.get("state") == "stopped":
         lines.append("The sweep stopped before it finished (its sweeper process is gone). `python -m framework "
-                     f"resume={pathlib.Path(summary['sweep_dir'])}` lists the commands that finish its jobs.")
+                     f"resume={pathlib.Path(summary['sweep_dir'])}` finishes it.")
     best = summary["best"]
     if best is not None:
         values = ", ".join(f"{p.name}={_param_text(p, best['params'].get(p.name))}" for p in space)
@@ -1022,7 +1022,7 @@ def settle(record: dict, folder: pathlib.Path | None, value, error: str | None) 
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Resuming a killed sweep: the exact command of each unfinished job
+# Resuming a stopped sweep in its folder: `python -m framework resume=<sweep folder>`
 # ----------------------------------------------------------------------------------------------------------------
 def is_sweep_folder(path) -> bool:
     """True for a sweep folder: search.json or multirun.yaml inside, or numbered job folders (with .hydra/) and no
@@ -1043,68 +1043,174 @@ def _override_dirname(overrides: list[str], exclude: list[str]) -> str:
     return ",".join(sorted(kept))
 
 
-def resume_commands(sweep_dir) -> tuple[list[str], list[str]]:
-    """(commands, notes) that finish a stopped sweep: for each job that started but has no summary.json,
-    `python -m framework resume=<job folder>` when it wrote checkpoints/last.h5, else its overrides again with
-    hydra.run.dir=<its folder>; for each drawn trial that never started, its overrides with a folder of its own in
-    the sweep (the summary then lists it under its number). Trials of stages that never began cannot run alone
-    (their ranges narrow around the earlier stages): a note says so. Every command pastes into a shell as is."""
+RESUME_FLAG = "hydra.sweeper.resume=true"  # the override that makes our sweeper continue the sweep in its folder
+
+
+def _multirun_config(folder: pathlib.Path) -> dict:
+    """multirun.yaml of a sweep folder as plain data ({} when missing or unreadable)."""
     import yaml
 
-    sweep = load_sweep(sweep_dir)
-    folder = sweep.folder
-    exclude = []
     try:
         with open(folder / "multirun.yaml") as f:
-            exclude = list(yaml.safe_load(f)["hydra"]["job"]["config"]["override_dirname"]["exclude_keys"] or [])
-    except (OSError, yaml.YAMLError, KeyError, TypeError):
-        pass
-    commands, notes, undrawn = [], [], {}
-    for t in sweep.trials:
-        status = t.get("status")
-        if status in FINISHED:
-            continue
-        if status == "running":
-            notes.append(f"job {t['num']} is still running ({t.get('dir')}).")
-            continue
-        job = folder / t["dir"] if t.get("dir") else None
-        if job is not None and (job / "checkpoints" / "last.h5").is_file():
-            commands.append(f"python -m framework {shlex.quote('resume=' + str(job))}")
-            continue
-        overrides = t.get("overrides") or []
-        if not overrides and t.get("params") is None:
-            undrawn.setdefault(t.get("stage"), []).append(t["num"])
-            continue
-        if job is None:
-            name = f"{t['num']}_{_override_dirname(overrides, exclude)}".rstrip("_")
-            job = folder / re.sub(r"[^A-Za-z0-9_.,=+\-\[\]]", "-", name)[:200]
-        run_dir = f'hydra.run.dir="{job}"' if '"' not in str(job) else f"hydra.run.dir='{job}'"
-        commands.append("python -m framework " + " ".join(shlex.quote(o) for o in [*overrides, run_dir,
-                                                                                    f"hydra.job.num={t['num']}"]))
-    for stage, nums in undrawn.items():
-        where = f"stage {stage}" if stage else "the sweep"
-        why = ("their ranges narrow around the earlier stages' results, so they cannot run on their own"
-               if stage and stage > 1 else "the sampler stopped with the sweep")
-        notes.append(f"{len(nums)} trial(s) of {where} (jobs {_ranges(sorted(nums))}) were never drawn ({why}): "
-                     "start a new sweep for them, around the best trials so far (python -m framework.search "
-                     f"summarize {shlex.quote(str(folder))}).")
-    return commands, notes
+            data = yaml.safe_load(f)
+    except (OSError, yaml.YAMLError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
-def sweep_resume_message(sweep_dir) -> str:
-    """The one paragraph `resume=<sweep folder>` prints: a sweep is resumed job by job, with these commands."""
-    commands, notes = resume_commands(sweep_dir)
-    if not commands and not notes:
-        return (f"resume={sweep_dir} is a sweep folder whose jobs all finished: nothing to resume. To train a "
-                "job longer, resume that job's folder: python -m framework resume=<job folder> epochs=<more>.")
-    text = (f"resume={sweep_dir} is a sweep folder, not a run: a sweep is resumed job by job. ")
-    if commands:
-        text += (f"Run these {len(commands)} command(s) (one per unfinished job; each continues from the job's last "
-                 "checkpoint or restarts it in its own folder, and `python -m framework.search summarize` then "
-                 "counts it):\n  " + "\n  ".join(commands))
-    if notes:
-        text += ("\n" if commands else "") + " ".join(notes)
-    return text
+def _hydra_node(multirun: dict, *keys):
+    node = multirun.get("hydra")
+    for key in keys:
+        node = node.get(key) if isinstance(node, dict) else None
+    return node
+
+
+def is_job_finished(folder: pathlib.Path | None) -> bool:
+    """A job folder whose summary.json says it ended for good (ok, diverged, hopeless, failed)."""
+    summary = _read_json(folder / "summary.json") if folder is not None else None
+    return isinstance(summary, dict) and summary.get("status") in FINISHED
+
+
+def _plain_sweep_jobs(folder: pathlib.Path, multirun: dict, sweep: Sweep) -> list[dict]:
+    """The jobs of a sweep run by Hydra's own sweeper (no search.json): every combination of the recorded sweep
+    overrides in Hydra's order (so the numbers are the ones the sweep gave), with each job's folder: the existing
+    one, else `<num>_<override_dirname>` as hydra.sweep.subdir names it. Without multirun.yaml: the job folders."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+
+    existing = {t["num"]: t for t in sweep.trials}
+    task = _hydra_node(multirun, "overrides", "task")
+    combos: list[list[str]] = []
+    if isinstance(task, list):
+        params = _hydra_node(multirun, "sweeper", "params") or {}
+        texts = [f"{k}={v}" for k, v in params.items()] if isinstance(params, dict) else []
+        try:
+            parsed = OverridesParser.create().parse_overrides([*texts, *[str(t) for t in task]])
+            combos = [list(job) for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+        except Exception as exc:  # not Hydra's basic grammar (another sweeper): its job folders are all we know
+            log.warning(f"The sweep's overrides in multirun.yaml do not expand into jobs ({exc}); resuming the "
+                        "jobs that have folders only.")
+    exclude = _hydra_node(multirun, "job", "config", "override_dirname", "exclude_keys") or []
+    jobs = []
+    for num in sorted(set(range(len(combos))) | set(existing)):
+        t = existing.get(num, {})
+        overrides = t.get("overrides") or (combos[num] if num < len(combos) else [])
+        job = folder / t["dir"] if t.get("dir") else folder / f"{num}_{_override_dirname(overrides, exclude)}"
+        jobs.append({"num": num, "overrides": overrides, "dir": job})
+    return jobs
+
+
+def run_framework(args: list[str]) -> int:
+    """Run `python -m framework *args` and return its exit code. The child runs in a session of its own, so a stop
+    signal reaches it once, forwarded from this process's STOP record (a terminal's Ctrl-C reaches only this
+    process group); its own `interrupted:` line is dropped: the caller says how the whole command ended."""
+    import subprocess
+    import threading
+
+    from framework.core.lifecycle import STOP
+
+    child = subprocess.Popen([sys.executable, "-m", "framework", *args], stderr=subprocess.PIPE, text=True,
+                             start_new_session=True)
+
+    def relay():
+        for line in child.stderr:
+            if not line.startswith("interrupted: "):
+                sys.stderr.write(line)
+                sys.stderr.flush()
+
+    reader = threading.Thread(target=relay, daemon=True)
+    reader.start()
+    forwarded = False
+    while child.poll() is None:
+        if STOP.received and not forwarded:
+            child.send_signal(STOP.received)
+            forwarded = True
+        time.sleep(0.05)
+    reader.join(timeout=5)
+    return child.returncode
+
+
+def continue_job(job: pathlib.Path) -> int:
+    """Finish a stopped job in its folder: from checkpoints/last.h5 exactly as `python -m framework
+    resume=<job folder>` does. Returns that command's exit code."""
+    return run_framework([f"resume={job}"])
+
+
+def restart_job(job: pathlib.Path, num: int, overrides: list[str]) -> int:
+    """Run a job that never wrote a checkpoint (or never started) from scratch in its own folder, under its own
+    number; a stale summary.json of its stopped attempt goes first. A job that fails before it can write its
+    summary still leaves one saying so, as in a sweep."""
+    from framework.core.paths import hydra_quote
+    from framework.core.files import write_json_atomic
+
+    if (job / "summary.json").is_file() and not is_job_finished(job):
+        (job / "summary.json").unlink()
+    code = run_framework([*overrides, f"hydra.run.dir={hydra_quote(str(job))}", f"hydra.job.num={num}"])
+    if code not in (0,) and code < 128 and not (job / "summary.json").exists():
+        job.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(job / "summary.json", {"status": "failed", "metrics": {},
+                                                 "message": f"the job exited with code {code} (see its log)"})
+    return code
+
+
+def resume_sweep(sweep_dir, extra: list[str]) -> int:
+    """`python -m framework resume=<sweep folder>`: finish a stopped sweep in its folder and return the exit code.
+
+    Finished jobs stay as they are. A search of our sweeper (search.json) starts again through Hydra with the
+    command line and launcher it was started with and hydra.sweeper.resume=true: the sweeper replays its seeded
+    samplers over the recorded trials, finishes the stopped ones (from checkpoints/last.h5 when there is one,
+    else from scratch in their folders) and draws the remaining trials and stages as the first run would have.
+    A sweep of Hydra's own sweeper runs its unfinished jobs one after another. A stop signal stops it like a
+    first sweep: the running job records it and no further job starts."""
+    from framework.core.lifecycle import STOP, Interrupted, signal_name
+    from framework.core.paths import hydra_quote
+
+    folder = pathlib.Path(sweep_dir)
+    if extra:
+        raise SearchError(f"resume={folder} continues a sweep exactly as it was started, so it takes no other "
+                          f"arguments (got: {' '.join(extra)}). Run `python -m framework resume={folder}` alone; to "
+                          "train one job longer, resume that job's folder: python -m framework resume=<job folder> "
+                          "epochs=<more>.")
+    sweep = load_sweep(folder)
+    if sweep.state == "running":
+        who = sweep.meta.get("sweeper") or {}
+        raise SearchError(f"resume={folder}: the sweep is still running (process {who.get('pid')} on "
+                          f"{who.get('host')}); stop it first, or wait for it to finish.")
+    multirun = _multirun_config(folder)
+    code = 0
+    if sweep.meta:
+        left = [t for t in sweep.trials if t.get("status") not in FINISHED]
+        if not left and sweep.meta.get("finished"):  # else the sweeper still writes the final summaries
+            print(f"The sweep in {folder} has finished all {len(sweep.trials)} of its jobs: nothing to resume.")
+            return 0
+        task, hydra = _hydra_node(multirun, "overrides", "task"), _hydra_node(multirun, "overrides", "hydra")
+        if not isinstance(task, list) or not isinstance(hydra, list):
+            raise SearchError(f"resume={folder}: the sweep's multirun.yaml (its command line) is missing or "
+                              "unreadable, so the search cannot continue where it stopped.")
+        kept = [str(o) for o in hydra if not str(o).startswith(("hydra.sweep.dir=", "hydra.mode=", RESUME_FLAG))]
+        print(f"Resuming the sweep in {folder}: {len(left)} of {len(sweep.trials)} jobs left.", flush=True)
+        STOP.deferred = True  # from here a signal stops the running job at its safe point, then this command
+        code = run_framework(["-m", *[str(o) for o in task], *kept, f"hydra.sweep.dir={hydra_quote(str(folder))}",
+                              RESUME_FLAG])
+    else:
+        jobs = [j for j in _plain_sweep_jobs(folder, multirun, sweep) if not is_job_finished(j["dir"])]
+        if not jobs:
+            print(f"The sweep in {folder} has finished all of its jobs: nothing to resume.")
+            return 0
+        print(f"Resuming the sweep in {folder}: {len(jobs)} job(s) left, one after another.", flush=True)
+        STOP.deferred = True
+        for j in jobs:
+            if STOP.received:
+                break
+            if (j["dir"] / "checkpoints" / "last.h5").is_file():
+                continue_job(j["dir"])
+            else:
+                restart_job(j["dir"], j["num"], j["overrides"])
+    if STOP.received:
+        raise Interrupted(STOP.received, f"{signal_name(STOP.received)}: the sweep stopped; each job's "
+                                         "summary.json records how it ended. Continue it with: python -m framework "
+                                         f"{shlex.quote(f'resume={folder}')}")
+    return code
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -30,6 +30,9 @@ class FrameworkSweeperConf:
     min_width: float = 0.1  # narrowing: keep at least this fraction of the original width (log10 for log), (0, 1]
     digits: int = 4  # significant digits of sampled floats (readable folder names), 2-17
     warmup: bool = True  # fill Numba's disk cache with a tiny run before parallel jobs start (they'd each compile)
+    # continue the stopped search in hydra.sweep.dir (its search.json) instead of starting one; set by
+    # `python -m framework resume=<sweep folder>`, which passes the sweep's own command line with it
+    resume: bool = False
 
 
 ConfigStore.instance().store(group="hydra/sweeper", name="framework_random", node=FrameworkSweeperConf,

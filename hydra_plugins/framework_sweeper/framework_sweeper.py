@@ -40,10 +40,12 @@ class FrameworkSweeper(Sweeper):
 
     def __init__(self, n_trials: int = 20, seed: int = 0, max_parallel: int = 8, sampler: str = "random",
                  params: Optional[Any] = None, stages: Optional[Any] = None, top_k: int = 5,
-                 margin: float = 0.25, min_width: float = 0.1, digits: int = 4, warmup: bool = True) -> None:
+                 margin: float = 0.25, min_width: float = 0.1, digits: int = 4, warmup: bool = True,
+                 resume: bool = False) -> None:
         super().__init__()
         self.options = dict(n_trials=n_trials, seed=seed, max_parallel=max_parallel, sampler=sampler,
-                            top_k=top_k, margin=margin, min_width=min_width, digits=digits, warmup=warmup)
+                            top_k=top_k, margin=margin, min_width=min_width, digits=digits, warmup=warmup,
+                            resume=resume)
         self.params = _plain(params) or {}
         self.stages = _plain(stages) or []
         self.hydra_context: Optional[HydraContext] = None
@@ -211,11 +213,14 @@ class FrameworkSweeper(Sweeper):
         if o["sampler"] == "tpe":
             make_sampler("tpe", space, o["seed"], 0, 1)  # a missing Optuna is reported before any trial runs
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+        if not o["resume"]:  # a resumed sweep keeps the command line it was started with
+            OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         record = SearchRecord(sweep_dir, o["sampler"], o["seed"], space, [t for _, t in fixed],
                               [{k: v for k, v in s.items() if not k.startswith("_")} for s in stages])
         first = {p.name: (p.snap(p.from_unit(0.5)) if p.numeric else p.choices[0]) for p in space}
         record.set_limits(self._limits(self._job_overrides(fixed, stages[0], space, first), space))
+        if o["resume"]:
+            self._adopt(record, sweep_dir)
         record.save()
         log.info("Search space: " + "; ".join(f"{p.name} {p.describe()}" for p in space))
         self._warm_up(self._job_overrides(fixed, stages[0], space, first))
@@ -249,16 +254,21 @@ class FrameworkSweeper(Sweeper):
             while done < n and not STOP.received:  # after a stop signal launch nothing more (framework.cli)
                 count = min(o["max_parallel"], n - done)
                 asked = [sampler.ask() for _ in range(count)]
-                batch = []
-                for i, (_, values) in enumerate(asked):
-                    overrides = self._job_overrides(fixed, stage, space, values)
-                    record.add_trial(job_idx + i, index, values, overrides)
-                    batch.append(overrides)
-                record.save()
-                results, error = self._launch(batch, job_idx)
-                for i, ((handle, _), result) in enumerate(zip(asked, results)):
-                    folder, value, job_error = _outcome(result, error, sweep_dir)
-                    trial = settle(record.by_num[job_idx + i], folder, value, job_error)
+                nums = list(range(job_idx, job_idx + count))
+                if o["resume"] and all(num in record.by_num for num in nums):  # drawn before the sweep stopped
+                    trials = [self._finish_recorded(record.by_num[num], values, sweep_dir)
+                              for num, (_, values) in zip(nums, asked)]
+                else:
+                    batch = []
+                    for i, (_, values) in enumerate(asked):
+                        overrides = self._job_overrides(fixed, stage, space, values)
+                        record.add_trial(job_idx + i, index, values, overrides)
+                        batch.append(overrides)
+                    record.save()
+                    results, error = self._launch(batch, job_idx)
+                    trials = [settle(record.by_num[job_idx + i], *_outcome(result, error, sweep_dir))
+                              for i, result in enumerate(results)]
+                for (handle, _), trial in zip(asked, trials):
                     if trial["dir"] and os.path.isabs(trial["dir"]):
                         trial["dir"] = os.path.relpath(trial["dir"], sweep_dir)
                     sampler.tell(handle, trial["value"])
@@ -286,6 +296,54 @@ class FrameworkSweeper(Sweeper):
         log.info(f"Search summary: {sweep_dir / summary['files'][0]} (and {others}); "
                  f"{record.data['wall_time_s']:.1f} s in all.")
         return record.trials()
+
+    # --- resuming a stopped sweep in its folder (framework.search.resume_sweep) ---
+    def _adopt(self, record, sweep_dir: pathlib.Path) -> None:
+        """Take over the trials of the stopped sweep's search.json; the search it describes must be this one."""
+        from framework.search.sweep import SEARCH_FILE, SearchError, _read_json
+
+        old = _read_json(sweep_dir / SEARCH_FILE)
+        if not isinstance(old, dict) or not isinstance(old.get("trials"), list):
+            raise SearchError(f"hydra.sweeper.resume=true: {sweep_dir / SEARCH_FILE} is missing or unreadable; "
+                              "there is no search to continue in that folder.")
+        keys = ("sampler", "seed", "space", "fixed_overrides")
+        changed = [k for k in keys if old.get(k) != record.data[k]]
+        plan = [[(s.get("index"), s.get("top_k"), s.get("overrides")) for s in d.get("stages") or []]
+                for d in (old, record.data)]
+        if plan[0] != plan[1]:
+            changed.append("stages")
+        if changed:
+            raise SearchError(f"hydra.sweeper.resume=true: the search in {sweep_dir} was started with another "
+                              f"{', '.join(changed)}; a sweep continues only with the command line it was "
+                              "started with (python -m framework resume=<sweep folder> reuses it).")
+        record.data["trials"] = old["trials"]
+        record.by_num = {int(t["num"]): t for t in old["trials"]}
+
+    def _finish_recorded(self, trial: dict, values: dict, sweep_dir: pathlib.Path) -> dict:
+        """A trial the stopped sweep had drawn: as it ended when it finished; else continued from its
+        checkpoints/last.h5 exactly as `resume=<job folder>` does, or launched again under its number in its folder."""
+        from framework.core.lifecycle import STOP
+        from framework.search.sweep import FINISHED, SearchError, continue_job, job_dirs, read_job, settle
+
+        if trial.get("params") != values:
+            raise SearchError(f"hydra.sweeper.resume=true: trial {trial['num']} of {sweep_dir} has params "
+                              f"{trial.get('params')}, but the seeded sampler draws {values} there: search.json "
+                              "does not come from this search; it cannot be continued.")
+        # a job killed with its sweep has a folder that search.json does not name yet
+        folder = sweep_dir / trial["dir"] if trial.get("dir") else job_dirs(sweep_dir).get(trial["num"])
+        ended = read_job(folder).get("status") if folder is not None and folder.is_dir() else None
+        if (ended or trial.get("status")) in FINISHED or STOP.received:
+            return trial
+        if folder is not None and (folder / "checkpoints" / "last.h5").is_file():
+            log.info(f"Trial {trial['num']}: continuing from {folder / 'checkpoints' / 'last.h5'}")
+            code = continue_job(folder)
+            settle(trial, folder, None, None if code == 0 else f"its resume exited with code {code}")
+            trial["dir"] = os.path.relpath(folder, sweep_dir)
+            return trial
+        if folder is not None and ended:
+            (folder / "summary.json").unlink()  # the stopped attempt's; the new one writes its own
+        results, error = self._launch([trial["overrides"]], trial["num"])
+        return settle(trial, *_outcome(results[0], error, sweep_dir))
 
     def _launch(self, batch, job_idx):
         """Launch one batch; a launcher that raises (e.g. a cluster job killed) loses this batch, not the sweep."""
