@@ -20,4 +20,15 @@ def main(cfg):
 
 
 if __name__ == "__main__":
-    main_entry(main)
+    import sys
+
+    try:
+        main_entry(main)
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
+    from framework.cli import exit_now, launched_as
+
+    if not launched_as("framework") or any(a in ("-m", "--multirun") for a in sys.argv[1:]):
+        sys.exit(code)  # inside another program, or a sweep (its launcher's workers clean up at exit)
+    exit_now(code)  # every file of the run is closed: skip the interpreter's slow teardown

@@ -1,0 +1,58 @@
+"""The whole-job speed paths keep their promises: the entry's fast exit loses no output and no file, and the
+evaluation and checkpoint shortcuts report what the slow paths did."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+import framework
+
+from conftest import assert_clean_failure, run_cli
+
+
+def test_the_entry_exits_fast_with_every_file_and_line_written(tmp_path):
+    """`python -m framework` skips the interpreter's teardown only after the run: its last log line reaches
+    the piped console and the log file, summary.json, the checkpoints and the event file are whole."""
+    run_dir = tmp_path / "run"
+    result = run_cli("epochs=2", "preflight=off", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    done = [line for line in (result.stdout + result.stderr).splitlines() if "done in" in line]
+    assert len(done) == 1 and "best val acc" in done[0]
+    log_file = run_dir / "__main__.log"
+    assert "done in" in log_file.read_text().splitlines()[-1]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "ok" and summary["epochs_completed"] == 2
+    assert framework.load(run_dir / "checkpoints" / "last.h5").epoch == 2
+    assert json.loads((run_dir / "gemm.json").read_text())
+    events = list(run_dir.glob("events.out.tfevents.*"))
+    assert len(events) == 1 and events[0].stat().st_size > 0
+
+
+def test_the_entry_keeps_the_exit_code_of_a_user_mistake(tmp_path):
+    result = run_cli("data=npz", "data.path=missing.npz", "preflight=off", f"hydra.run.dir={tmp_path / 'run'}",
+                     cwd=tmp_path)
+    assert result.returncode == 2
+    assert_clean_failure(result, ["missing.npz"])
+
+
+def test_exit_now_says_a_message_code_and_exits_one():
+    code = "from framework.cli import exit_now; print('kept', end=''); exit_now('bad thing')"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert (result.returncode, result.stdout, result.stderr.strip()) == (1, "kept", "bad thing")
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["python", "-m", "framework", "epochs=1"], True),
+    (["python", "-X", "importtime", "-m", "framework"], True),
+    (["python", "-m", "framework.bench_e2e", "--profiled-job"], False),
+    (["python", "-c", "import framework"], False),
+    (["python", "-m"], False),
+])
+def test_launched_as_reads_the_original_command_line(monkeypatch, argv, expected):
+    from framework.cli import launched_as
+
+    monkeypatch.setattr(sys, "orig_argv", argv)
+    assert launched_as("framework") is expected
