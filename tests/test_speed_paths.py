@@ -56,3 +56,47 @@ def test_launched_as_reads_the_original_command_line(monkeypatch, argv, expected
 
     monkeypatch.setattr(sys, "orig_argv", argv)
     assert launched_as("framework") is expected
+
+
+CKPT_RUN = ["preflight=off", "++tensorboard.enabled=false", "model.hidden_sizes=[16]", "epochs=4",
+            "checkpoint.max_overhead=0"]  # last.h5 after every epoch
+
+
+def test_last_h5_is_published_in_the_background_and_joined_by_the_end(tmp_path):
+    import threading
+
+    from conftest import compose_config
+
+    summary = framework.train(compose_config(*CKPT_RUN), run_dir=tmp_path)
+    assert not [t for t in threading.enumerate() if t.name == "framework-checkpoint"]
+    ckpts = tmp_path / "checkpoints"
+    assert framework.load(ckpts / "last.h5").epoch == 4 and not list(ckpts.glob(".*.tmp"))
+    assert summary["checkpoints"]["writes"] >= 5  # last.h5 four times, at least one epoch file
+
+
+def test_a_failed_background_publication_stops_the_run_and_leaves_the_older_last_h5(tmp_path, monkeypatch):
+    """A full disk met by last.h5's rename in the background is raised in the training thread at the next
+    checkpoint write (here: the end of epoch 3), with the previous last.h5 intact and no temp file left."""
+    import errno
+
+    from framework import checkpoint as C
+
+    from conftest import compose_config
+
+    calls = []
+    finish = C._finish_atomic
+
+    def failing(tmp, path, sync=True):
+        if path.name == "last.h5":
+            calls.append(path)
+            if len(calls) == 2:
+                raise OSError(errno.ENOSPC, "No space left on device", str(tmp))
+        finish(tmp, path, sync)
+
+    monkeypatch.setattr(C, "_finish_atomic", failing)
+    with pytest.raises(OSError, match="No space left"):
+        framework.train(compose_config(*CKPT_RUN), run_dir=tmp_path)
+    ckpts = tmp_path / "checkpoints"
+    assert framework.load(ckpts / "last.h5").epoch == 1
+    assert not list(ckpts.glob(".*.tmp"))
+    assert json.loads((tmp_path / "summary.json").read_text())["status"] == "failed"
