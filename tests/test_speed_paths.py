@@ -100,3 +100,35 @@ def test_a_failed_background_publication_stops_the_run_and_leaves_the_older_last
     assert framework.load(ckpts / "last.h5").epoch == 1
     assert not list(ckpts.glob(".*.tmp"))
     assert json.loads((tmp_path / "summary.json").read_text())["status"] == "failed"
+
+
+@pytest.mark.parametrize("argv, plain", [
+    (["epochs=1", "model.hidden_sizes=[16]"], True),
+    ([], True),
+    (["-m", "seed=1,2"], False),
+    (["--multirun", "seed=1,2"], False),
+    (["hydra.mode=MULTIRUN", "seed=1,2"], False),
+    (["+hydra.mode=RUN"], False),
+    (["--cfg", "job"], False),
+])
+def test_a_plain_run_composes_its_config_once(monkeypatch, argv, plain):
+    """Hydra's first compose (only to read hydra.mode) is skipped exactly for plain single runs."""
+    from hydra._internal.hydra import Hydra
+
+    from framework.__main__ import compose_once
+
+    original = Hydra.get_mode
+    monkeypatch.setattr(Hydra, "get_mode", original)  # restored after the test
+    assert compose_once(argv) is plain
+    assert (Hydra.get_mode is not original) is plain
+
+
+def test_a_sweep_set_by_hydra_mode_still_sweeps(tmp_path):
+    result = run_cli("hydra.mode=MULTIRUN", "model.hidden_sizes=[16]", "epochs=1", "seed=1,2", "preflight=off",
+                     "checkpoint=null", "++tensorboard.enabled=false", f"hydra.sweep.dir={tmp_path / 'sweep'}",
+                     cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    trials = sorted(p.name[:2] for p in (tmp_path / "sweep").iterdir() if p.is_dir())
+    assert trials == ["0_", "1_"]
+    for p in (tmp_path / "sweep").glob("[01]_*"):
+        assert json.loads((p / "summary.json").read_text())["status"] == "ok"
