@@ -783,7 +783,7 @@ class CheckpointCallback(Callback):
 
     def on_train_start(self, run: Run) -> None:
         self.folder = run.run_dir / "checkpoints"
-        self.config_yaml = OmegaConf.to_yaml(run.cfg, resolve=True)  # ~10 ms: once per run, not per write
+        self.config_yaml = run.config_yaml()  # once per run (shared with TensorBoard), not per write
         self.info_json = run_info(run)
         import h5py  # noqa: F401  (imported here so the first write's timing is the write's)
         if self.settings.keep_top_k and self.settings.keep_cycle_ends:
