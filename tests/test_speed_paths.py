@@ -132,3 +132,21 @@ def test_a_sweep_set_by_hydra_mode_still_sweeps(tmp_path):
     assert trials == ["0_", "1_"]
     for p in (tmp_path / "sweep").glob("[01]_*"):
         assert json.loads((p / "summary.json").read_text())["status"] == "ok"
+
+
+def test_train_accuracy_is_measured_on_the_first_thousand_training_rows(tmp_path):
+    """The documented meaning of train/acc: the accuracy of the epoch's final weights on the fixed first
+    TRAIN_EVAL_ROWS (1000) rows of the training split, recomputed here with a plain NumPy forward pass."""
+    import numpy as np
+
+    from framework.train import TRAIN_EVAL_ROWS, Run
+
+    from conftest import FAST, compose_config
+
+    run = Run(compose_config(*FAST, "model.hidden_sizes=[16]", "epochs=1"), tmp_path)
+    run.fit()
+    assert TRAIN_EVAL_ROWS == 1000 and len(run.data.y_train) > TRAIN_EVAL_ROWS
+    v = run.layout.views(run.theta)
+    X, y = run.data.X_train[:TRAIN_EVAL_ROWS], run.data.y_train[:TRAIN_EVAL_ROWS]
+    scores = np.maximum(X @ v["W1"] + v["b1"], 0) @ v["W2"] + v["b2"]
+    assert run.last("train/acc") == np.mean(scores.argmax(axis=1) == y)
