@@ -21,9 +21,9 @@ def main(cfg):
 
 def compose_once(argv: list[str]) -> bool:
     """Hydra composes the whole configuration twice per command: first only to read `hydra.mode` (Hydra.get_mode),
-    then to run (~0.2 s each on a warm machine). For a plain run, with nothing that could set a mode (no flag such
-    as -m or --config-dir, no hydra.mode= override, no preset in conf/ mentioning MULTIRUN), the first compose
-    can only say what Hydra then assumes anyway, RUN with the override hydra.mode=RUN: skip it.
+    then to run. For a plain run, with nothing that could set a mode (no flag such as -m or --config-dir, no
+    hydra.mode= override, no preset in conf/ mentioning MULTIRUN), the first compose can only say what Hydra then
+    assumes anyway, RUN with the override hydra.mode=RUN: skip it.
     Returns whether the command is such a plain single run."""
     if any(a.startswith("-") or a.lstrip("+~").startswith("hydra.mode") for a in argv):
         return False

@@ -240,7 +240,7 @@ def launched_as(module: str) -> bool:
 
 def exit_now(code) -> None:
     """End the process with `code` (a SystemExit's code: None, an int, or a message for stderr and 1) without
-    the interpreter's teardown (freeing every module and object: 0.2-0.4 s after a run, nothing of ours). Only
+    the interpreter's teardown (freeing every module and object: slow after a run, and nothing of ours). Only
     for the entry's own process, after the run: summary.json, checkpoints and the event file are closed by then;
     stdout, stderr and the logging handlers (Hydra's log file) are flushed and closed here."""
     import os

@@ -331,8 +331,7 @@ class Run:
                                                          self.optimizer.momentum)
 
     def config_yaml(self) -> str:
-        """The run's config as resolved YAML, made once: the checkpoints and TensorBoard both keep it (~10-20 ms
-        each time it is made)."""
+        """The run's config as resolved YAML, made once and shared by the checkpoints and TensorBoard."""
         text = getattr(self, "_config_yaml", None)
         if text is None:
             text = self._config_yaml = OmegaConf.to_yaml(self.cfg, resolve=True)
