@@ -3,6 +3,8 @@ evaluation and checkpoint shortcuts report what the slow paths did."""
 from __future__ import annotations
 
 import json
+import os
+import pathlib
 import subprocess
 import sys
 
@@ -150,3 +152,28 @@ def test_train_accuracy_is_measured_on_the_first_thousand_training_rows(tmp_path
     X, y = run.data.X_train[:TRAIN_EVAL_ROWS], run.data.y_train[:TRAIN_EVAL_ROWS]
     scores = np.maximum(X @ v["W1"] + v["b1"], 0) @ v["W2"] + v["b2"]
     assert run.last("train/acc") == np.mean(scores.argmax(axis=1) == y)
+
+
+def test_a_constant_schedule_spares_the_ensemble_import_and_a_restarting_one_keeps_its_cycle_ends():
+    from framework.checkpoint import _may_restart
+    from framework.registry import SCHEDULES, load_plugins
+
+    load_plugins()
+    assert not _may_restart(SCHEDULES.build("constant"))
+    assert not _may_restart(SCHEDULES.build("constant", warmup=3))
+    assert _may_restart(SCHEDULES.build("cosine", restart=True))
+    assert _may_restart(SCHEDULES.build("step"))  # overrides factor: simulated, as before
+
+
+def test_a_default_run_does_not_import_the_ensemble_module(tmp_path):
+    code = ("import sys, framework; from conftest import compose_config; "
+            "framework.train(compose_config('preflight=off', '++tensorboard.enabled=false', 'epochs=1', "
+            f"'model.hidden_sizes=[16]'), run_dir={str(tmp_path / 'run')!r}); "
+            "print('framework.ensemble' in sys.modules)")
+    tests = str(pathlib.Path(__file__).parent)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [os.environ.get("PYTHONPATH"), tests]))}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, env=env,
+                            cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "False"
+    assert framework.load(tmp_path / "run" / "checkpoints" / "last.h5").epoch == 1
