@@ -239,7 +239,7 @@ class Jobs:
 # ----------------------------------------------------------------------------------------------------------------
 # the profiled framework process
 # ----------------------------------------------------------------------------------------------------------------
-def profiled_job(out_path: str, overrides: list[str]) -> int:
+def profiled_job(out_path: str, overrides: list[str]) -> None:
     """Run `python -m framework <overrides>` in this process with timers around the framework's own methods, and
     write {fit_s, seconds: {part: s}, calls, t_fit_start, t_fit_end, unmeasured, exit_code} to `out_path`.
 
@@ -306,7 +306,9 @@ def profiled_job(out_path: str, overrides: list[str]) -> int:
         exit_code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     write_json_atomic(out_path, {**marks, "seconds": seconds, "cpu_seconds": cpu_seconds, "calls": calls,
                                  "unmeasured": unmeasured, "exit_code": exit_code})
-    return exit_code
+    from framework import cli
+
+    cli.exit_now(exit_code)  # leave as `python -m framework` does (runpy ran it as part of this program)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -510,7 +512,7 @@ def main(argv=None) -> int:
             print("usage: python -m framework.bench_e2e --profiled-job OUT.json -- <framework overrides>",
                   file=sys.stderr)
             return 2
-        return profiled_job(argv[1], argv[3:])
+        profiled_job(argv[1], argv[3:])  # ends the process
     parser = argparse.ArgumentParser(prog="python -m framework.bench --e2e", description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=3, help="timed rounds of every job, >= 1 (default 3)")
     parser.add_argument("--peers", default=",".join(PEERS),

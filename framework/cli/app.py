@@ -231,6 +231,32 @@ def _help_overrides(argv: list[str]) -> list[str]:
     return [f"hydra.help.app_name={hydra_quote('python -m ' + module)}", f"hydra.help.header={hydra_quote(header)}"]
 
 
+def launched_as(module: str) -> bool:
+    """Whether this process is `python [options] -m <module> ...` itself (not a test or a harness that runs the
+    module's code inside another program, which goes on after it)."""
+    argv = list(getattr(sys, "orig_argv", ()))
+    return "-m" in argv and argv.index("-m") + 1 < len(argv) and argv[argv.index("-m") + 1] == module
+
+
+def exit_now(code) -> None:
+    """End the process with `code` (a SystemExit's code: None, an int, or a message for stderr and 1) without
+    the interpreter's teardown (freeing every module and object: slow after a run, and nothing of ours). Only
+    for the entry's own process, after the run: summary.json, checkpoints and the event file are closed by then;
+    stdout, stderr and the logging handlers (Hydra's log file) are flushed and closed here."""
+    import os
+
+    if code is not None and not isinstance(code, int):
+        print(code, file=sys.stderr)
+        code = 1
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed or broken pipe: nothing more can be said
+            pass
+    os._exit(code or 0)
+
+
 def main_entry(hydra_main, config_name: str = "config"):
     """Run a @hydra.main function of the config `config_name`, first turning a FrameworkError raised while
     preparing configs into a clean exit (plugin import problems, unknown component names, unknown keys and an

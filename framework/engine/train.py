@@ -330,18 +330,28 @@ class Run:
             self.momentum = self.momentum_schedule.value(self._schedule_time(self.momentum_schedule),
                                                          self.optimizer.momentum)
 
+    def config_yaml(self) -> str:
+        """The run's config as resolved YAML, made once and shared by the checkpoints and TensorBoard."""
+        text = getattr(self, "_config_yaml", None)
+        if text is None:
+            text = self._config_yaml = OmegaConf.to_yaml(self.cfg, resolve=True)
+        return text
+
     # --- evaluation ---
     def eval_theta(self) -> np.ndarray:
         return self.ema if self.settings.eval_with == "ema" else self.theta
 
-    def evaluate(self, theta, split: str) -> tuple[float, float]:
+    def evaluate(self, theta, split: str, loss: bool = True) -> tuple[float, float]:
+        """(mean data loss, accuracy) of theta on a split: "train" is its first TRAIN_EVAL_ROWS rows (a fixed
+        subsample: the epoch's train loss is the mean of its step losses instead), "val" and "test" are whole.
+        loss=False skips the loss (NaN in its place): the train accuracy needs none."""
         d = self.data
         X, y = {"train": (d.X_train[:TRAIN_EVAL_ROWS], d.y_train[:TRAIN_EVAL_ROWS]),
                 "val": (d.X_val, d.y_val), "test": (d.X_test, d.y_test)}[split]
         if len(y) == 0:
             return float("nan"), float("nan")
         scores = self.model.scores(theta, X)
-        return loss_from_scores(scores, y, self.model.loss_kind), accuracy(scores, y)
+        return loss_from_scores(scores, y, self.model.loss_kind) if loss else float("nan"), accuracy(scores, y)
 
     def record(self, key: str, value) -> None:
         self.history.setdefault(key, []).append(float(value))
@@ -507,7 +517,7 @@ class Run:
         self.record("epoch", self.epoch)
         self.record("step", self.step)
         self.record("train/loss", losses.mean() if losses.size else float("nan"))
-        _, train_acc = self.evaluate(self.theta, "train")
+        _, train_acc = self.evaluate(self.theta, "train", loss=False)
         val_loss, val_acc = self.evaluate(self.theta, "val")
         self.record("train/acc", train_acc)
         self.record("val/loss", val_loss)

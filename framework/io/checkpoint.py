@@ -36,6 +36,7 @@ import pathlib
 import re
 import shutil
 import signal
+import threading
 import time
 from dataclasses import dataclass
 
@@ -346,13 +347,31 @@ def _write_file(f, run: Run, kind: str, extra: dict) -> None:
         f.create_dataset("epoch_losses", data=np.asarray(run.epoch_losses, dtype=np.float64))
 
 
-def save(run: Run, path, kind: str = "resume", **extra) -> pathlib.Path:
+def save(run: Run, path, kind: str = "resume", publish=None, **extra) -> pathlib.Path:
     """Write a checkpoint of `run` to `path` atomically (temp file in the same folder, fsync, rename).
 
     kind: "resume" (the full state: last.h5) or "weights" (weights, EMA, history and metadata: epoch files and
     best.h5). extra: score (the validation score in the file name), wall_time / train_time overrides (seconds),
     config_yaml and info_json (the resolved config and `run_info`, when the caller has them cached).
+    publish: None, or a function(tmp, path) that takes the finished temp file over and publishes it later (it
+    must call _finish_atomic and remove the temp file if that fails).
     A crash at any moment leaves either the old file or the new one, never a damaged one."""
+    path = pathlib.Path(path)
+    tmp = write_temp(run, path, kind, **extra)
+    if publish is not None:
+        publish(tmp, path)
+        return path
+    try:
+        _finish_atomic(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_temp(run: Run, path, kind: str = "resume", **extra) -> pathlib.Path:
+    """The first half of `save`: the whole checkpoint in a temp file next to `path` (removed again if the write
+    fails), to be published with _finish_atomic. Returns the temp file's path."""
     import h5py
 
     if kind not in KINDS:
@@ -367,11 +386,10 @@ def save(run: Run, path, kind: str = "resume", **extra) -> pathlib.Path:
             _stage("create")
             _write_file(f, run, kind, extra)
         _stage("written")
-        _finish_atomic(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    return path
+    return tmp
 
 
 def copy_atomic(src: pathlib.Path, dst: pathlib.Path) -> None:
@@ -752,6 +770,9 @@ class CheckpointCallback(Callback):
         self._epoch_t0 = 0.0
         self._last_cost = 0.0  # seconds the latest last.h5 write took
         self._committed = 0  # the epochs completed in the state last.h5 holds
+        self._publishing: threading.Thread | None = None  # last.h5's fsync + rename (+ pruning), in the background
+        self._publish_error: BaseException | None = None
+        self._epoch_files: dict[int, pathlib.Path] | None = None  # the folder's epoch files, None: list it again
 
     # timings as of now, so a mid-epoch checkpoint resumes the run's clocks where they stood
     def _clocks(self, run: Run, mid_epoch: bool) -> dict:
@@ -762,10 +783,10 @@ class CheckpointCallback(Callback):
 
     def on_train_start(self, run: Run) -> None:
         self.folder = run.run_dir / "checkpoints"
-        self.config_yaml = OmegaConf.to_yaml(run.cfg, resolve=True)  # ~10 ms: once per run, not per write
+        self.config_yaml = run.config_yaml()  # once per run (shared with TensorBoard), not per write
         self.info_json = run_info(run)
         import h5py  # noqa: F401  (imported here so the first write's timing is the write's)
-        if self.settings.keep_top_k and self.settings.keep_cycle_ends:
+        if self.settings.keep_top_k and self.settings.keep_cycle_ends and _may_restart(run.schedule):
             from framework.components.schedule import cycle_end_epochs
 
             self.cycle_ends = set(cycle_end_epochs(run.cfg, run.steps_per_epoch, run.settings.epochs))
@@ -815,6 +836,7 @@ class CheckpointCallback(Callback):
         return run.last("val/ema_acc") if run.settings.eval_with == "ema" else run.last("val/acc")
 
     def _timed_save(self, run: Run, path: pathlib.Path, kind: str, **extra) -> float:
+        self.wait_for_publish()  # files are published in the order written
         t = time.perf_counter()
         save(run, path, kind=kind, **extra)
         if kind == "resume":
@@ -824,12 +846,64 @@ class CheckpointCallback(Callback):
         self.writes += 1
         return took
 
+    def _commit_last(self, run: Run, prune_upto: int | None = None, **extra) -> float:
+        """Write last.h5's temp file here (it reads the run's state) and publish it in a background thread
+        (fsync, rename, then the pruning of epoch files up to `prune_upto`, which must follow the commit):
+        training goes on meanwhile. wait_for_publish joins it before the next write and at the end of the run,
+        so files are still published in the order written; a kill before the rename leaves the old last.h5.
+        Returns the seconds training waited (the write budget counts these)."""
+        self.wait_for_publish()
+        t = time.perf_counter()
+
+        def publish(tmp, path):
+            self._publishing = threading.Thread(target=self._publish, args=(tmp, path, prune_upto),
+                                                name="framework-checkpoint")
+            self._publishing.start()
+
+        save(run, self.folder / "last.h5", kind="resume", publish=publish, **extra)
+        self._resume_step = run.step  # the step last.h5 holds once published (on_interrupt joins first)
+        took = time.perf_counter() - t
+        self.write_time += took
+        self.writes += 1
+        return took
+
+    def _publish(self, tmp: pathlib.Path, path: pathlib.Path, prune_upto: int | None) -> None:
+        try:
+            try:
+                _finish_atomic(tmp, path)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
+            if prune_upto is not None:
+                prune_epoch_files(self.folder, self.settings.keep_top_k, keep=self.cycle_ends, upto=prune_upto)
+        except BaseException as exc:  # raised in the training thread by wait_for_publish
+            self._publish_error = exc
+
+    def wait_for_publish(self) -> None:
+        """Join the background publication of last.h5, if any; an error it met (a full disk) is raised here."""
+        if self._publishing is None:
+            return
+        t = time.perf_counter()
+        self._publishing.join()
+        self._publishing = None
+        self._epoch_files = None  # pruning may have removed some
+        self.write_time += time.perf_counter() - t
+        error, self._publish_error = self._publish_error, None
+        if error is not None:
+            raise error
+
+    def _listed_epoch_files(self) -> dict[int, pathlib.Path]:
+        """epoch_files(folder), listed again only after this callback changed the folder (nothing else writes
+        epoch files into a run's folder while it trains)."""
+        if self._epoch_files is None:
+            self._epoch_files = epoch_files(self.folder)
+        return self._epoch_files
+
     def on_step(self, run: Run) -> None:
         if run.step >= self.next_step:  # the only per-step cost
             self.next_step = run.step + self.settings.every_steps
             if run.cursor < run.steps_per_epoch:  # at an epoch's last step the epoch-end write follows at once
-                self._last_cost = self._timed_save(run, self.folder / "last.h5", "resume",
-                                                   **self._clocks(run, mid_epoch=True))
+                self._last_cost = self._commit_last(run, **self._clocks(run, mid_epoch=True))
                 self._committed = run.epoch
 
     def _earns_epoch_file(self, epoch: int, score: float) -> bool:
@@ -838,7 +912,7 @@ class CheckpointCallback(Callback):
         if not k or epoch in self.cycle_ends:
             return True
         mine = _rank_score(score)
-        ahead = sum(1 for e, p in epoch_files(self.folder).items()
+        ahead = sum(1 for e, p in self._listed_epoch_files().items()
                     if e < epoch and _rank_score(_name_score(p)) >= mine)  # ties: the earlier epoch ranks first
         return ahead < k
 
@@ -851,6 +925,7 @@ class CheckpointCallback(Callback):
 
     def on_epoch_end(self, run: Run) -> None:
         s = self.settings
+        self.wait_for_publish()  # the previous commit and its pruning are done: the listing below is current
         score = self._score(run)
         extra = {"score": score, **self._clocks(run, mid_epoch=False)}
         improved = run.best_epoch == run.epoch
@@ -859,23 +934,31 @@ class CheckpointCallback(Callback):
         if s.every and run.epoch % s.every == 0 and self._earns_epoch_file(run.epoch, score):
             epoch_file = self.folder / f"epoch{run.epoch:03d}_val{score:.4f}.h5"
             self._timed_save(run, epoch_file, "weights", **extra)
+            self._epoch_files = None
             if improved:
                 t = time.perf_counter()
                 copy_atomic(epoch_file, best)
                 self.write_time += time.perf_counter() - t
-        committed = False
-        if (improved and epoch_file is None) or self._last_is_due(run, time.perf_counter()):
-            self._last_cost = self._timed_save(run, self.folder / "last.h5", "resume", **extra)
+        committed = pruned_after_commit = False
+        best_follows = improved and epoch_file is None  # best.h5 from the state, after the commit (step 4)
+        if best_follows or self._last_is_due(run, time.perf_counter()):
+            # the pruning follows the commit: in the background with it, unless best.h5 is written in between
+            pruned_after_commit = bool(s.keep_top_k) and not best_follows
+            self._last_cost = self._commit_last(run, run.epoch if pruned_after_commit else None, **extra)
             self._committed, committed = run.epoch, True
-        if improved and epoch_file is None:
-            self._timed_save(run, best, "weights", **extra)
-        if s.keep_top_k and (epoch_file is not None or committed):
+            if run.epoch >= run.settings.epochs:
+                self.wait_for_publish()  # the final commit: an error it meets is the run's, not a warning
+        if best_follows:
+            self._timed_save(run, best, "weights", **extra)  # joins the commit first
+        if s.keep_top_k and (epoch_file is not None or committed) and not pruned_after_commit:
             prune_epoch_files(self.folder, s.keep_top_k, keep=self.cycle_ends, upto=self._committed)
+            self._epoch_files = None
         self._epoch_t0 = time.perf_counter()
 
     def on_interrupt(self, run: Run) -> None:
         # a signal stopped the loop at a step boundary: keep that exact point, unless last.h5 holds it already
         # (under the write budget an epoch end need not have written it)
+        self.wait_for_publish()
         if run.step in (0, self._resume_step):  # nothing trained yet, or already saved
             return
         mid_epoch = 0 < run.cursor < run.steps_per_epoch
@@ -885,9 +968,20 @@ class CheckpointCallback(Callback):
 
     def on_train_end(self, run: Run) -> None:
         # No write here: after an interrupt or divergence the state may be mid-update; last.h5 stays the last
-        # consistent point. Record what checkpointing cost.
+        # consistent point. Its publication is finished first. Record what checkpointing cost.
+        self.wait_for_publish()
         run.summary["checkpoints"] = {"last": "checkpoints/last.h5", "best": "checkpoints/best.h5",
                                       "writes": self.writes, "write_time_s": self.write_time}
+
+
+def _may_restart(schedule) -> bool:
+    """Whether a learning-rate schedule could jump back up (warm restarts, whose cycle ends keep_cycle_ends keeps).
+    One that keeps the base class's value, raw and factor is constant after its warm-up: it cannot, and the
+    run is spared importing framework.ensemble to simulate it."""
+    from framework.components.schedule import Schedule
+
+    kind = type(schedule)
+    return not (kind.value is Schedule.value and kind.raw is Schedule.raw and kind.factor is Schedule.factor)
 
 
 def _epoch_of(path: pathlib.Path) -> int | None:

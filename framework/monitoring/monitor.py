@@ -135,7 +135,7 @@ class Monitor(Callback):
 
         self.writer = EventWriter(run.run_dir)
         try:
-            text = OmegaConf.to_yaml(run.cfg, resolve=True)
+            text = run.config_yaml()
         except Exception:  # an interpolation only Hydra can resolve: show the config as written
             text = OmegaConf.to_yaml(run.cfg)
         self.writer.text("config", f"```yaml\n{text}```", run.epoch)
