@@ -94,7 +94,8 @@ def report(result: dict) -> str:
         lines.append(f"{p['workload']:<34} {p['dtype']:<8} every {c['every']}: {c['per_monitor_step_s'] * 1e6:.1f} us "
                      f"per monitor step ({', '.join(c['callbacks']) or 'no callbacks'}) = "
                      f"{c['per_step_s'] * 1e6:.2f} us/step = {100 * p['monitor_overhead']:.2f}%; medians "
-                     f"{100 * p['monitor_overhead_median']:+.1f}%, best rounds {100 * p['monitor_overhead_best']:+.1f}%")
+                     f"{100 * p['monitor_overhead_median']:+.1f}%, best rounds "
+                     f"{100 * p['monitor_overhead_best']:+.1f}%")
     lines += ["", "the same ratios from each variant's best round (less sensitive to other load on the machine)"]
     for p in result["pairs"]:
         b = p["best_of"]
