@@ -21,6 +21,8 @@ import os
 import pathlib
 import sys
 
+from framework.core.files import write_text_atomic
+
 from benchmarks.report import report
 from benchmarks.startup import first_step
 from benchmarks.suite import run_bench
@@ -51,17 +53,16 @@ def main(argv=None) -> int:
     bad = [w for w in workloads if w not in WORKLOADS] + [d for d in dtypes if d not in ("float32", "float64")]
     if bad or not workloads or not dtypes:
         parser.error(f"unknown workload or dtype {bad}; workloads are {', '.join(WORKLOADS)}, dtypes float32,float64")
-    repeats = args.repeats or (3 if args.quick else 7)
+    repeats = args.repeats if args.repeats is not None else (3 if args.quick else 7)  # 0 is an error, not 7
     if repeats < 1 or args.threads < 1:
         parser.error("--repeats and --threads must be >= 1")
+    if args.json and not pathlib.Path(args.json).resolve().parent.is_dir():  # said now, not after the benchmark
+        parser.error(f"--json {args.json}: its folder does not exist")
     result = run_bench(workloads, dtypes, repeats, args.quick, args.threads,
                        log=lambda s: print(s, file=sys.stderr, flush=True))
     result["command"] = "python -m framework.bench " + " ".join(argv if argv is not None else sys.argv[1:])
     print(f"command: {result['command']}")
     print(report(result))
     if args.json:
-        path = pathlib.Path(args.json)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(result, indent=2, default=float))
-        os.replace(tmp, path)
+        write_text_atomic(args.json, json.dumps(result, indent=2, default=float))
     return 0

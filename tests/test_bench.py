@@ -232,11 +232,19 @@ def test_the_cache_rule_sees_the_benchmark_kernels(monkeypatch):
     assert "step_gemms calls framework.kernels.dense.gemm" in found
 
 
-def test_cli_rejects_unknown_workload(capsys):
+@pytest.mark.parametrize("args, piece", [
+    (["--workloads", "W9"], "W9"),
+    (["--dtypes", "float16"], "float16"),
+    (["--repeats", "0"], "--repeats"),
+    (["--json", "no/such/folder/out.json"], "no/such/folder"),
+])
+def test_cli_rejects_bad_options_before_any_work(args, piece, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as exc:
-        cli.main(["--workloads", "W9"])
+        cli.main(args)
     assert exc.value.code == 2
-    assert "W9" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert piece in err and "Traceback" not in err
 
 
 @pytest.mark.slow
