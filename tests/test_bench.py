@@ -1,5 +1,6 @@
-"""framework.bench: the reference steps (plain NumPy, PyTorch) compute the framework's update, and the measurement
-code runs end to end on tiny sizes."""
+"""framework.bench: the reference steps (plain NumPy, PyTorch) compute the framework's update, the measurement
+code runs end to end on tiny sizes, the engine's kernels_stubbed hook leaves a run as it found it, and no benchmark
+kernel breaks the Numba cache rule."""
 from __future__ import annotations
 
 import json
@@ -9,9 +10,14 @@ import sys
 import numpy as np
 import pytest
 
-from benchmarks import bench
+import test_numba_cache_rule as cache_rule
+from benchmarks import breakdown, cli, peer_steps, reference_steps, report, suite
+from framework.engine.fused import FusedSteps
+from framework.engine.stubs import kernels_stubbed
+from benchmarks.framework_runner import make_run
+from benchmarks.workloads import WORKLOADS, Workload
 
-TINY = [bench.Workload("one_hidden", 7, (6,), 4, 3), bench.Workload("two_hidden", 9, (8, 5), 3, 4)]
+TINY = [Workload("one_hidden", 7, (6,), 4, 3), Workload("two_hidden", 9, (8, 5), 3, 4)]
 STEPS = 6
 
 
@@ -21,12 +27,12 @@ def torch_or_skip():
 
 def trained(workload, ema):
     """A float64 Run and reference steppers built from its initial theta; the Run then trains one epoch."""
-    run = bench.make_run(workload, "float64", STEPS, ema_decay=ema, seed=3)
+    run = make_run(workload, "float64", STEPS, ema_decay=ema, seed=3)
     theta0 = run.theta.copy()
-    refs = {"numpy": bench.NumpySteps(run)}
-    if bench.torch_available():
-        refs["torch"] = bench.TorchSteps(run)
-        refs["torch fused"] = bench.TorchSteps(run, fused=True)
+    refs = {"numpy": reference_steps.NumpySteps(run)}
+    if peer_steps.torch_available():
+        refs["torch"] = peer_steps.TorchSteps(run)
+        refs["torch fused"] = peer_steps.TorchSteps(run, fused=True)
     run.train_epoch()
     assert not np.array_equal(run.theta, theta0)  # the comparison below is about a real update
     return run, refs
@@ -38,7 +44,7 @@ def feed(run, ref):
     losses = []
     for b in range(run.steps_per_epoch):
         idx = run.perm[b * B:(b + 1) * B]
-        losses.append(float(ref.step(idx)) if isinstance(ref, bench.NumpySteps)
+        losses.append(float(ref.step(idx)) if isinstance(ref, reference_steps.NumpySteps)
                       else ref.step(ref.torch.from_numpy(idx)).item())
     return losses
 
@@ -81,9 +87,9 @@ def jax_or_skip():
 def test_jax_step_matches_framework(workload):
     """The JAX peer computes the framework's update: jitted steps and a lax.scan chunk over the same batches."""
     jax_or_skip()
-    run = bench.make_run(workload, "float64", STEPS, ema_decay=0.0, seed=3)
+    run = make_run(workload, "float64", STEPS, ema_decay=0.0, seed=3)
     theta0 = run.theta.copy()
-    step, scan = bench.JaxSteps(run), bench.JaxSteps(run, scan=True)
+    step, scan = peer_steps.JaxSteps(run), peer_steps.JaxSteps(run, scan=True)
     run.train_epoch()
     assert not np.array_equal(run.theta, theta0)
 
@@ -101,7 +107,7 @@ def test_jax_step_matches_framework(workload):
 
 def test_jax_is_optional(monkeypatch):
     monkeypatch.setitem(sys.modules, "jax", None)  # import jax now raises ImportError
-    assert bench.jax_available() is False
+    assert peer_steps.jax_available() is False
 
 
 def test_reference_detects_a_different_update():
@@ -114,7 +120,7 @@ def test_reference_detects_a_different_update():
 
 
 def test_workload_flop_counts():
-    w1 = bench.WORKLOADS["W1"]
+    w1 = WORKLOADS["W1"]
     assert w1.params == 64 * 100 + 100 + 100 * 10 + 10
     assert w1.step_flops == 6 * 32 * w1.params
     # forward and dW for both layers, dX only for the second
@@ -124,8 +130,8 @@ def test_workload_flop_counts():
 def test_step_allocates_no_arrays():
     """tracemalloc sees no NumPy buffer per step (a (32, 64) batch copy alone would be 16 KiB) and the Numba
     runtime frees whatever it allocates (only argument wrappers)."""
-    run = bench.make_run(bench.WORKLOADS["W1"], "float64", 21, ema_decay=0.99)
-    alloc = bench.allocations(run, 100)
+    run = make_run(WORKLOADS["W1"], "float64", 21, ema_decay=0.99)
+    alloc = breakdown.allocations(run, 100)
     assert alloc["steps"] >= 100
     assert alloc["traced_peak_bytes"] < 4096, alloc
     assert alloc["traced_net_bytes"] < 2048, alloc
@@ -134,9 +140,9 @@ def test_step_allocates_no_arrays():
 
 def test_bench_pair_smoke_on_tiny_sizes():
     """Every figure of one workload and dtype, from the real measurement code, on a tiny net."""
-    wl = bench.Workload("tiny", 8, (16,), 5, 4)
-    with_torch, with_jax = bench.torch_available(), bench.jax_available()
-    pair = bench.bench_pair(wl, "float64", rounds=2, block_s=0.002, alloc_steps=10, with_torch=with_torch,
+    wl = Workload("tiny", 8, (16,), 5, 4)
+    with_torch, with_jax = peer_steps.torch_available(), peer_steps.jax_available()
+    pair = suite.bench_pair(wl, "float64", rounds=2, block_s=0.002, alloc_steps=10, with_torch=with_torch,
                             profile_calls=5, steps_per_epoch=5, with_jax=with_jax)
     variants = {"fw", "fw+ema", "fw nomon", "fw+callbacks", "numpy"} | (
         {"torch", "torch fused", "torch+ema"} if with_torch else set()) | ({"jax", "jax scan"} if with_jax else set())
@@ -153,14 +159,14 @@ def test_bench_pair_smoke_on_tiny_sizes():
     start = {"interpreter_and_imports_s": 0.3, "build_run_s": 0.1, "cpu_s": 1.0, "peak_rss_mb": 100.0}
     cold = start | {"to_first_step_s": 9.0, "first_step_s": 8.6}
     warm = start | {"to_first_step_s": 1.5, "first_step_s": 1.1}
-    result = {"machine": bench.machine_info(1) | {"loadavg_end": (0.0, 0.0, 0.0), "bench_peak_rss_mb": 1.0},
+    result = {"machine": suite.machine_info(1) | {"loadavg_end": (0.0, 0.0, 0.0), "bench_peak_rss_mb": 1.0},
               "repeats": 2, "pairs": [pair], "elapsed_s": 1.0,
               "startup": {"float64": {"cold": cold, "warm": [warm], "cold_s": 9.0, "warm_s": 1.5, "compile_s": 7.5}}}
-    result["goals"] = bench.judge(result)
+    result["goals"] = report.judge(result)
     by_goal = {g["goal"]: g["pass"] for g in result["goals"]}
     assert by_goal["warm-cache start to first step <= 1 s [float64]"] is False  # 1.5 s
     assert by_goal["cold first compile <= 10 s [float64]"] is True  # 9 s
-    text = bench.report(result)
+    text = report.report(result)
     assert "MISS  warm-cache start to first step <= 1 s [float64]: 1.50" in text
     assert "tiny 8-16-5 batch 4" in text
     cpu = result["machine"]["gemm_cpu"]
@@ -175,11 +181,70 @@ def test_bench_pair_smoke_on_tiny_sizes():
     json.dumps(result)  # --json writes exactly this
 
 
-def test_cli_rejects_unknown_workload(capsys):
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "plain"])
+def test_kernels_stubbed_runs_the_loop_without_numbers_and_restores_the_run(fused):
+    """Inside the hook an epoch runs every step but no kernel (theta stays); after it the run trains on exactly as
+    its untouched twin (data order, Adam moments, EMA and counters restored), on the fused and the plain path."""
+    runs = [make_run(TINY[1], "float64", STEPS, ema_decay=0.9, seed=3) for _ in range(2)]
+    for run in runs:
+        run.settings.fused_steps = fused
+        run.train_epoch()  # the first loss is known and the fused chunk is planned, as in training
+    stubbed, twin = runs
+    assert FusedSteps.plan(stubbed) is not None  # so with fused_steps on, the epoch really runs as chunks
+    theta, step = stubbed.theta.copy(), stubbed.step
+    with kernels_stubbed(stubbed):
+        stubbed.cursor = 0  # a new epoch: draws a permutation from the order stream
+        stubbed.train_epoch()
+        assert stubbed.step == step + STEPS
+        np.testing.assert_array_equal(stubbed.theta, theta)
+        # the plain step records the stub's loss; the stubbed chunk records none (the kernel writes them)
+        np.testing.assert_array_equal(stubbed.epoch_losses, np.full(STEPS, np.nan if fused else 1.0))
+    assert stubbed.step == step and stubbed.cursor == STEPS
+    for run in runs:
+        run.cursor = 0
+        run.train_epoch()
+    assert not np.array_equal(stubbed.theta, theta)  # the real kernels are back
+    np.testing.assert_array_equal(stubbed.perm, twin.perm)
+    np.testing.assert_array_equal(stubbed.theta, twin.theta)
+    np.testing.assert_array_equal(stubbed.ema, twin.ema)
+    np.testing.assert_array_equal(stubbed.epoch_losses, twin.epoch_losses)
+    for a, b in zip(stubbed.opt_state, twin.opt_state):
+        np.testing.assert_array_equal(a, b)
+    assert (stubbed.step, stubbed.ema_count) == (twin.step, twin.ema_count)
+
+
+def benchmark_sources():
+    return sorted(cache_rule.ROOT.glob("benchmarks/**/*.py"))
+
+
+def test_benchmark_kernels_keep_the_numba_cache_rule(monkeypatch):
+    """Benchmark kernels that call framework kernels are not cached (a cached caller would keep a stale callee)."""
+    monkeypatch.setattr(cache_rule, "SOURCES", cache_rule.SOURCES + benchmark_sources())
+    assert not cache_rule.cross_file_calls(), "\n".join(cache_rule.cross_file_calls())
+
+
+def test_the_cache_rule_sees_the_benchmark_kernels(monkeypatch):
+    """The check above has teeth: were the uncached decorator a cached one, its GEMM kernels would be reported."""
+    monkeypatch.setattr(cache_rule, "SOURCES", cache_rule.SOURCES + benchmark_sources())
+    monkeypatch.setattr(cache_rule, "CACHED", cache_rule.CACHED | {"jit_uncached"})
+    found = "\n".join(cache_rule.cross_file_calls())
+    assert "own_gemm_pair calls framework.kernels.dense.gemm" in found
+    assert "step_gemms calls framework.kernels.dense.gemm" in found
+
+
+@pytest.mark.parametrize("args, piece", [
+    (["--workloads", "W9"], "W9"),
+    (["--dtypes", "float16"], "float16"),
+    (["--repeats", "0"], "--repeats"),
+    (["--json", "no/such/folder/out.json"], "no/such/folder"),
+])
+def test_cli_rejects_bad_options_before_any_work(args, piece, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as exc:
-        bench.main(["--workloads", "W9"])
+        cli.main(args)
     assert exc.value.code == 2
-    assert "W9" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert piece in err and "Traceback" not in err
 
 
 @pytest.mark.slow
