@@ -146,7 +146,7 @@ def test_bad_sweeper_options_stop_before_any_trial(tmp_path, overrides, words):
 
 # --- the real framework -----------------------------------------------------------------------------------------
 def test_grid_sweep_keeps_using_hydras_basic_sweeper(tmp_path, capsys):
-    from framework.search import sweep as search
+    from framework.search.command import main
 
     result, sweep = framework(tmp_path, "optimizer=sgd,adam", "lr=1e-3,1e-2", "epochs=1", *FAST)
     assert result.returncode == 0, result.stderr
@@ -154,7 +154,7 @@ def test_grid_sweep_keeps_using_hydras_basic_sweeper(tmp_path, capsys):
     assert len(folders) == 4 and not (sweep / "search.json").exists()
     assert {json.loads((f / "summary.json").read_text())["status"] for f in folders} == {"ok"}
     # the summary tool reads a plain grid too, inferring the grid as the searched space
-    assert search.main(["summarize", str(sweep)]) == 0
+    assert main(["summarize", str(sweep)]) == 0
     out = capsys.readouterr().out
     assert "4 trials (4 ok)" in out and "| lr | log-uniform" not in out and "| lr | uniform [0.001, 0.01] |" in out
     assert "| optimizer | choice of sgd, adam |" in out
