@@ -3,6 +3,7 @@ ranking, border warnings (notes 5.6), the summary read from files alone, Optuna'
 import json
 import math
 import pathlib
+import textwrap
 
 import numpy as np
 import pytest
@@ -16,11 +17,12 @@ from framework.search.folder import SEARCH_FILE, is_job_finished, is_sweep_folde
 from framework.search.narrowing import narrow
 from framework.search.record import SearchRecord, settle
 from framework.search.resume import plain_sweep_jobs, resume_sweep
-from framework.search.samplers import RandomSampler, grid_points, make_sampler
+from framework.search.samplers import SAMPLERS, RandomSampler, grid_points, make_sampler
 from framework.search.space import space_from_overrides
 from framework.search.summary import best_trial, border_warnings, param_limits, rank, summarize, write_summary
 from framework.search.warmup import warm_numba_cache
 from framework.core.errors import ConfigError
+from framework.core.registry import load_plugins
 
 
 def space(*texts, digits=4):
@@ -90,6 +92,67 @@ def test_stages_draw_independent_streams():
     first = make_sampler("random", params, 0, 1, 5)
     assert [again.ask()[1] for _ in range(5)] == [first.ask()[1] for _ in range(5)]
 
+
+
+# --- the sampler registry -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", SAMPLERS.names())
+def test_every_registered_sampler_draws_inside_the_space_and_takes_results(name):
+    if name == "tpe":
+        pytest.importorskip("optuna")
+    params, _ = space("lr=tag(log, interval(1e-6, 1e-1))", "w=range(16, 257, 16)", "act=choice(relu, tanh)")
+    sampler = make_sampler(name, params, 3, 1, 12)
+    n = 12 if sampler.max_trials is None else min(12, sampler.max_trials)
+    assert n >= 1 and SAMPLERS.get(name).description
+    for i in range(n):
+        handle, values = sampler.ask()
+        assert set(values) == {"lr", "w", "act"}
+        assert 1e-6 <= values["lr"] <= 1e-1 and values["lr"] == float(f"{values['lr']:.4g}")
+        assert values["w"] in range(16, 257, 16) and values["act"] in ("relu", "tanh")
+        sampler.tell(handle, None if i == 0 else -abs(math.log10(values["lr"]) + 3))  # trial 0 failed
+
+
+def test_a_sampler_plugin_registered_with_the_decorator_is_usable(tmp_path):
+    # a deterministic plugin: the low ends of every range, then the high ends, then the low ends again
+    (tmp_path / "ends_sampler.py").write_text(textwrap.dedent('''
+        from framework.search.samplers import SAMPLERS, Sampler
+
+        @SAMPLERS.register("test_ends")
+        class Ends(Sampler):
+            """Alternates the low and high ends of every range (a plugin written for the tests)."""
+
+            def __init__(self, space, seed, n_trials):
+                super().__init__(space, seed, n_trials)
+                self.told = []
+
+            def ask(self):
+                high = len(self.told) % 2
+                return len(self.told), {p.name: p.snap(p.high if high else p.low) if p.numeric
+                                        else p.choices[-1 if high else 0] for p in self.space}
+
+            def tell(self, handle, value):
+                self.told.append((handle, value))
+    '''))
+    load_plugins(extra_dirs=[tmp_path])
+    assert "test_ends" in SAMPLERS.names()
+    params, _ = space("lr=tag(log, interval(1e-4, 1e-2))", "w=range(16, 65, 16)", "act=choice(relu, tanh)")
+    sampler = make_sampler("test_ends", params, 0, 1, 3)
+    drawn = []
+    for value in (0.5, None, 0.7):
+        handle, values = sampler.ask()
+        drawn.append(values)
+        sampler.tell(handle, value)
+    assert drawn == [{"lr": 1e-4, "w": 16, "act": "relu"}, {"lr": 1e-2, "w": 64, "act": "tanh"},
+                     {"lr": 1e-4, "w": 16, "act": "relu"}]
+    assert sampler.told == [(0, 0.5), (1, None), (2, 0.7)]
+
+
+def test_an_unknown_sampler_lists_the_registered_ones():
+    params, _ = space("lr=interval(0, 1)")
+    with pytest.raises(ConfigError) as info:
+        make_sampler("bayes", params, 0, 1, 5)
+    text = str(info.value)
+    assert "hydra.sweeper.sampler" in text and "'bayes'" in text
+    assert all(name in text for name in ("grid", "random", "tpe"))
 
 # --- malformed spaces -----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("text, words", [
