@@ -14,13 +14,13 @@ from framework.search.folder import FINISHED, Sweep, is_job_finished, load_sweep
 
 log = logging.getLogger("framework.search")
 
+RESUME_FLAG = "hydra.sweeper.resume=true"  # the override that makes our sweeper continue the sweep in its folder
+
+
 def _override_dirname(overrides: list[str], exclude: list[str]) -> str:
     """Hydra's override_dirname: the overrides sorted, without the excluded keys, joined by commas."""
     kept = [o for o in overrides if split_override(o)[0] not in set(exclude)]
     return ",".join(sorted(kept))
-
-
-RESUME_FLAG = "hydra.sweeper.resume=true"  # the override that makes our sweeper continue the sweep in its folder
 
 
 def _multirun_config(folder: pathlib.Path) -> dict:
