@@ -215,8 +215,8 @@ class FrameworkSweeper(Sweeper):
         space, fixed, stages = self._parse(arguments)
         sweep_dir = pathlib.Path(str(self.config.hydra.sweep.dir))
         self._check_composition(space, fixed, stages)
-        make_sampler(o["sampler"], space, o["seed"], 0, 1)  # a sampler that cannot start (TPE without Optuna)
-        # is reported before any trial runs
+        # a sampler that cannot start (e.g. TPE without Optuna) is reported before any trial runs
+        make_sampler(o["sampler"], space, o["seed"], 0, 1)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         if not o["resume"]:  # a resumed sweep keeps the command line it was started with
             OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
@@ -247,8 +247,8 @@ class FrameworkSweeper(Sweeper):
             sampler = make_sampler(o["sampler"], stage_space, o["seed"], index, stage["n_trials"])
             n = stage["n_trials"] if sampler.max_trials is None else min(stage["n_trials"], sampler.max_trials)
             if n < stage["n_trials"]:  # e.g. a grid: no fuller grid fits in n_trials
-                log.info(f"The {o['sampler']} sampler offers {n} points (n_trials={stage['n_trials']} allows no "
-                         "more).")
+                log.info(f"The {o['sampler']} sampler offers {n} points within n_trials={stage['n_trials']}: the "
+                         f"stage runs {n} trials.")
             stage["n_trials"] = record.stage(index)["n_trials"] = n
             record.start_stage(index, stage_space)
             log.info(f"Stage {index}/{len(stages)}: {n} trials"
