@@ -12,7 +12,8 @@ import framework
 from framework import MODELS, OPTIMIZERS
 from framework.core.errors import ConfigError
 from framework.core.lifecycle import StoppedHopeless
-from framework.search.sweep import load_sweep, summarize
+from framework.search.folder import load_sweep
+from framework.search.summary import summarize
 from framework.engine.train import Run
 
 from conftest import FAST, assert_clean_failure, compose_config

@@ -18,7 +18,8 @@ from framework.ensemble.sources import resolve_sources
 from framework.ensemble.strategies import Soup, SoupConfig
 from framework.ensemble.timing import TimingConfig
 from framework.io import evaluate as V
-from framework.search import sweep as S
+from framework.search.record import SearchRecord
+from framework.search.space import space_from_overrides
 from framework.cli.app import quote_path_override
 from framework.core.errors import FrameworkError
 
@@ -150,9 +151,9 @@ def test_resume_on_a_killed_sweep_names_the_sweep_and_what_it_lacks(tmp_path):
     without the command line it was started with (multirun.yaml) is one clear error."""
     dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
                               text=True).stdout)
-    (lr,), _ = S.space_from_overrides(OverridesParser.create().parse_overrides(["lr=tag(log, interval(1e-3, 1e-1))"]))
+    (lr,), _ = space_from_overrides(OverridesParser.create().parse_overrides(["lr=tag(log, interval(1e-3, 1e-1))"]))
     sweep = tmp_path / "outputs" / "sweeps" / "2026-01-01" / "10-00-00"
-    record = S.SearchRecord(sweep, "random", 0, [lr], [], [{"index": 1, "n_trials": 2, "top_k": 1, "overrides": []}])
+    record = SearchRecord(sweep, "random", 0, [lr], [], [{"index": 1, "n_trials": 2, "top_k": 1, "overrides": []}])
     for num, value in enumerate([1e-2, 3e-2]):
         record.add_trial(num, 1, {"lr": value}, [f"lr={value}", "epochs=1"])
     record.data["sweeper"]["pid"] = dead

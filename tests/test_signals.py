@@ -20,7 +20,7 @@ import pytest
 
 from framework.io import checkpoint as C
 from framework.core.lifecycle import PAUSE_ENV
-from framework.search.sweep import load_sweep
+from framework.search.folder import load_sweep
 
 from test_checkpoint import assert_same
 

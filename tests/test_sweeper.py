@@ -131,8 +131,50 @@ def test_tpe_sampler_runs_through_the_sweeper(tmp_path):
     assert summary["sampler"] == "tpe" and summary["counts"] == {"ok": 16}
 
 
+ENDS_SAMPLER = '''
+from framework.search.samplers import SAMPLERS, Sampler
+
+@SAMPLERS.register("ends")
+class Ends(Sampler):
+    """Alternates the low and high ends of every range, by the number of results told (a test plugin)."""
+
+    def __init__(self, space, seed, n_trials):
+        super().__init__(space, seed, n_trials)
+        self.told = 0
+
+    def ask(self):
+        high = self.told % 2
+        return None, {p.name: p.snap(p.high if high else p.low) for p in self.space}
+
+    def tell(self, handle, value):
+        self.told += 1
+'''
+
+
+@pytest.mark.slow
+def test_a_sampler_plugin_in_the_working_directory_runs_the_sweep_and_is_listed(tmp_path):
+    (tmp_path / "plugins").mkdir()
+    (tmp_path / "plugins" / "ends.py").write_text(ENDS_SAMPLER)
+    result, sweep = toy(tmp_path, "lr=tag(log, interval(1e-4, 1e-2))", "x=interval(0, 1)",
+                        "hydra.sweeper.sampler=ends", "hydra.sweeper.n_trials=3", "hydra.sweeper.max_parallel=1")
+    assert result.returncode == 0, result.stderr
+    meta = json.loads((sweep / "search.json").read_text())
+    assert meta["sampler"] == "ends"
+    # one trial per batch: each result is told before the next draw, so low, high, low ends
+    assert [t["params"] for t in meta["trials"]] == [{"lr": 1e-4, "x": 0.0}, {"lr": 1e-2, "x": 1.0},
+                                                     {"lr": 1e-4, "x": 0.0}]
+    # the toy objective -(log10(lr) + 3)^2 - (x - 0.3)^2 + 0.001 at the ends: -1 - 0.09 + 0.001, -1 - 0.49 + 0.001
+    assert [t["val_acc"] for t in meta["trials"]] == pytest.approx([-1.089, -1.489, -1.089])
+    listed = run(["-m", "framework.list", "sampler"], tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    lines = listed.stdout.splitlines()
+    assert lines[0].startswith("hydra.sweeper.sampler (select with")
+    assert [line.split()[0] for line in lines[1:]] == ["ends", "grid", "random", "tpe"]
+    assert "Alternates the low and high ends" in listed.stdout
+
 @pytest.mark.parametrize("overrides, words", [
-    (["x=interval(0, 1)", "hydra.sweeper.sampler=bayes"], "hydra.sweeper.sampler"),
+    (["x=interval(0, 1)", "hydra.sweeper.sampler=bayes"],
+     "hydra.sweeper.sampler': 'bayes'. Allowed: one of the registered samplers: grid, random, tpe"),
     (["x=interval(0, 1)", "hydra.sweeper.max_parallel=0"], "hydra.sweeper.max_parallel"),
     (["epochs=3"], "at least one searched parameter"),
     (["x=interval(0, 1)", "nosuchkey=choice(1, 2)"], "cannot be composed"),
@@ -146,7 +188,7 @@ def test_bad_sweeper_options_stop_before_any_trial(tmp_path, overrides, words):
 
 # --- the real framework -----------------------------------------------------------------------------------------
 def test_grid_sweep_keeps_using_hydras_basic_sweeper(tmp_path, capsys):
-    from framework.search import sweep as search
+    from framework.search.command import main
 
     result, sweep = framework(tmp_path, "optimizer=sgd,adam", "lr=1e-3,1e-2", "epochs=1", *FAST)
     assert result.returncode == 0, result.stderr
@@ -154,7 +196,7 @@ def test_grid_sweep_keeps_using_hydras_basic_sweeper(tmp_path, capsys):
     assert len(folders) == 4 and not (sweep / "search.json").exists()
     assert {json.loads((f / "summary.json").read_text())["status"] for f in folders} == {"ok"}
     # the summary tool reads a plain grid too, inferring the grid as the searched space
-    assert search.main(["summarize", str(sweep)]) == 0
+    assert main(["summarize", str(sweep)]) == 0
     out = capsys.readouterr().out
     assert "4 trials (4 ok)" in out and "| lr | log-uniform" not in out and "| lr | uniform [0.001, 0.01] |" in out
     assert "| optimizer | choice of sgd, adam |" in out

@@ -101,7 +101,7 @@ def _sweep_job_logging():
         return contextlib.nullcontext()
     from hydra.core.hydra_config import HydraConfig
 
-    from framework.search.sweep import trial_logging
+    from framework.search.trial_logging import trial_logging
 
     return trial_logging(HydraConfig.get().job.num)
 
@@ -204,7 +204,8 @@ def quote_path_override(arg: str) -> str:
         items = [str(p) for item in paths.split_list(value) for p in paths.expand(item, name)]
         return f"{key}=[{','.join(paths.hydra_quote(i) for i in items)}]"
     if name == "resume" and value not in ("null", ""):
-        from framework.search.sweep import is_sweep_folder, resume_sweep
+        from framework.search.folder import is_sweep_folder
+        from framework.search.resume import resume_sweep
 
         value = str(paths.expand_one(value, name))
         if is_sweep_folder(value):  # the whole sweep continues here; the other arguments must be none

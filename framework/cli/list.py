@@ -8,11 +8,14 @@ from framework.core.params import help_table
 from framework.core.registry import ALL, load_plugins
 from framework.ensemble.combine import COMBINES
 from framework.ensemble.strategies import STRATEGIES
+from framework.search.samplers import SAMPLERS
 
 # ALL holds the training config groups only (the CLI checks `<group>=NAME` against them; for the ensemble command
-# `strategy=all` names no strategy), so the ensemble registries are listed here, with the command that selects them.
-COMMANDS = {COMBINES.group: "python -m framework.ensemble ", STRATEGIES.group: "python -m framework.ensemble "}
-LISTED = (*ALL, STRATEGIES, COMBINES)
+# `strategy=all` names no strategy), so the ensemble registries and the sweeper's samplers are listed here, with the
+# command that selects them.
+COMMANDS = {COMBINES.group: "python -m framework.ensemble ", STRATEGIES.group: "python -m framework.ensemble ",
+            SAMPLERS.group: "python -m framework -m hydra/sweeper=framework_random "}
+LISTED = (*ALL, STRATEGIES, COMBINES, SAMPLERS)
 
 
 def main(argv=None) -> int:

@@ -2,6 +2,6 @@
 if __name__ == "__main__":
     import sys
 
-    from framework.search.sweep import main
+    from framework.search.command import main
 
     sys.exit(main())

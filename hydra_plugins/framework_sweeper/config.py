@@ -20,7 +20,9 @@ class FrameworkSweeperConf:
     n_trials: int = 20  # trials of a single-stage search (ignored when `stages` is given), >= 1
     seed: int = 0  # seeds the sampler (each stage draws from its own stream); the runs' own seed is `seed=` of the task
     max_parallel: int = 8  # jobs handed to the launcher at once (a batch); the launcher decides how many run together
-    sampler: str = "random"  # random | grid | tpe (Optuna's TPE through ask/tell; pip install -e '.[search]')
+    # a registered sampler: random | grid | tpe (Optuna's TPE through ask/tell; pip install -e '.[search]') or a
+    # plugin's (framework.search.samplers.SAMPLERS; python -m framework.list sampler lists them)
+    sampler: str = "random"
     # Searched parameters in Hydra's override grammar, e.g. {lr: "tag(log, interval(1e-6, 1e-1))"}; sweep
     # arguments on the command line are added to (and replace) these.
     params: Dict[str, str] = field(default_factory=dict)

@@ -74,7 +74,7 @@ class FrameworkSweeper(Sweeper):
     # --- planning (everything here runs before the first trial) ---
     def _check_options(self) -> None:
         from framework.core.errors import ConfigError
-        from framework.search.sweep import SAMPLERS
+        from framework.search.samplers import SAMPLERS
 
         o = self.options
 
@@ -85,7 +85,8 @@ class FrameworkSweeper(Sweeper):
         for key in ("n_trials", "max_parallel", "top_k"):
             need(key, isinstance(o[key], int) and o[key] >= 1, "an integer >= 1")
         need("seed", isinstance(o["seed"], int) and o["seed"] >= 0, "an integer >= 0")
-        need("sampler", o["sampler"] in SAMPLERS, " | ".join(SAMPLERS))
+        need("sampler", o["sampler"] in SAMPLERS,
+             "one of the registered samplers: " + ", ".join(SAMPLERS.names()))
         need("margin", isinstance(o["margin"], (int, float)) and o["margin"] >= 0, "a number >= 0")
         need("min_width", isinstance(o["min_width"], (int, float)) and 0 < o["min_width"] <= 1,
              "a fraction in (0, 1]")
@@ -96,7 +97,8 @@ class FrameworkSweeper(Sweeper):
         from hydra.core.override_parser.overrides_parser import OverridesParser
 
         from framework.core.errors import ConfigError
-        from framework.search.sweep import SearchError, space_from_overrides
+        from framework.search.errors import SearchError
+        from framework.search.space import space_from_overrides
 
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
 
@@ -151,7 +153,7 @@ class FrameworkSweeper(Sweeper):
     def _check_composition(self, space, fixed, stages) -> None:
         """Compose one configuration per stage and per choice option (cheap), so a misspelt key or group option
         stops the sweep before any trial runs instead of failing every trial."""
-        from framework.search.sweep import SearchError
+        from framework.search.errors import SearchError
 
         middle = {p.name: (p.snap(p.from_unit(0.5)) if p.numeric else p.choices[0]) for p in space}
         probes = [self._job_overrides(fixed, s, space, middle) for s in stages]
@@ -166,7 +168,7 @@ class FrameworkSweeper(Sweeper):
 
     def _limits(self, overrides: Sequence[str], space) -> dict:
         """The allowed range of each numeric searched parameter, from the components a trial's config selects."""
-        from framework.search.sweep import param_limits
+        from framework.search.summary import param_limits
 
         try:
             cfg = self._compose(overrides)
@@ -178,7 +180,7 @@ class FrameworkSweeper(Sweeper):
             return {}
 
     def _warm_up(self, overrides: Sequence[str]) -> None:
-        from framework.search.sweep import warm_numba_cache
+        from framework.search.warmup import warm_numba_cache
 
         if not self.options["warmup"] or type(self.launcher).__name__ == "BasicLauncher":
             return  # the basic launcher runs jobs one after another in this process: the first job compiles
@@ -202,7 +204,10 @@ class FrameworkSweeper(Sweeper):
 
     # --- the search ---
     def _sweep(self, arguments: List[str]) -> Any:
-        from framework.search.sweep import SearchRecord, best_trial, make_sampler, narrow, rank, settle, write_summary
+        from framework.search.narrowing import narrow
+        from framework.search.record import SearchRecord, settle
+        from framework.search.samplers import make_sampler
+        from framework.search.summary import best_trial, rank, write_summary
 
         assert self.config is not None and self.launcher is not None and self.hydra_context is not None
         self._check_options()
@@ -210,8 +215,8 @@ class FrameworkSweeper(Sweeper):
         space, fixed, stages = self._parse(arguments)
         sweep_dir = pathlib.Path(str(self.config.hydra.sweep.dir))
         self._check_composition(space, fixed, stages)
-        if o["sampler"] == "tpe":
-            make_sampler("tpe", space, o["seed"], 0, 1)  # a missing Optuna is reported before any trial runs
+        # a sampler that cannot start (e.g. TPE without Optuna) is reported before any trial runs
+        make_sampler(o["sampler"], space, o["seed"], 0, 1)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         if not o["resume"]:  # a resumed sweep keeps the command line it was started with
             OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
@@ -240,9 +245,10 @@ class FrameworkSweeper(Sweeper):
                 stage_space = narrow(space, [t["params"] for t in top], o["margin"], o["min_width"]) if top \
                     else stage_space
             sampler = make_sampler(o["sampler"], stage_space, o["seed"], index, stage["n_trials"])
-            n = stage["n_trials"] if o["sampler"] != "grid" else min(stage["n_trials"], len(sampler.points))
-            if o["sampler"] == "grid" and n < stage["n_trials"]:
-                log.info(f"Grid of {n} points (n_trials={stage['n_trials']} allows no fuller grid).")
+            n = stage["n_trials"] if sampler.max_trials is None else min(stage["n_trials"], sampler.max_trials)
+            if n < stage["n_trials"]:  # e.g. a grid: no fuller grid fits in n_trials
+                log.info(f"The {o['sampler']} sampler offers {n} points within n_trials={stage['n_trials']}: the "
+                         f"stage runs {n} trials.")
             stage["n_trials"] = record.stage(index)["n_trials"] = n
             record.start_stage(index, stage_space)
             log.info(f"Stage {index}/{len(stages)}: {n} trials"
@@ -297,12 +303,13 @@ class FrameworkSweeper(Sweeper):
                  f"{record.data['wall_time_s']:.1f} s in all.")
         return record.trials()
 
-    # --- resuming a stopped sweep in its folder (framework.search.resume_sweep) ---
+    # --- resuming a stopped sweep in its folder (framework.search.resume.resume_sweep) ---
     def _adopt(self, record, sweep_dir: pathlib.Path) -> None:
         """Take over the trials of the stopped sweep's search.json; the search it describes must be this one."""
-        from framework.search.sweep import SEARCH_FILE, SearchError, _read_json
+        from framework.search.errors import SearchError
+        from framework.search.folder import SEARCH_FILE, read_json
 
-        old = _read_json(sweep_dir / SEARCH_FILE)
+        old = read_json(sweep_dir / SEARCH_FILE)
         if not isinstance(old, dict) or not isinstance(old.get("trials"), list):
             raise SearchError(f"hydra.sweeper.resume=true: {sweep_dir / SEARCH_FILE} is missing or unreadable; "
                               "there is no search to continue in that folder.")
@@ -323,7 +330,10 @@ class FrameworkSweeper(Sweeper):
         """A trial the stopped sweep had drawn: as it ended when it finished; else continued from its
         checkpoints/last.h5 exactly as `resume=<job folder>` does, or launched again under its number in its folder."""
         from framework.core.lifecycle import STOP
-        from framework.search.sweep import FINISHED, SearchError, continue_job, job_dirs, read_job, settle
+        from framework.search.errors import SearchError
+        from framework.search.folder import FINISHED, job_dirs, read_job
+        from framework.search.record import settle
+        from framework.search.resume import continue_job
 
         if trial.get("params") != values:
             raise SearchError(f"hydra.sweeper.resume=true: trial {trial['num']} of {sweep_dir} has params "
