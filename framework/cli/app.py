@@ -286,7 +286,7 @@ def main_entry(hydra_main, config_name: str = "config"):
             from framework.core import paths
 
             # the sweep's folder (hydra.sweep.dir as given, else the newest below outputs/sweeps), as
-            # `resume=<sweep folder>` (framework.search.resume_sweep) prints it too
+            # `resume=<sweep folder>` (framework.search.resume.resume_sweep) prints it too
             given = [a.partition("=")[2] for a in sys.argv[1:] if a.startswith("hydra.sweep.dir=")]
             try:
                 where = paths.unquote(given[-1]) if given else paths.newest(paths.OUTPUTS / "sweeps")
