@@ -21,11 +21,12 @@ from .layout import Block, Layout
 from .model import Model
 from .optim import Optimizer, OptimizerConfig
 from .params import param
-from .registry import DATASETS, MODELS, OPTIMIZERS, REGULARIZERS, SCHEDULES, load_plugins
+from .registry import DATASETS, LAYERS, MODELS, OPTIMIZERS, REGULARIZERS, SCHEDULES, load_plugins
 from .regularize import Regularizer, RegularizerConfig
 from .schedule import Schedule, ScheduleConfig
 from .train import Callback, Run
 from .train import train as _train
+from .layers import Layer  # registers the layers and model=sequential/convnet/cnn1d
 
 
 def config(overrides=(), resolve: bool = True):
@@ -58,8 +59,8 @@ def load(path):
 
 
 __all__ = [
-    "DATASETS", "MODELS", "OPTIMIZERS", "REGULARIZERS", "SCHEDULES", "Block", "Callback", "ConfigError",
-    "DataConfig", "DataError", "DivergedError", "FrameworkError", "Layout", "Model", "Optimizer",
+    "DATASETS", "LAYERS", "MODELS", "OPTIMIZERS", "REGULARIZERS", "SCHEDULES", "Block", "Callback", "ConfigError",
+    "DataConfig", "DataError", "DivergedError", "FrameworkError", "Layer", "Layout", "Model", "Optimizer",
     "OptimizerConfig", "RawData", "Regularizer", "RegularizerConfig", "Run", "Schedule", "ScheduleConfig",
     "Splits", "config", "load", "load_plugins", "param", "train",
 ]

@@ -1,0 +1,359 @@
+"""The built-in layers, registered in LAYERS with the same decorator a user layer uses.
+
+Each layer's forward and backward are source lines for the generated step (framework.layers.step) calling the
+kernels of kernels_conv / kernels_pool / kernels_elementwise and framework.kernels' GEMM; shapes per example are
+channels last (see spec.py). Parameters: W blocks decay, b blocks do not.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .. import kernels as K
+from ..errors import ConfigError
+from ..params import param
+from ..registry import LAYERS
+from . import kernels_conv as KC
+from . import kernels_elementwise as KE
+from . import kernels_pool as KP
+from .spec import INITS, Layer, Names, describe_shape, init_weights
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# affine
+# ---------------------------------------------------------------------------------------------------------------
+@dataclass
+class AffineConfig:
+    units: int = param(0, "outputs H; 0 = one per class (the last layer)", range="[0, inf)")
+    init: str = param("he", "weight init: small (std 0.01), xavier (sqrt(1/fan_in)), he (sqrt(2/fan_in))",
+                      choices=INITS)
+    init_scale: float = param(1.0, "multiplier on the init std", range="(0, inf)")
+
+
+@LAYERS.register("affine", config=AffineConfig)
+class Affine(Layer):
+    """Fully connected: out (N, H) = x (N, D) @ W (D, H) + b (H,); any input shape is flattened (channels last)."""
+
+    kernels = (K.affine_forward, K.affine_backward)
+
+    def output_shape(self, in_shape, num_classes, where):
+        return (self.cfg.units or num_classes,)
+
+    def blocks(self):
+        return [("W", (self.in_size, self.out_size), True), ("b", (self.out_size,), False)]
+
+    def init(self, rng, views, small):
+        init_weights(views["W"], rng, self.in_size, self.cfg.init, self.cfg.init_scale, small)
+
+    def scratch_floats(self):
+        return self.in_size * self.out_size  # W.T for dx (affine_backward)
+
+    def forward(self, v):
+        return f"affine_forward({v.x}, {v.p['W']}, {v.p['b']}, {v.out})"
+
+    def backward(self, v):
+        dx = v.dx if v.need_dx else v.dout
+        return (f"affine_backward({v.dout}, {v.x}, {v.p['W']}, {dx}, {v.g['W']}, {v.g['b']}, {v.need_dx}, "
+                f"{v.scratch})")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# convolutions: im2col of one image, then one GEMM per image (conv1d is conv2d with H = KH = SH = 1, no H pad)
+# ---------------------------------------------------------------------------------------------------------------
+@dataclass
+class ConvConfig:
+    filters: int = param(16, "output channels F", range="[1, inf)")
+    size: int = param(3, "kernel side K (K x K for conv2d, K for conv1d)", range="[1, inf)")
+    stride: int = param(1, "step between kernel positions", range="[1, inf)")
+    pad: int = param(0, "zeros added on each side (K // 2 with stride 1 keeps the size)", range="[0, inf)")
+    init: str = param("he", "weight init: small (std 0.01), xavier (sqrt(1/fan_in)), he (sqrt(2/fan_in))",
+                      choices=INITS)
+    init_scale: float = param(1.0, "multiplier on the init std", range="(0, inf)")
+
+
+class _Conv(Layer):
+    """Shared body of conv2d and conv1d; subclasses give the 2-D geometry (H, W, C, KH, KW, SH, SW, PH, PW)."""
+
+    kernels = (KC.im2col, KC.col2im, KC.channel_sums, K.gemm, K.transpose_into)
+    dims = 2
+
+    def output_shape(self, in_shape, num_classes, where):
+        if len(in_shape) != self.dims:
+            want = "(C, H, W) images" if self.dims == 3 else "(C, L) signals"
+            raise ConfigError(where, self.name, f"a layer for its input: {self.name} takes {want}, this input is "
+                                                f"{describe_shape(in_shape)} (set model.input_shape, or use "
+                                                f"{'conv1d' if self.dims == 3 else 'conv2d'})")
+        g = self.geometry(in_shape)
+        H, W, C, KH, KW, SH, SW, PH, PW = g
+        ho, wo = (H + 2 * PH - KH) // SH + 1, (W + 2 * PW - KW) // SW + 1
+        if H + 2 * PH < KH or W + 2 * PW < KW:
+            raise ConfigError(f"{where}.size", self.cfg.size, f"a kernel no larger than the padded input "
+                                                              f"{describe_shape(in_shape)} (pad {self.cfg.pad})")
+        self.ho, self.wo = ho, wo
+        F = self.cfg.filters
+        return (ho, wo, F) if self.dims == 3 else (wo, F)
+
+    def geometry(self, in_shape):
+        raise NotImplementedError
+
+    def blocks(self):
+        H, W, C, KH, KW, *_ = self.geometry(self.in_shape)
+        return [("W", (KH, KW, C, self.cfg.filters), True), ("b", (self.cfg.filters,), False)]
+
+    def init(self, rng, views, small):
+        H, W, C, KH, KW, *_ = self.geometry(self.in_shape)
+        init_weights(views["W"], rng, KH * KW * C, self.cfg.init, self.cfg.init_scale, small)
+
+    def _sizes(self):
+        H, W, C, KH, KW, *_ = self.geometry(self.in_shape)
+        return self.ho * self.wo, KH * KW * C, self.cfg.filters
+
+    def scratch_floats(self):
+        rows, patch, F = self._sizes()
+        return rows * patch + F * patch  # one image's columns, and W.T for dx
+
+    def _args(self):
+        return ", ".join(str(a) for a in (*self.geometry(self.in_shape), self.ho, self.wo))
+
+    def forward(self, v):
+        R, P, F = self._sizes()
+        t = v.tag
+        return "\n".join([
+            f"cols{t} = {v.scratch}[:{R * P}].reshape({R}, {P})",
+            f"Wm{t} = {v.p['W']}.reshape({P}, {F})",
+            "for i in range(n):",
+            f"    im2col({v.x}, i, cols{t}, {self._args()})",
+            f"    gemm(cols{t}, Wm{t}, {v.out}[i].reshape({R}, {F}), {v.p['b']}, 0, True)",
+        ])
+
+    def backward(self, v):
+        R, P, F = self._sizes()
+        t = v.tag
+        lines = [
+            f"cols{t} = {v.scratch}[:{R * P}].reshape({R}, {P})",
+            f"Wm{t} = {v.p['W']}.reshape({P}, {F})",
+            f"dWm{t} = {v.g['W']}.reshape({P}, {F})",
+            "for i in range(n):",
+            f"    im2col({v.x}, i, cols{t}, {self._args()})",
+            f"    gemm(cols{t}.T, {v.dout}[i].reshape({R}, {F}), dWm{t}, dWm{t}, {F}, i > 0)",
+            f"channel_sums({v.dout}, {v.g['b']}, {F})",
+        ]
+        if v.need_dx:
+            lines += [
+                f"WT{t} = {v.scratch}[{R * P}:{R * P + F * P}].reshape({F}, {P})",
+                f"transpose_into(Wm{t}, WT{t})",
+                "for i in range(n):",
+                f"    gemm({v.dout}[i].reshape({R}, {F}), WT{t}, cols{t}, cols{t}, 0, False)",
+                f"    col2im(cols{t}, {v.dx}, i, {self._args()})",
+            ]
+        return "\n".join(lines)
+
+
+@LAYERS.register("conv2d", config=ConvConfig)
+class Conv2d(_Conv):
+    """2-D convolution: x (N, H, W, C) * W (K, K, C, F) + b (F,) -> (N, Ho, Wo, F), Ho = (H + 2 pad - K) // stride
+    + 1; im2col per image and the project's GEMM."""
+
+    dims = 3
+
+    def geometry(self, in_shape):
+        H, W, C = in_shape
+        k, s, p = self.cfg.size, self.cfg.stride, self.cfg.pad
+        return H, W, C, k, k, s, s, p, p
+
+
+@LAYERS.register("conv1d", config=ConvConfig)
+class Conv1d(_Conv):
+    """1-D convolution: x (N, L, C) * W (1, K, C, F) + b (F,) -> (N, Lo, F), Lo = (L + 2 pad - K) // stride + 1."""
+
+    dims = 2
+
+    def geometry(self, in_shape):
+        L, C = in_shape
+        return 1, L, C, 1, self.cfg.size, 1, self.cfg.stride, 0, self.cfg.pad
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# pooling
+# ---------------------------------------------------------------------------------------------------------------
+@dataclass
+class PoolConfig:
+    size: int = param(2, "window side K (K x K for 2-D inputs, K for 1-D)", range="[1, inf)")
+    stride: int = param(0, "step between windows; 0 = size (windows that do not overlap)", range="[0, inf)")
+
+
+@dataclass
+class AvgPoolConfig:
+    size: int = param(0, "window side K (K x K on images, K on signals); 0 = the whole input (global average)",
+                      range="[0, inf)")
+    stride: int = param(0, "step between windows; 0 = size", range="[0, inf)")
+
+
+class _Pool(Layer):
+    dims = None  # 3: images only, 2: signals only, None: either
+
+    def output_shape(self, in_shape, num_classes, where):
+        if len(in_shape) not in (2, 3) or (self.dims and len(in_shape) != self.dims):
+            want = {3: "(C, H, W) images", 2: "(C, L) signals", None: "images or signals"}[self.dims]
+            raise ConfigError(where, self.name, f"a layer for its input: {self.name} takes {want}, this input is "
+                                                f"{describe_shape(in_shape)}")
+        H, W, C = (in_shape if len(in_shape) == 3 else (1, *in_shape))
+        k = self.cfg.size
+        KH, KW = (H if len(in_shape) == 3 else 1, W) if k == 0 else (k if len(in_shape) == 3 else 1, k)
+        s = self.cfg.stride or k
+        SH, SW = (KH, KW) if s == 0 else (s if len(in_shape) == 3 else 1, s)
+        if KH > H or KW > W:
+            raise ConfigError(f"{where}.size", k, f"a window no larger than the input {describe_shape(in_shape)}")
+        self.geom = (H, W, C, KH, KW, SH, SW, (H - KH) // SH + 1, (W - KW) // SW + 1)
+        ho, wo = self.geom[7], self.geom[8]
+        return (ho, wo, C) if len(in_shape) == 3 else (wo, C)
+
+    def _args(self):
+        return ", ".join(str(a) for a in self.geom)
+
+
+class _MaxPool(_Pool):
+    """Max pooling: the max of each window per channel; the winner's index is kept for the backward pass."""
+
+    kernels = (KP.maxpool_forward, KP.maxpool_backward)
+    kinks = True
+
+    def ints_per_row(self):
+        return self.out_size
+
+    def forward(self, v):
+        return f"maxpool_forward({v.x}, {v.out}, {v.ints}, {self._args()})"
+
+    def backward(self, v):
+        return f"maxpool_backward({v.dout}, {v.ints}, {v.dx})"
+
+    def winners(self, x, out, ints):
+        return ints.ravel() % max(1, self.in_size)  # which input won each window (an index, compared exactly)
+
+
+@LAYERS.register("maxpool2d", config=PoolConfig)
+class MaxPool2d(_MaxPool):
+    """2-D max pooling: (N, H, W, C) -> (N, Ho, Wo, C), Ho = (H - K) // stride + 1."""
+
+    dims = 3
+
+
+@LAYERS.register("maxpool1d", config=PoolConfig)
+class MaxPool1d(_MaxPool):
+    """1-D max pooling: (N, L, C) -> (N, Lo, C), Lo = (L - K) // stride + 1."""
+
+    dims = 2
+
+
+@LAYERS.register("avgpool", config=AvgPoolConfig)
+class AvgPool(_Pool):
+    """Average pooling over images or signals: the mean of each window per channel (size 0: global average)."""
+
+    kernels = (KP.avgpool_forward, KP.avgpool_backward)
+
+    def forward(self, v):
+        return f"avgpool_forward({v.x}, {v.out}, {self._args()})"
+
+    def backward(self, v):
+        return f"avgpool_backward({v.dout}, {v.dx}, {self._args()})"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# reshapes, activations, dropout
+# ---------------------------------------------------------------------------------------------------------------
+@LAYERS.register("flatten")
+class Flatten(Layer):
+    """(N, ...) -> (N, D): the same buffer (rows are already flat, channels last); no kernels, no copy."""
+
+    alias = True
+
+    def output_shape(self, in_shape, num_classes, where):
+        return (int(np.prod(in_shape)),)
+
+    def forward(self, v):
+        return ""
+
+    def backward(self, v):
+        return ""
+
+
+@LAYERS.register("relu")
+class ReLU(Layer):
+    """out = max(0, x) elementwise; kink at 0 (the sign of x is the winners record)."""
+
+    kernels = (KE.relu_forward, KE.relu_backward)
+    kind = "relu"
+    kinks = True
+
+    def forward(self, v):
+        return f"relu_forward({v.x}, {v.out})"
+
+    def backward(self, v):
+        return f"relu_backward({v.dout}, {v.x}, {v.dx})"
+
+    def winners(self, x, out, ints):
+        return (x > 0).ravel()
+
+
+@dataclass
+class LeakyReLUConfig:
+    slope: float = param(0.01, "slope for x < 0", range="(0, 1)")
+
+
+@LAYERS.register("leaky_relu", config=LeakyReLUConfig)
+class LeakyReLU(Layer):
+    """out = x for x > 0, slope * x otherwise; kink at 0."""
+
+    kernels = (KE.leaky_relu_forward, KE.leaky_relu_backward)
+    kind = "leaky_relu"
+    kinks = True
+
+    def forward(self, v):
+        return f"leaky_relu_forward({v.x}, {v.out}, {float(self.cfg.slope)!r})"
+
+    def backward(self, v):
+        return f"leaky_relu_backward({v.dout}, {v.x}, {v.dx}, {float(self.cfg.slope)!r})"
+
+    def winners(self, x, out, ints):
+        return (x > 0).ravel()
+
+
+@LAYERS.register("tanh")
+class Tanh(Layer):
+    """out = tanh(x) elementwise (smooth: no kinks)."""
+
+    kernels = (KE.tanh_forward, KE.tanh_backward)
+    kind = "tanh"
+
+    def forward(self, v):
+        return f"tanh_forward({v.x}, {v.out})"
+
+    def backward(self, v):
+        return f"tanh_backward({v.dout}, {v.out}, {v.dx})"
+
+
+@dataclass
+class DropoutConfig:
+    keep_prob: float = param(0.5, "probability p of keeping a unit (inverted dropout: kept units scale by 1/p)",
+                             range="(0, 1]")
+
+
+@LAYERS.register("dropout", config=DropoutConfig)
+class Dropout(Layer):
+    """Inverted dropout: out = x * mask, mask 1/p with probability p else 0, drawn per training step; identity in
+    eval mode (and in fused steps, which the model turns off when it has dropout)."""
+
+    kernels = (KE.scale_by_mask,)
+
+    def noise_per_row(self):
+        return self.in_size if self.cfg.keep_prob < 1.0 else 0
+
+    def make_mask(self, uniform):
+        KE.uniform_to_mask(uniform, self.cfg.keep_prob)
+
+    def forward(self, v):
+        return f"scale_by_mask({v.x}, {v.mask}, {v.out})"
+
+    def backward(self, v):
+        return f"scale_by_mask({v.dout}, {v.mask}, {v.dx})"
