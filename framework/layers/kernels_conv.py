@@ -35,25 +35,29 @@ def _fits(x, i, cols, H, W, C, KH, KW, SH, SW, PH, PW, Ho, Wo):
 @jit
 def im2col(x, i, cols, H, W, C, KH, KW, SH, SW, PH, PW, Ho, Wo):
     """cols (Ho*Wo, KH*KW*C): row oh*Wo + ow is the (KH, KW, C) patch of image i of x (N, H*W*C) whose corner is
-    at (oh*SH - PH, ow*SW - PW); zeros where the patch leaves the image (zero padding)."""
+    at (oh*SH - PH, ow*SW - PW); zeros where the patch leaves the image (zero padding). Channels last makes each
+    kernel row of a patch one contiguous run of KW*C inputs, copied as such."""
     if not _fits(x, i, cols, H, W, C, KH, KW, SH, SW, PH, PW, Ho, Wo):
         return
     row = x[i]
+    flat = cols.ravel()
+    width = cols.shape[1]
+    run = KW * C
     for oh in range(Ho):
         for ow in range(Wo):
-            r = oh * Wo + ow
+            w0 = ow * SW - PW
+            lo = max(0, -w0)  # first kw inside the image
+            hi = max(lo, min(KW, W - w0))  # one past the last
             for kh in range(KH):
                 h = oh * SH - PH + kh
-                for kw in range(KW):
-                    w = ow * SW - PW + kw
-                    base = (kh * KW + kw) * C
-                    if 0 <= h < H and 0 <= w < W:
-                        src = (h * W + w) * C
-                        for c in range(C):
-                            cols[r, base + c] = row[src + c]
-                    else:
-                        for c in range(C):
-                            cols[r, base + c] = 0.0
+                base = (oh * Wo + ow) * width + kh * run
+                if h < 0 or h >= H:
+                    flat[base:base + run] = 0.0
+                    continue
+                flat[base:base + lo * C] = 0.0
+                src = (h * W + w0 + lo) * C
+                flat[base + lo * C:base + hi * C] = row[src:src + (hi - lo) * C]
+                flat[base + hi * C:base + run] = 0.0
 
 
 @jit
