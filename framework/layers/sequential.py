@@ -20,7 +20,8 @@ EVAL_CHUNK = 1024  # rows per eval forward pass, bounds scratch memory
 LAYERS_HELP = ("the network, input to scores: each item a layer name (relu) or {type: name, option: value}; "
                "python -m framework.list layer shows the layers and their options")
 SHAPE_HELP = ("shape of one example, (C, H, W) for images or (C, L) for signals; [] = inferred from the input "
-              "size D: (1, s, s) when D = s*s, (3, s, s) when D = 3*s*s, else (D,). Rows of X are channels last, "
+              "size D: (1, D) when the first shaped layer is 1-D (conv1d, maxpool1d), else (1, s, s) when D = s*s, "
+              "(3, s, s) when D = 3*s*s, else (D,). Rows of X are channels last, "
               "as the datasets store them: pixel by pixel, the C values of a pixel together")
 
 
@@ -65,7 +66,7 @@ class Sequential(Model):
 
     def setup(self, input_dim, num_classes, dtype=np.float64):
         super().setup(input_dim, num_classes, dtype)
-        shape = tuple(self.cfg.input_shape) or infer_input_shape(self.input_dim)
+        shape = tuple(self.cfg.input_shape) or infer_input_shape(self.input_dim, self.layers)
         if int(np.prod(shape)) != self.input_dim:
             raise ConfigError("model.input_shape", list(shape), f"a shape with {self.input_dim} values in all, "
                               "the data's input size D (or [] to infer it)")

@@ -42,9 +42,13 @@ def public_shape(shape) -> tuple:
     return tuple(shape)
 
 
-def infer_input_shape(input_dim: int) -> tuple:
-    """The CS231n shape of D inputs when model.input_shape is []: one square channel (D = s*s, e.g. digits 8x8,
-    MNIST 28x28), three square channels (D = 3*s*s, CIFAR-10's 32x32x3), else flat (D,)."""
+def infer_input_shape(input_dim: int, layers=()) -> tuple:
+    """The CS231n shape of D inputs when model.input_shape is []: one signal (1, D) when the first layer that
+    needs a rank takes signals (conv1d, maxpool1d); else one square channel (D = s*s, e.g. digits 8x8, MNIST
+    28x28), three square channels (D = 3*s*s, CIFAR-10's 32x32x3), else flat (D,)."""
+    ranks = [layer.dims for layer in layers if getattr(layer, "dims", None)]
+    if ranks and ranks[0] == 2:
+        return 1, input_dim
     for channels in (1, 3):
         side = math.isqrt(input_dim // channels) if input_dim % channels == 0 else 0
         if side > 1 and channels * side * side == input_dim:
