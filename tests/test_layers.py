@@ -263,7 +263,7 @@ def test_shape_inference_and_layout_of_the_convnet():
         ("W1", (7, 7, 3, 32), True), ("b1", (32,), False), ("W2", (8192, 100), True), ("b2", (100,), False),
         ("W3", (100, 10), True), ("b3", (10,), False)]
     cnn = MODELS.build("cnn1d", input_shape=[1, 40]).setup(40, 10)
-    assert [public_shape(layer.out_shape) for layer in cnn.layers][::2] == [(25, 18), (25, 8), (25, 3), (75,)]
+    assert [public_shape(layer.out_shape) for layer in cnn.layers][::2] == [(25, 20), (25, 10), (25, 5), (125,)]
     assert cnn.layers[-1].out_shape == (10,)
 
 

@@ -44,9 +44,9 @@ class ConvNetConfig(SequentialConfig):
 
 @dataclass
 class Cnn1dConfig(SequentialConfig):
-    layers: list = param([{"type": "conv1d", "filters": 25, "size": 5, "stride": 2}, "relu",
-                          {"type": "conv1d", "filters": 25, "size": 3, "stride": 2}, "relu",
-                          {"type": "conv1d", "filters": 25, "size": 3, "stride": 2}, "relu",
+    layers: list = param([{"type": "conv1d", "filters": 25, "size": 5, "stride": 2, "pad": 2}, "relu",
+                          {"type": "conv1d", "filters": 25, "size": 3, "stride": 2, "pad": 1}, "relu",
+                          {"type": "conv1d", "filters": 25, "size": 3, "stride": 2, "pad": 1}, "relu",
                           "flatten", {"type": "affine"}], LAYERS_HELP)
 
 
@@ -204,5 +204,6 @@ def build_convnet(cfg: ConvNetConfig) -> Sequential:
 
 @MODELS.register("cnn1d", config=Cnn1dConfig)
 def build_cnn1d(cfg: Cnn1dConfig) -> Sequential:
-    """A 1-D ConvNet for signals: conv1d 25 k5 stride 2, two conv1d 25 k3 stride 2, relu after each, affine."""
+    """A 1-D ConvNet for signals: conv1d 25 k5 stride 2, two conv1d 25 k3 stride 2 (pads k // 2: any length
+    works, each halves it), relu after each, affine."""
     return Sequential(cfg)
