@@ -111,7 +111,7 @@ class _Conv(Layer):
 
     def scratch_floats(self):
         rows, patch, F = self._sizes()
-        return rows * patch + F * patch  # one image's columns, and W.T for dx
+        return rows * patch + F * patch  # one image's columns, and W.T (dx) or dW.T (dW)
 
     def _args(self):
         return ", ".join(str(a) for a in (*self.geometry(self.in_shape), self.ho, self.wo))
@@ -128,20 +128,23 @@ class _Conv(Layer):
         ])
 
     def backward(self, v):
+        # dW.T (F, P) += dout_i.T (F, R) @ cols (R, P) per image: P (e.g. 147) is the GEMM's vector dimension,
+        # where F (32) would leave a third of its 3-vector tiles masked off; one transpose at the end
         R, P, F = self._sizes()
         t = v.tag
         lines = [
             f"cols{t} = {v.scratch}[:{R * P}].reshape({R}, {P})",
             f"Wm{t} = {v.p['W']}.reshape({P}, {F})",
-            f"dWm{t} = {v.g['W']}.reshape({P}, {F})",
+            f"dWT{t} = {v.scratch}[{R * P}:{R * P + F * P}].reshape({F}, {P})",
             "for i in range(n):",
             f"    im2col({v.x}, i, cols{t}, {self._args()})",
-            f"    gemm(cols{t}.T, {v.dout}[i].reshape({R}, {F}), dWm{t}, dWm{t}, {F}, i > 0)",
+            f"    gemm({v.dout}[i].reshape({R}, {F}).T, cols{t}, dWT{t}, dWT{t}, {P}, i > 0)",
+            f"transpose_into(dWT{t}, {v.g['W']}.reshape({P}, {F}))",
             f"channel_sums({v.dout}, {v.g['b']}, {F})",
         ]
         if v.need_dx:
             lines += [
-                f"WT{t} = {v.scratch}[{R * P}:{R * P + F * P}].reshape({F}, {P})",
+                f"WT{t} = dWT{t}",  # dW.T is stored: its space takes W.T now
                 f"transpose_into(Wm{t}, WT{t})",
                 "for i in range(n):",
                 f"    gemm({v.dout}[i].reshape({R}, {F}), WT{t}, cols{t}, cols{t}, 0, False)",
