@@ -320,3 +320,19 @@ def test_user_layer_plugin_trains_and_passes_the_gradient_check_through_the_cli(
     assert result.returncode == 0, text
     assert "Gradient check: PASSED" in text and "s2 " in text, text  # the plugin's block was checked
     assert _summary(tmp_path)["metrics"]["test_acc"] >= 0.8  # chance is 0.1
+
+
+def test_layered_model_with_dropout_resumes_bit_identical(tmp_path):
+    """Checkpoints carry the layer list in the saved config: a run cut mid-epoch and resumed from its file ends
+    bit-identical to the uninterrupted one (dropout masks come from the saved RNG streams)."""
+    from omegaconf import OmegaConf
+    from test_checkpoint import check_exact_resume
+
+    from conftest import FAST_BASE, compose_config
+
+    cfg = compose_config(*FAST_BASE, "data=digits", "model=sequential", "data.max_train=96", "batch_size=16",
+                         "epochs=3", "model.layers=[{type:conv2d,filters:4,size:3,pad:1},relu,{type:maxpool2d},"
+                                     "{type:dropout,keep_prob:0.8},{type:affine}]")
+    OmegaConf.set_struct(cfg, False)
+    read = check_exact_resume(tmp_path, cfg)
+    assert read["theta"].size == 4 * 9 + 4 + 64 * 10 + 10
