@@ -336,3 +336,19 @@ def test_layered_model_with_dropout_resumes_bit_identical(tmp_path):
     OmegaConf.set_struct(cfg, False)
     read = check_exact_resume(tmp_path, cfg)
     assert read["theta"].size == 4 * 9 + 4 + 64 * 10 + 10
+
+
+@pytest.mark.parametrize("name", ["conv2d", "conv1d"])
+def test_per_image_convolution_equals_the_batched_one(name, monkeypatch):
+    """Large images take the per-image path (columns recomputed in backward): same loss and gradient as the
+    whole-batch path the gradient check covers, to round-off."""
+    model, theta, X, y, _ = probe(name)
+    assert model.layers[1].batched()
+    grad = np.zeros_like(theta)
+    loss = model.loss_grad(theta, grad, X, y)
+    monkeypatch.setattr(builtin, "BATCHED_COLUMNS", 0)
+    per_image, *_ = probe(name)
+    assert not per_image.layers[1].batched()
+    grad2 = np.zeros_like(theta)
+    assert abs(per_image.loss_grad(theta, grad2, X, y) - loss) < 1e-12
+    np.testing.assert_allclose(grad2, grad, rtol=1e-10, atol=1e-13)

@@ -72,6 +72,9 @@ class ConvConfig:
     init_scale: float = param(1.0, "multiplier on the init std", range="(0, inf)")
 
 
+BATCHED_COLUMNS = 16384  # im2col values per image up to which a convolution works on the whole batch at once
+
+
 class _Conv(Layer):
     """Shared body of conv2d and conv1d; subclasses give the 2-D geometry (H, W, C, KH, KW, SH, SW, PH, PW)."""
 
@@ -109,9 +112,19 @@ class _Conv(Layer):
         H, W, C, KH, KW, *_ = self.geometry(self.in_shape)
         return self.ho * self.wo, KH * KW * C, self.cfg.filters
 
+    def batched(self) -> bool:
+        """Small images: im2col of the whole batch kept from forward to backward, one GEMM per product (a GEMM
+        call per image would cost more than its arithmetic). Large ones: per image, columns in L2, recomputed."""
+        rows, patch, _ = self._sizes()
+        return rows * patch <= BATCHED_COLUMNS
+
+    def kept_floats(self):
+        rows, patch, _ = self._sizes()
+        return rows * patch if self.batched() else 0
+
     def scratch_floats(self):
         rows, patch, F = self._sizes()
-        return rows * patch + F * patch  # one image's columns, and W.T (dx) or dW.T (dW)
+        return (0 if self.batched() else rows * patch) + F * patch  # one image's columns; W.T (dx) or dW.T (dW)
 
     def _args(self):
         return ", ".join(str(a) for a in (*self.geometry(self.in_shape), self.ho, self.wo))
@@ -119,6 +132,13 @@ class _Conv(Layer):
     def forward(self, v):
         R, P, F = self._sizes()
         t = v.tag
+        if self.batched():
+            return "\n".join([
+                f"cols{t} = {v.kept}.reshape(n * {R}, {P})",
+                "for i in range(n):",
+                f"    im2col({v.x}, i, cols{t}[i * {R}:(i + 1) * {R}], {self._args()})",
+                f"gemm(cols{t}, {v.p['W']}.reshape({P}, {F}), {v.out}.reshape(n * {R}, {F}), {v.p['b']}, 0, True)",
+            ])
         return "\n".join([
             f"cols{t} = {v.scratch}[:{R * P}].reshape({R}, {P})",
             f"Wm{t} = {v.p['W']}.reshape({P}, {F})",
@@ -128,10 +148,26 @@ class _Conv(Layer):
         ])
 
     def backward(self, v):
-        # dW.T (F, P) += dout_i.T (F, R) @ cols (R, P) per image: P (e.g. 147) is the GEMM's vector dimension,
-        # where F (32) would leave a third of its 3-vector tiles masked off; one transpose at the end
+        # dW.T (F, P) += dout_i.T (F, R) @ cols (R, P): P (e.g. 147) is the GEMM's vector dimension, where F (32)
+        # would leave a third of its 3-vector tiles masked off; one transpose at the end
         R, P, F = self._sizes()
         t = v.tag
+        if self.batched():
+            lines = [
+                f"cols{t} = {v.kept}.reshape(n * {R}, {P})",
+                f"dWT{t} = {v.scratch}[:{F * P}].reshape({F}, {P})",
+                f"gemm({v.dout}.reshape(n * {R}, {F}).T, cols{t}, dWT{t}, dWT{t}, 0, False)",
+                f"transpose_into(dWT{t}, {v.g['W']}.reshape({P}, {F}))",
+                f"channel_sums({v.dout}, {v.g['b']}, {F})",
+            ]
+            if v.need_dx:
+                lines += [
+                    f"transpose_into({v.p['W']}.reshape({P}, {F}), dWT{t})",  # its space takes W.T now
+                    f"gemm({v.dout}.reshape(n * {R}, {F}), dWT{t}, cols{t}, cols{t}, 0, False)",  # dcols
+                    "for i in range(n):",
+                    f"    col2im(cols{t}[i * {R}:(i + 1) * {R}], {v.dx}, i, {self._args()})",
+                ]
+            return "\n".join(lines)
         lines = [
             f"cols{t} = {v.scratch}[:{R * P}].reshape({R}, {P})",
             f"Wm{t} = {v.p['W']}.reshape({P}, {F})",

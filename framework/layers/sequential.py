@@ -18,7 +18,7 @@ from .step import LOSS_KERNELS, StepPlan, step_module
 EVAL_CHUNK = 1024  # rows per eval forward pass, bounds scratch memory
 
 LAYERS_HELP = ("the network, input to scores: each item a layer name (relu) or {type: name, option: value}; "
-               "python -m framework.list layer shows the layers and their options")
+               "framework.LAYERS.names() lists the layers; conf/model/sequential.yaml documents their options")
 SHAPE_HELP = ("shape of one example, (C, H, W) for images or (C, L) for signals; [] = inferred from the input "
               "size D: (1, D) when the first shaped layer is 1-D (conv1d, maxpool1d), else (1, s, s) when D = s*s, "
               "(3, s, s) when D = 3*s*s, else (D,). Rows of X are channels last, "

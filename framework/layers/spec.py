@@ -66,7 +66,8 @@ class Names:
     activations (N, S_in) and (N, S_out); dout, dx: their gradients (dx only when need_dx); p, g: its parameter
     and gradient views by block suffix, shaped as in blocks(); scratch: a 1-D float work area of at least
     scratch_floats() values (shared by all layers); ints: an (N, ints_per_row()) int64 view kept from forward to
-    backward; mask: the (N, S_in) dropout mask, 0 rows in eval mode; tag: a suffix for local names."""
+    backward; mask: the (N, S_in) dropout mask, 0 rows in eval mode; tag: a suffix for local names; kept: a 1-D
+    float view of N * kept_floats() values kept from forward to backward."""
 
     x: str
     out: str
@@ -79,6 +80,7 @@ class Names:
     ints: str = ""
     mask: str = ""
     tag: str = ""
+    kept: str = ""
 
 
 class Layer:
@@ -130,6 +132,10 @@ class Layer:
         return 0
 
     def ints_per_row(self) -> int:
+        return 0
+
+    def kept_floats(self) -> int:
+        """Floats per row that forward leaves for backward (beyond the activations), e.g. im2col columns."""
         return 0
 
     def noise_per_row(self) -> int:

@@ -73,6 +73,10 @@ class StepPlan:
             if self.grad_name[d] not in self.row_pos:
                 self.row_pos[self.grad_name[d]] = (pos, sizes[d])
                 pos += sizes[d]
+        self.kept_pos = []
+        for layer in layers:
+            self.kept_pos.append(pos)
+            pos += layer.kept_floats()
         self.row_floats = pos
         self.scratch = max([layer.scratch_floats() for layer in layers] + [1])
         self.int_pos, ipos = [], 0
@@ -113,7 +117,7 @@ class StepPlan:
         return Names(x=self.act_name[i], out=self.act_name[i + 1], dout=self.grad_name[i + 1],
                      dx=self.grad_name[i], need_dx=self.need_dx[i], p=p, g=g, scratch="scratch",
                      ints=f"q{i}" if layer.ints_per_row() else "", mask=f"m{i}" if layer.noise_per_row() else
-                     "no_mask", tag=str(i))
+                     "no_mask", tag=str(i), kept=f"k{i}" if layer.kept_floats() else "")
 
     def _buffers(self, grads: bool) -> list[str]:
         lines = []
@@ -123,6 +127,9 @@ class StepPlan:
         lines.append(f"scratch = work[n * {self.row_floats}:]")
         lines.append("no_mask = masks[:0].reshape(0, 1)")
         for i, layer in enumerate(self.layers):
+            if layer.kept_floats():
+                lo, k = self.kept_pos[i], layer.kept_floats()
+                lines.append(f"k{i} = work[n * {lo}:n * {lo + k}]")
             if layer.ints_per_row():
                 lo, k = self.int_pos[i], layer.ints_per_row()
                 lines.append(f"q{i} = iwork[n * {lo}:n * {lo + k}].reshape(n, {k})")
