@@ -37,6 +37,7 @@ CASES = {
     "leaky_relu": ((2, 3, 4), {"slope": 0.1}, (2, 3, 4)),
     "tanh": ((2, 3, 4), {}, (2, 3, 4)),
     "dropout": ((2, 3, 4), {"keep_prob": 0.6}, (2, 3, 4)),
+    "batchnorm": ((2, 3, 4), {"momentum": 0.8}, (2, 3, 4)),
 }
 DEFAULT_CASE = ((2, 4, 5), {}, None)
 CLASSES = 3
@@ -150,6 +151,8 @@ def _reference(name, layer, params, x):
         return np.where(x > 0, x, cfg.slope * x)
     if name == "tanh":
         return np.tanh(x)
+    if name == "batchnorm":  # eval mode: the running statistics
+        return params["gamma"] * (x - params["mean"]) / np.sqrt(params["var"] + cfg.eps) + params["beta"]
     if name in ("flatten", "dropout"):
         return x.reshape(n, -1) if name == "flatten" else x
     raise KeyError(name)
@@ -324,18 +327,19 @@ def test_user_layer_plugin_trains_and_passes_the_gradient_check_through_the_cli(
 
 def test_layered_model_with_dropout_resumes_bit_identical(tmp_path):
     """Checkpoints carry the layer list in the saved config: a run cut mid-epoch and resumed from its file ends
-    bit-identical to the uninterrupted one (dropout masks come from the saved RNG streams)."""
+    bit-identical to the uninterrupted one (dropout masks come from the saved RNG streams, batchnorm's running
+    statistics are blocks of theta)."""
     from omegaconf import OmegaConf
     from test_checkpoint import check_exact_resume
 
     from conftest import FAST_BASE, compose_config
 
     cfg = compose_config(*FAST_BASE, "data=digits", "model=sequential", "data.max_train=96", "batch_size=16",
-                         "epochs=3", "model.layers=[{type:conv2d,filters:4,size:3,pad:1},relu,{type:maxpool2d},"
+                         "epochs=3", "model.layers=[{type:conv2d,filters:4,size:3,pad:1},batchnorm,relu,{type:maxpool2d},"
                                      "{type:dropout,keep_prob:0.8},{type:affine}]")
     OmegaConf.set_struct(cfg, False)
     read = check_exact_resume(tmp_path, cfg)
-    assert read["theta"].size == 4 * 9 + 4 + 64 * 10 + 10
+    assert read["theta"].size == 4 * 9 + 4 + 4 * 4 + 64 * 10 + 10
 
 
 @pytest.mark.parametrize("name", ["conv2d", "conv1d"])
@@ -352,3 +356,17 @@ def test_per_image_convolution_equals_the_batched_one(name, monkeypatch):
     grad2 = np.zeros_like(theta)
     assert abs(per_image.loss_grad(theta, grad2, X, y) - loss) < 1e-12
     np.testing.assert_allclose(grad2, grad, rtol=1e-10, atol=1e-13)
+
+
+def test_batchnorm_running_statistics_follow_training_and_serve_eval():
+    model, theta, X, y, _ = probe("batchnorm", before=False)
+    mean, var = model.layout.view(theta, "mean1"), model.layout.view(theta, "var1")
+    mean[:], var[:] = 0.0, 1.0
+    grad = np.zeros_like(theta)
+    scores_before = model.scores(theta, X)
+    model.loss_grad(theta, grad, X, y)  # a training forward: batch statistics, running ones move 20% towards them
+    x = X.reshape(ROWS, -1, 2)  # channels last: (N, positions, C)
+    np.testing.assert_allclose(mean, 0.2 * x.mean(axis=(0, 1)), rtol=1e-12)
+    np.testing.assert_allclose(var, 0.8 + 0.2 * x.var(axis=(0, 1)), rtol=1e-12)
+    assert np.all(grad[model.layout["mean1"].offset:model.layout["var1"].stop] == 0)  # no optimizer moves them
+    assert not np.allclose(model.scores(theta, X), scores_before)  # eval reads them

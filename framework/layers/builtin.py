@@ -16,6 +16,7 @@ from ..params import param
 from ..registry import LAYERS
 from . import kernels_conv as KC
 from . import kernels_elementwise as KE
+from . import kernels_norm as KN
 from . import kernels_pool as KP
 from .spec import INITS, Layer, Names, describe_shape, init_weights
 
@@ -396,3 +397,46 @@ class Dropout(Layer):
 
     def backward(self, v):
         return f"scale_by_mask({v.dout}, {v.mask}, {v.dx})"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# batch normalization
+# ---------------------------------------------------------------------------------------------------------------
+@dataclass
+class BatchNormConfig:
+    momentum: float = param(0.9, "running statistics: running = momentum * running + (1 - momentum) * batch",
+                            range="[0, 1)")
+    eps: float = param(1e-5, "added to the variance before the square root", range="(0, inf)")
+
+
+@LAYERS.register("batchnorm", config=BatchNormConfig)
+class BatchNorm(Layer):
+    """Batch normalization per channel (last axis): 1-D on features (N, D), spatial on images and signals.
+    Training steps normalize with the batch's statistics and update the running ones, which eval uses. The
+    running mean and variance are blocks of the parameter vector (mean{k}, var{k}; no decay, zero gradient, so
+    checkpoints and resumes carry them bit for bit and EMA averages them)."""
+
+    kernels = (KN.batchnorm_forward, KN.batchnorm_backward, KN.channel_stats)
+
+    def blocks(self):
+        C = self.in_shape[-1]
+        return [("gamma", (C,), False), ("beta", (C,), False), ("mean", (C,), False), ("var", (C,), False)]
+
+    def init(self, rng, views, small):
+        views["gamma"][:] = 1.0
+        views["var"][:] = 1.0
+
+    def forward(self, v):
+        C = self.in_shape[-1]
+        return (f"batchnorm_forward({v.x}, {v.out}, {v.p['gamma']}, {v.p['beta']}, {v.p['mean']}, {v.p['var']}, "
+                f"{C}, {float(self.cfg.eps)!r}, {float(self.cfg.momentum)!r}, train)")
+
+    def backward(self, v):
+        C = self.in_shape[-1]
+        dx = v.dx if v.need_dx else v.dout
+        return "\n".join([
+            f"batchnorm_backward({v.dout}, {v.x}, {v.p['gamma']}, {dx}, {v.g['gamma']}, {v.g['beta']}, {C}, "
+            f"{float(self.cfg.eps)!r}, {v.need_dx})",
+            f"{v.g['mean']}[:] = 0.0",
+            f"{v.g['var']}[:] = 0.0",
+        ])

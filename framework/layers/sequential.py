@@ -154,7 +154,7 @@ class Sequential(Model):
         """Eval-mode forward of rows start..stop of X into this model's scratch; returns n."""
         idx = np.arange(start, stop, dtype=np.int64)
         self._reserve(idx.size)
-        return self.module.forward(theta, X, idx, self._empty, self._work, self._iwork)
+        return self.module.forward(theta, X, idx, self._empty, self._work, self._iwork, False)
 
     def scores(self, theta, X):
         X = np.ascontiguousarray(X, dtype=self.dtype)

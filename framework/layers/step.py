@@ -9,7 +9,8 @@ own file), then imported: one compile per architecture, reused from disk by late
 
 Generated signatures (X (rows, D), y (rows,) int64, idx (N,) int64 rows of the batch, masks (N * noise,) or
 empty for eval mode, work / iwork from `work_size` / `int_size`, ybatch (>= N,) int64):
-  forward(theta, X, idx, masks, work, iwork) -> N; the scores are rows of `work` (see `view`)
+  forward(theta, X, idx, masks, work, iwork, train) -> N; the scores are rows of `work` (see `view`); train:
+    batch statistics (batchnorm, which then updates its running statistics inside theta)
   loss_grad(theta, grad, X, y, idx, masks, work, iwork, ybatch) -> mean data loss; overwrites grad (P,)
   distill_loss_grad(theta, grad, X, y, soft, idx, T, alpha, masks, work, iwork) -> mean distillation loss
 """
@@ -194,8 +195,8 @@ class StepPlan:
         text = HEADER.format(summary=summary, imports="\n".join(imports))
         text += f'''
 {jit}
-def forward(theta, X, idx, masks, work, iwork):
-    """Forward pass on the rows idx of X; training mode when masks is not empty."""
+def forward(theta, X, idx, masks, work, iwork, train):
+    """Forward pass on the rows idx of X; dropout when masks is not empty, batch statistics when train."""
     n = idx.size
 {block(self._params(False) + self._buffers(False))}
     gather_rows(X, idx, a0)
@@ -213,7 +214,7 @@ def backward(theta, grad, X, idx, masks, work, iwork):
 
 {jit}
 def loss_grad(theta, grad, X, y, idx, masks, work, iwork, ybatch):
-    n = forward(theta, X, idx, masks, work, iwork)
+    n = forward(theta, X, idx, masks, work, iwork, True)
     {scores} = work[n * {self.row_pos[scores][0]}:n * {self.row_pos[scores][0] + self.sizes[L]}].reshape(n, {self.sizes[L]})
     {dscores} = work[n * {self.row_pos[dscores][0]}:n * {self.row_pos[dscores][0] + self.sizes[L]}].reshape(n, {self.sizes[L]})
     for k in range(n):
@@ -225,7 +226,7 @@ def loss_grad(theta, grad, X, y, idx, masks, work, iwork, ybatch):
 
 {jit}
 def distill_loss_grad(theta, grad, X, y, soft, idx, T, alpha, masks, work, iwork):
-    n = forward(theta, X, idx, masks, work, iwork)
+    n = forward(theta, X, idx, masks, work, iwork, True)
     {scores} = work[n * {self.row_pos[scores][0]}:n * {self.row_pos[scores][0] + self.sizes[L]}].reshape(n, {self.sizes[L]})
     {dscores} = work[n * {self.row_pos[dscores][0]}:n * {self.row_pos[dscores][0] + self.sizes[L]}].reshape(n, {self.sizes[L]})
     loss = soft_target_loss({scores}, y, soft, idx, T, alpha, {dscores})
