@@ -48,16 +48,22 @@ def im2col(x, i, cols, H, W, C, KH, KW, SH, SW, PH, PW, Ho, Wo):
             w0 = ow * SW - PW
             lo = max(0, -w0)  # first kw inside the image
             hi = max(lo, min(KW, W - w0))  # one past the last
+            base0 = (oh * Wo + ow) * width
             for kh in range(KH):
                 h = oh * SH - PH + kh
-                base = (oh * Wo + ow) * width + kh * run
+                base = base0 + kh * run
                 if h < 0 or h >= H:
-                    flat[base:base + run] = 0.0
+                    for j in range(run):
+                        flat[base + j] = 0.0
                     continue
-                flat[base:base + lo * C] = 0.0
-                src = (h * W + w0 + lo) * C
-                flat[base + lo * C:base + hi * C] = row[src:src + (hi - lo) * C]
-                flat[base + hi * C:base + run] = 0.0
+                # plain loops: a slice assignment per run of KW*C values costs more than the copy itself
+                for j in range(lo * C):
+                    flat[base + j] = 0.0
+                src = (h * W + w0) * C
+                for j in range(lo * C, hi * C):
+                    flat[base + j] = row[src + j]
+                for j in range(hi * C, run):
+                    flat[base + j] = 0.0
 
 
 @jit
