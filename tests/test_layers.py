@@ -370,3 +370,18 @@ def test_batchnorm_running_statistics_follow_training_and_serve_eval():
     np.testing.assert_allclose(var, 0.8 + 0.2 * x.var(axis=(0, 1)), rtol=1e-12)
     assert np.all(grad[model.layout["mean1"].offset:model.layout["var1"].stop] == 0)  # no optimizer moves them
     assert not np.allclose(model.scores(theta, X), scores_before)  # eval reads them
+
+
+def test_eval_in_chunks_equals_one_pass(monkeypatch):
+    """Wide models evaluate in chunks of rows (bounded scratch): the same scores and activations bit for bit."""
+    from framework.layers import sequential
+
+    model, theta, X, y, _ = probe("relu")
+    X = np.concatenate([X] * 3)
+    scores, acts = model.scores(theta, X), model.activations(theta, X)
+    monkeypatch.setattr(sequential, "EVAL_FLOATS", model.plan.row_floats * 5)
+    assert model.eval_chunk() == 5
+    np.testing.assert_array_equal(model.scores(theta, X), scores)
+    chunked = model.activations(theta, X)
+    assert list(acts) == ["layer2_relu"] and acts["layer2_relu"].shape[0] == 3 * ROWS
+    assert chunked.keys() == acts.keys() and all(np.array_equal(chunked[k], acts[k]) for k in acts)

@@ -15,7 +15,9 @@ from ..registry import MODELS
 from .spec import infer_input_shape, infer_shapes, internal_shape, parse_layers
 from .step import LOSS_KERNELS, StepPlan, step_module
 
-EVAL_CHUNK = 1024  # rows per eval forward pass, bounds scratch memory
+EVAL_CHUNK = 1024  # at most this many rows per eval forward pass...
+EVAL_FLOATS = 1 << 23  # ...and at most about this many scratch values (64 MB in float64; a 3x32x32 convnet row
+#                        holds ~150k: activations and gradients of every layer)
 
 LAYERS_HELP = ("the network, input to scores: each item a layer name (relu) or {type: name, option: value}; "
                "framework.LAYERS.names() lists the layers; conf/model/sequential.yaml documents their options")
@@ -156,11 +158,16 @@ class Sequential(Model):
         self._reserve(idx.size)
         return self.module.forward(theta, X, idx, self._empty, self._work, self._iwork, False)
 
+    def eval_chunk(self) -> int:
+        """Rows per eval forward pass: EVAL_CHUNK, fewer for wide models (bounds the scratch memory)."""
+        return max(1, min(EVAL_CHUNK, EVAL_FLOATS // max(1, self.plan.row_floats)))
+
     def scores(self, theta, X):
         X = np.ascontiguousarray(X, dtype=self.dtype)
         out = np.empty((X.shape[0], self.num_classes), dtype=self.dtype)
-        for start in range(0, X.shape[0], EVAL_CHUNK):
-            stop = min(start + EVAL_CHUNK, X.shape[0])
+        chunk = self.eval_chunk()
+        for start in range(0, X.shape[0], chunk):
+            stop = min(start + chunk, X.shape[0])
             n = self._forward(theta, X, start, stop)
             out[start:stop] = self.plan.activation(self._work, n, len(self.layers))
         return out
@@ -183,11 +190,16 @@ class Sequential(Model):
         return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
 
     def activations(self, theta, X):
-        """Outputs of every activation layer by name (layer<i>_<type>), on at most EVAL_CHUNK rows."""
-        X = np.ascontiguousarray(X[:EVAL_CHUNK], dtype=self.dtype)
-        n = self._forward(theta, X, 0, X.shape[0])
-        return {f"layer{i + 1}_{layer.name}": self.plan.activation(self._work, n, i + 1).copy()
-                for i, layer in enumerate(self.layers) if layer.kind}
+        """Outputs of every activation layer by name (layer<i>_<type>) on the rows of X (N, S_i) each."""
+        X = np.ascontiguousarray(X, dtype=self.dtype)
+        parts = {f"layer{i + 1}_{layer.name}": [] for i, layer in enumerate(self.layers) if layer.kind}
+        chunk = self.eval_chunk()
+        for start in range(0, X.shape[0], chunk):
+            n = self._forward(theta, X, start, min(start + chunk, X.shape[0]))
+            for i, layer in enumerate(self.layers):
+                if layer.kind:
+                    parts[f"layer{i + 1}_{layer.name}"].append(self.plan.activation(self._work, n, i + 1).copy())
+        return {name: np.concatenate(p) if p else np.zeros((0, 0), self.dtype) for name, p in parts.items()}
 
 
 @MODELS.register("sequential", config=SequentialConfig)
