@@ -120,7 +120,7 @@ def _reference(name, layer, params, x):
         return x.reshape(n, -1) @ params["W"] + params["b"]
     if name in ("conv2d", "conv1d"):
         x4 = x if name == "conv2d" else x[:, None]  # (N, H, W, C)
-        k, s, p = cfg.size, cfg.stride, cfg.pad
+        s, p = cfg.stride, cfg.pad
         pads = ((0, 0), (p, p), (p, p), (0, 0)) if name == "conv2d" else ((0, 0), (0, 0), (p, p), (0, 0))
         xp = np.pad(x4, pads)
         W = params["W"]  # (KH, KW, C, F)
@@ -334,9 +334,10 @@ def test_layered_model_with_dropout_resumes_bit_identical(tmp_path):
 
     from conftest import FAST_BASE, compose_config
 
+    layers = ("[{type:conv2d,filters:4,size:3,pad:1},batchnorm,relu,{type:maxpool2d},{type:dropout,keep_prob:0.8},"
+              "{type:affine}]")
     cfg = compose_config(*FAST_BASE, "data=digits", "model=sequential", "data.max_train=96", "batch_size=16",
-                         "epochs=3", "model.layers=[{type:conv2d,filters:4,size:3,pad:1},batchnorm,relu,{type:maxpool2d},"
-                                     "{type:dropout,keep_prob:0.8},{type:affine}]")
+                         "epochs=3", f"model.layers={layers}")
     OmegaConf.set_struct(cfg, False)
     read = check_exact_resume(tmp_path, cfg)
     assert read["theta"].size == 4 * 9 + 4 + 4 * 4 + 64 * 10 + 10

@@ -18,7 +18,7 @@ from . import kernels_conv as KC
 from . import kernels_elementwise as KE
 from . import kernels_norm as KN
 from . import kernels_pool as KP
-from .spec import INITS, Layer, Names, describe_shape, init_weights
+from .spec import INITS, Layer, describe_shape, init_weights
 
 
 # ---------------------------------------------------------------------------------------------------------------

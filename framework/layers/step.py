@@ -191,6 +191,11 @@ class StepPlan:
         def block(lines):
             return textwrap.indent("\n".join(lines), "    ")
 
+        def view_line(name):
+            pos, size = self.row_pos[name]
+            return f"{name} = work[n * {pos}:n * {pos + size}].reshape(n, {size})"
+
+        score_views = [view_line(scores), view_line(dscores)]
         jit = '@njit(cache=True, error_model="numpy", nogil=True)'
         text = HEADER.format(summary=summary, imports="\n".join(imports))
         text += f'''
@@ -215,8 +220,7 @@ def backward(theta, grad, X, idx, masks, work, iwork):
 {jit}
 def loss_grad(theta, grad, X, y, idx, masks, work, iwork, ybatch):
     n = forward(theta, X, idx, masks, work, iwork, True)
-    {scores} = work[n * {self.row_pos[scores][0]}:n * {self.row_pos[scores][0] + self.sizes[L]}].reshape(n, {self.sizes[L]})
-    {dscores} = work[n * {self.row_pos[dscores][0]}:n * {self.row_pos[dscores][0] + self.sizes[L]}].reshape(n, {self.sizes[L]})
+{block(score_views)}
     for k in range(n):
         ybatch[k] = y[idx[k]]
     loss = {LOSS_KERNELS[self.loss].__name__}({scores}, ybatch[:n], {dscores})
@@ -227,8 +231,7 @@ def loss_grad(theta, grad, X, y, idx, masks, work, iwork, ybatch):
 {jit}
 def distill_loss_grad(theta, grad, X, y, soft, idx, T, alpha, masks, work, iwork):
     n = forward(theta, X, idx, masks, work, iwork, True)
-    {scores} = work[n * {self.row_pos[scores][0]}:n * {self.row_pos[scores][0] + self.sizes[L]}].reshape(n, {self.sizes[L]})
-    {dscores} = work[n * {self.row_pos[dscores][0]}:n * {self.row_pos[dscores][0] + self.sizes[L]}].reshape(n, {self.sizes[L]})
+{block(score_views)}
     loss = soft_target_loss({scores}, y, soft, idx, T, alpha, {dscores})
     backward(theta, grad, X, idx, masks, work, iwork)
     return loss
