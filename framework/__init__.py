@@ -21,11 +21,12 @@ from framework.core.layout import Block, Layout
 from framework.components.model import Model
 from framework.components.optim import Optimizer, OptimizerConfig
 from framework.core.params import param
-from framework.core.registry import DATASETS, MODELS, OPTIMIZERS, REGULARIZERS, SCHEDULES, load_plugins
+from framework.core.registry import DATASETS, LAYERS, MODELS, OPTIMIZERS, REGULARIZERS, SCHEDULES, load_plugins
 from framework.components.regularize import Regularizer, RegularizerConfig
 from framework.components.schedule import Schedule, ScheduleConfig
 from framework.engine.train import Callback, Run
 from framework.engine.train import train as _train
+from framework.layers import Layer  # registers the layers and model=sequential/convnet/cnn1d
 
 
 def config(overrides=(), resolve: bool = True):
@@ -58,8 +59,8 @@ def load(path):
 
 
 __all__ = [
-    "DATASETS", "MODELS", "OPTIMIZERS", "REGULARIZERS", "SCHEDULES", "Block", "Callback", "ConfigError",
-    "DataConfig", "DataError", "DivergedError", "FrameworkError", "Layout", "Model", "Optimizer",
+    "DATASETS", "LAYERS", "MODELS", "OPTIMIZERS", "REGULARIZERS", "SCHEDULES", "Block", "Callback", "ConfigError",
+    "DataConfig", "DataError", "DivergedError", "FrameworkError", "Layer", "Layout", "Model", "Optimizer",
     "OptimizerConfig", "RawData", "Regularizer", "RegularizerConfig", "Run", "Schedule", "ScheduleConfig",
     "Splits", "config", "load", "load_plugins", "param", "train",
 ]

@@ -105,6 +105,7 @@ SCHEDULES = Registry("schedule", "schedule")
 REGULARIZERS = Registry("regularizer", "regularizer")
 MODELS = Registry("model", "model")
 DATASETS = Registry("dataset", "data")
+LAYERS = Registry("layer", "model.layers")  # building blocks of model=sequential (framework.layers)
 ALL = (OPTIMIZERS, SCHEDULES, REGULARIZERS, MODELS, DATASETS)
 
 ENTRY_POINT_GROUP = "framework.plugins"

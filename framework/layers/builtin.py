@@ -1,0 +1,442 @@
+"""The built-in layers, registered in LAYERS with the same decorator a user layer uses.
+
+Each layer's forward and backward are source lines for the generated step (framework.layers.step) calling the
+kernels of kernels_conv / kernels_pool / kernels_elementwise and framework.kernels.dense's GEMM; shapes per example are
+channels last (see spec.py). Parameters: W blocks decay, b blocks do not.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from framework.kernels import dense as K
+from framework.core.errors import ConfigError
+from framework.core.params import param
+from framework.core.registry import LAYERS
+from . import kernels_conv as KC
+from . import kernels_elementwise as KE
+from . import kernels_norm as KN
+from . import kernels_pool as KP
+from .spec import INITS, Layer, describe_shape, init_weights
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# affine
+# ---------------------------------------------------------------------------------------------------------------
+@dataclass
+class AffineConfig:
+    units: int = param(0, "outputs H; 0 = one per class (the last layer)", range="[0, inf)")
+    init: str = param("he", "weight init: small (std 0.01), xavier (sqrt(1/fan_in)), he (sqrt(2/fan_in))",
+                      choices=INITS)
+    init_scale: float = param(1.0, "multiplier on the init std", range="(0, inf)")
+
+
+@LAYERS.register("affine", config=AffineConfig)
+class Affine(Layer):
+    """Fully connected: out (N, H) = x (N, D) @ W (D, H) + b (H,); any input shape is flattened (channels last)."""
+
+    kernels = (K.affine_forward, K.affine_backward)
+
+    def output_shape(self, in_shape, num_classes, where):
+        return (self.cfg.units or num_classes,)
+
+    def blocks(self):
+        return [("W", (self.in_size, self.out_size), True), ("b", (self.out_size,), False)]
+
+    def init(self, rng, views, small):
+        init_weights(views["W"], rng, self.in_size, self.cfg.init, self.cfg.init_scale, small)
+
+    def scratch_floats(self):
+        return self.in_size * self.out_size  # W.T for dx (affine_backward)
+
+    def forward(self, v):
+        return f"affine_forward({v.x}, {v.p['W']}, {v.p['b']}, {v.out})"
+
+    def backward(self, v):
+        dx = v.dx if v.need_dx else v.dout
+        return (f"affine_backward({v.dout}, {v.x}, {v.p['W']}, {dx}, {v.g['W']}, {v.g['b']}, {v.need_dx}, "
+                f"{v.scratch})")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# convolutions: im2col of one image, then one GEMM per image (conv1d is conv2d with H = KH = SH = 1, no H pad)
+# ---------------------------------------------------------------------------------------------------------------
+@dataclass
+class ConvConfig:
+    filters: int = param(16, "output channels F", range="[1, inf)")
+    size: int = param(3, "kernel side K (K x K for conv2d, K for conv1d)", range="[1, inf)")
+    stride: int = param(1, "step between kernel positions", range="[1, inf)")
+    pad: int = param(0, "zeros added on each side (K // 2 with stride 1 keeps the size)", range="[0, inf)")
+    init: str = param("he", "weight init: small (std 0.01), xavier (sqrt(1/fan_in)), he (sqrt(2/fan_in))",
+                      choices=INITS)
+    init_scale: float = param(1.0, "multiplier on the init std", range="(0, inf)")
+
+
+BATCHED_COLUMNS = 16384  # im2col values per image up to which a convolution works on the whole batch at once
+
+
+class _Conv(Layer):
+    """Shared body of conv2d and conv1d; subclasses give the 2-D geometry (H, W, C, KH, KW, SH, SW, PH, PW)."""
+
+    kernels = (KC.im2col, KC.col2im, KC.channel_sums, K.gemm, K.transpose_into)
+    dims = 2
+
+    def output_shape(self, in_shape, num_classes, where):
+        if len(in_shape) != self.dims:
+            want = "(C, H, W) images" if self.dims == 3 else "(C, L) signals"
+            raise ConfigError(where, self.name, f"a layer for its input: {self.name} takes {want}, this input is "
+                                                f"{describe_shape(in_shape)} (set model.input_shape, or use "
+                                                f"{'conv1d' if self.dims == 3 else 'conv2d'})")
+        g = self.geometry(in_shape)
+        H, W, C, KH, KW, SH, SW, PH, PW = g
+        ho, wo = (H + 2 * PH - KH) // SH + 1, (W + 2 * PW - KW) // SW + 1
+        if H + 2 * PH < KH or W + 2 * PW < KW:
+            raise ConfigError(f"{where}.size", self.cfg.size, f"a kernel no larger than the padded input "
+                                                              f"{describe_shape(in_shape)} (pad {self.cfg.pad})")
+        self.ho, self.wo = ho, wo
+        F = self.cfg.filters
+        return (ho, wo, F) if self.dims == 3 else (wo, F)
+
+    def geometry(self, in_shape):
+        raise NotImplementedError
+
+    def blocks(self):
+        H, W, C, KH, KW, *_ = self.geometry(self.in_shape)
+        return [("W", (KH, KW, C, self.cfg.filters), True), ("b", (self.cfg.filters,), False)]
+
+    def init(self, rng, views, small):
+        H, W, C, KH, KW, *_ = self.geometry(self.in_shape)
+        init_weights(views["W"], rng, KH * KW * C, self.cfg.init, self.cfg.init_scale, small)
+
+    def _sizes(self):
+        H, W, C, KH, KW, *_ = self.geometry(self.in_shape)
+        return self.ho * self.wo, KH * KW * C, self.cfg.filters
+
+    def batched(self) -> bool:
+        """Small images: im2col of the whole batch kept from forward to backward, one GEMM per product (a GEMM
+        call per image would cost more than its arithmetic). Large ones: per image, columns in L2, recomputed."""
+        rows, patch, _ = self._sizes()
+        return rows * patch <= BATCHED_COLUMNS
+
+    def kept_floats(self):
+        rows, patch, _ = self._sizes()
+        return rows * patch if self.batched() else 0
+
+    def scratch_floats(self):
+        rows, patch, F = self._sizes()
+        return (0 if self.batched() else rows * patch) + F * patch  # one image's columns; W.T (dx) or dW.T (dW)
+
+    def _args(self):
+        return ", ".join(str(a) for a in (*self.geometry(self.in_shape), self.ho, self.wo))
+
+    def forward(self, v):
+        R, P, F = self._sizes()
+        t = v.tag
+        if self.batched():
+            return "\n".join([
+                f"cols{t} = {v.kept}.reshape(n * {R}, {P})",
+                "for i in range(n):",
+                f"    im2col({v.x}, i, cols{t}[i * {R}:(i + 1) * {R}], {self._args()})",
+                f"gemm(cols{t}, {v.p['W']}.reshape({P}, {F}), {v.out}.reshape(n * {R}, {F}), {v.p['b']}, 0, True)",
+            ])
+        return "\n".join([
+            f"cols{t} = {v.scratch}[:{R * P}].reshape({R}, {P})",
+            f"Wm{t} = {v.p['W']}.reshape({P}, {F})",
+            "for i in range(n):",
+            f"    im2col({v.x}, i, cols{t}, {self._args()})",
+            f"    gemm(cols{t}, Wm{t}, {v.out}[i].reshape({R}, {F}), {v.p['b']}, 0, True)",
+        ])
+
+    def backward(self, v):
+        # dW.T (F, P) += dout_i.T (F, R) @ cols (R, P): P (e.g. 147) is the GEMM's vector dimension, where F (32)
+        # would leave a third of its 3-vector tiles masked off; one transpose at the end
+        R, P, F = self._sizes()
+        t = v.tag
+        if self.batched():
+            lines = [
+                f"cols{t} = {v.kept}.reshape(n * {R}, {P})",
+                f"dWT{t} = {v.scratch}[:{F * P}].reshape({F}, {P})",
+                f"gemm({v.dout}.reshape(n * {R}, {F}).T, cols{t}, dWT{t}, dWT{t}, 0, False)",
+                f"transpose_into(dWT{t}, {v.g['W']}.reshape({P}, {F}))",
+                f"channel_sums({v.dout}, {v.g['b']}, {F})",
+            ]
+            if v.need_dx:
+                lines += [
+                    f"transpose_into({v.p['W']}.reshape({P}, {F}), dWT{t})",  # its space takes W.T now
+                    f"gemm({v.dout}.reshape(n * {R}, {F}), dWT{t}, cols{t}, cols{t}, 0, False)",  # dcols
+                    "for i in range(n):",
+                    f"    col2im(cols{t}[i * {R}:(i + 1) * {R}], {v.dx}, i, {self._args()})",
+                ]
+            return "\n".join(lines)
+        lines = [
+            f"cols{t} = {v.scratch}[:{R * P}].reshape({R}, {P})",
+            f"Wm{t} = {v.p['W']}.reshape({P}, {F})",
+            f"dWT{t} = {v.scratch}[{R * P}:{R * P + F * P}].reshape({F}, {P})",
+            "for i in range(n):",
+            f"    im2col({v.x}, i, cols{t}, {self._args()})",
+            f"    gemm({v.dout}[i].reshape({R}, {F}).T, cols{t}, dWT{t}, dWT{t}, {P}, i > 0)",
+            f"transpose_into(dWT{t}, {v.g['W']}.reshape({P}, {F}))",
+            f"channel_sums({v.dout}, {v.g['b']}, {F})",
+        ]
+        if v.need_dx:
+            lines += [
+                f"WT{t} = dWT{t}",  # dW.T is stored: its space takes W.T now
+                f"transpose_into(Wm{t}, WT{t})",
+                "for i in range(n):",
+                f"    gemm({v.dout}[i].reshape({R}, {F}), WT{t}, cols{t}, cols{t}, 0, False)",
+                f"    col2im(cols{t}, {v.dx}, i, {self._args()})",
+            ]
+        return "\n".join(lines)
+
+
+@LAYERS.register("conv2d", config=ConvConfig)
+class Conv2d(_Conv):
+    """2-D convolution: x (N, H, W, C) * W (K, K, C, F) + b (F,) -> (N, Ho, Wo, F), Ho = (H + 2 pad - K) // stride
+    + 1; im2col per image and the project's GEMM."""
+
+    dims = 3
+
+    def geometry(self, in_shape):
+        H, W, C = in_shape
+        k, s, p = self.cfg.size, self.cfg.stride, self.cfg.pad
+        return H, W, C, k, k, s, s, p, p
+
+
+@LAYERS.register("conv1d", config=ConvConfig)
+class Conv1d(_Conv):
+    """1-D convolution: x (N, L, C) * W (1, K, C, F) + b (F,) -> (N, Lo, F), Lo = (L + 2 pad - K) // stride + 1."""
+
+    dims = 2
+
+    def geometry(self, in_shape):
+        L, C = in_shape
+        return 1, L, C, 1, self.cfg.size, 1, self.cfg.stride, 0, self.cfg.pad
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# pooling
+# ---------------------------------------------------------------------------------------------------------------
+@dataclass
+class PoolConfig:
+    size: int = param(2, "window side K (K x K for 2-D inputs, K for 1-D)", range="[1, inf)")
+    stride: int = param(0, "step between windows; 0 = size (windows that do not overlap)", range="[0, inf)")
+
+
+@dataclass
+class AvgPoolConfig:
+    size: int = param(0, "window side K (K x K on images, K on signals); 0 = the whole input (global average)",
+                      range="[0, inf)")
+    stride: int = param(0, "step between windows; 0 = size", range="[0, inf)")
+
+
+class _Pool(Layer):
+    dims = None  # 3: images only, 2: signals only, None: either
+
+    def output_shape(self, in_shape, num_classes, where):
+        if len(in_shape) not in (2, 3) or (self.dims and len(in_shape) != self.dims):
+            want = {3: "(C, H, W) images", 2: "(C, L) signals", None: "images or signals"}[self.dims]
+            raise ConfigError(where, self.name, f"a layer for its input: {self.name} takes {want}, this input is "
+                                                f"{describe_shape(in_shape)}")
+        H, W, C = (in_shape if len(in_shape) == 3 else (1, *in_shape))
+        k = self.cfg.size
+        KH, KW = (H if len(in_shape) == 3 else 1, W) if k == 0 else (k if len(in_shape) == 3 else 1, k)
+        s = self.cfg.stride or k
+        SH, SW = (KH, KW) if s == 0 else (s if len(in_shape) == 3 else 1, s)
+        if KH > H or KW > W:
+            raise ConfigError(f"{where}.size", k, f"a window no larger than the input {describe_shape(in_shape)}")
+        self.geom = (H, W, C, KH, KW, SH, SW, (H - KH) // SH + 1, (W - KW) // SW + 1)
+        ho, wo = self.geom[7], self.geom[8]
+        return (ho, wo, C) if len(in_shape) == 3 else (wo, C)
+
+    def _args(self):
+        return ", ".join(str(a) for a in self.geom)
+
+
+class _MaxPool(_Pool):
+    """Max pooling: the max of each window per channel; the winner's index is kept for the backward pass."""
+
+    kernels = (KP.maxpool_forward, KP.maxpool_backward)
+    kinks = True
+
+    def ints_per_row(self):
+        return self.out_size
+
+    def forward(self, v):
+        return f"maxpool_forward({v.x}, {v.out}, {v.ints}, {self._args()})"
+
+    def backward(self, v):
+        return f"maxpool_backward({v.dout}, {v.ints}, {v.dx})"
+
+    def winners(self, x, out, ints):
+        return ints.ravel() % max(1, self.in_size)  # which input won each window (an index, compared exactly)
+
+
+@LAYERS.register("maxpool2d", config=PoolConfig)
+class MaxPool2d(_MaxPool):
+    """2-D max pooling: (N, H, W, C) -> (N, Ho, Wo, C), Ho = (H - K) // stride + 1."""
+
+    dims = 3
+
+
+@LAYERS.register("maxpool1d", config=PoolConfig)
+class MaxPool1d(_MaxPool):
+    """1-D max pooling: (N, L, C) -> (N, Lo, C), Lo = (L - K) // stride + 1."""
+
+    dims = 2
+
+
+@LAYERS.register("avgpool", config=AvgPoolConfig)
+class AvgPool(_Pool):
+    """Average pooling over images or signals: the mean of each window per channel (size 0: global average)."""
+
+    kernels = (KP.avgpool_forward, KP.avgpool_backward)
+
+    def forward(self, v):
+        return f"avgpool_forward({v.x}, {v.out}, {self._args()})"
+
+    def backward(self, v):
+        return f"avgpool_backward({v.dout}, {v.dx}, {self._args()})"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# reshapes, activations, dropout
+# ---------------------------------------------------------------------------------------------------------------
+@LAYERS.register("flatten")
+class Flatten(Layer):
+    """(N, ...) -> (N, D): the same buffer (rows are already flat, channels last); no kernels, no copy."""
+
+    alias = True
+
+    def output_shape(self, in_shape, num_classes, where):
+        return (int(np.prod(in_shape)),)
+
+    def forward(self, v):
+        return ""
+
+    def backward(self, v):
+        return ""
+
+
+@LAYERS.register("relu")
+class ReLU(Layer):
+    """out = max(0, x) elementwise; kink at 0 (the sign of x is the winners record)."""
+
+    kernels = (KE.relu_forward, KE.relu_backward)
+    kind = "relu"
+    kinks = True
+
+    def forward(self, v):
+        return f"relu_forward({v.x}, {v.out})"
+
+    def backward(self, v):
+        return f"relu_backward({v.dout}, {v.x}, {v.dx})"
+
+    def winners(self, x, out, ints):
+        return (x > 0).ravel()
+
+
+@dataclass
+class LeakyReLUConfig:
+    slope: float = param(0.01, "slope for x < 0", range="(0, 1)")
+
+
+@LAYERS.register("leaky_relu", config=LeakyReLUConfig)
+class LeakyReLU(Layer):
+    """out = x for x > 0, slope * x otherwise; kink at 0."""
+
+    kernels = (KE.leaky_relu_forward, KE.leaky_relu_backward)
+    kind = "leaky_relu"
+    kinks = True
+
+    def forward(self, v):
+        return f"leaky_relu_forward({v.x}, {v.out}, {float(self.cfg.slope)!r})"
+
+    def backward(self, v):
+        return f"leaky_relu_backward({v.dout}, {v.x}, {v.dx}, {float(self.cfg.slope)!r})"
+
+    def winners(self, x, out, ints):
+        return (x > 0).ravel()
+
+
+@LAYERS.register("tanh")
+class Tanh(Layer):
+    """out = tanh(x) elementwise (smooth: no kinks)."""
+
+    kernels = (KE.tanh_forward, KE.tanh_backward)
+    kind = "tanh"
+
+    def forward(self, v):
+        return f"tanh_forward({v.x}, {v.out})"
+
+    def backward(self, v):
+        return f"tanh_backward({v.dout}, {v.out}, {v.dx})"
+
+
+@dataclass
+class DropoutConfig:
+    keep_prob: float = param(0.5, "probability p of keeping a unit (inverted dropout: kept units scale by 1/p)",
+                             range="(0, 1]")
+
+
+@LAYERS.register("dropout", config=DropoutConfig)
+class Dropout(Layer):
+    """Inverted dropout: out = x * mask, mask 1/p with probability p else 0, drawn per training step; identity in
+    eval mode (and in fused steps, which the model turns off when it has dropout)."""
+
+    kernels = (KE.scale_by_mask,)
+
+    def noise_per_row(self):
+        return self.in_size if self.cfg.keep_prob < 1.0 else 0
+
+    def make_mask(self, uniform):
+        KE.uniform_to_mask(uniform, self.cfg.keep_prob)
+
+    def forward(self, v):
+        return f"scale_by_mask({v.x}, {v.mask}, {v.out})"
+
+    def backward(self, v):
+        return f"scale_by_mask({v.dout}, {v.mask}, {v.dx})"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# batch normalization
+# ---------------------------------------------------------------------------------------------------------------
+@dataclass
+class BatchNormConfig:
+    momentum: float = param(0.9, "running statistics: running = momentum * running + (1 - momentum) * batch",
+                            range="[0, 1)")
+    eps: float = param(1e-5, "added to the variance before the square root", range="(0, inf)")
+
+
+@LAYERS.register("batchnorm", config=BatchNormConfig)
+class BatchNorm(Layer):
+    """Batch normalization per channel (last axis): 1-D on features (N, D), spatial on images and signals.
+    Training steps normalize with the batch's statistics and update the running ones, which eval uses. The
+    running mean and variance are blocks of the parameter vector (mean{k}, var{k}; no decay, zero gradient, so
+    checkpoints and resumes carry them bit for bit and EMA averages them)."""
+
+    kernels = (KN.batchnorm_forward, KN.batchnorm_backward, KN.channel_stats)
+
+    def blocks(self):
+        C = self.in_shape[-1]
+        return [("gamma", (C,), False), ("beta", (C,), False), ("mean", (C,), False), ("var", (C,), False)]
+
+    def init(self, rng, views, small):
+        views["gamma"][:] = 1.0
+        views["var"][:] = 1.0
+
+    def forward(self, v):
+        C = self.in_shape[-1]
+        return (f"batchnorm_forward({v.x}, {v.out}, {v.p['gamma']}, {v.p['beta']}, {v.p['mean']}, {v.p['var']}, "
+                f"{C}, {float(self.cfg.eps)!r}, {float(self.cfg.momentum)!r}, train)")
+
+    def backward(self, v):
+        C = self.in_shape[-1]
+        dx = v.dx if v.need_dx else v.dout
+        return "\n".join([
+            f"batchnorm_backward({v.dout}, {v.x}, {v.p['gamma']}, {dx}, {v.g['gamma']}, {v.g['beta']}, {C}, "
+            f"{float(self.cfg.eps)!r}, {v.need_dx})",
+            f"{v.g['mean']}[:] = 0.0",
+            f"{v.g['var']}[:] = 0.0",
+        ])

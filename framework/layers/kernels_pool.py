@@ -1,0 +1,105 @@
+"""Pooling kernels over channels-last rows: x (N, H*W*C) -> out (N, Ho*Wo*C), windows KH x KW at stride SH, SW,
+no padding (1-D pooling is H = KH = SH = 1). Max pooling records the winner of every window (its index within
+the input row) for the backward pass and for kink detection in gradient checks.
+
+Every kernel checks the sizes it is given against the arrays and does nothing when they disagree; a recorded
+index outside the input row is skipped in the backward pass. NaN wins its window (it propagates, as in
+np.maximum), so a NaN input gives a NaN output, never an out-of-bounds index.
+"""
+from __future__ import annotations
+
+from numba import njit
+
+jit = njit(cache=True, error_model="numpy", nogil=True)
+
+
+@jit
+def _pool_fits(x, out, H, W, C, KH, KW, SH, SW, Ho, Wo):
+    return (min(H, W, C, KH, KW, SH, SW) > 0 and Ho >= 0 and Wo >= 0 and x.shape[1] >= H * W * C
+            and out.shape[1] >= Ho * Wo * C and out.shape[0] <= x.shape[0]
+            and (Ho == 0 or (Ho - 1) * SH + KH <= H) and (Wo == 0 or (Wo - 1) * SW + KW <= W))
+
+
+@jit
+def maxpool_forward(x, out, arg, H, W, C, KH, KW, SH, SW, Ho, Wo):
+    """out (N, Ho*Wo*C) = max of each KH x KW window of x (N, H*W*C) per channel; arg (N, Ho*Wo*C) int64 gets the
+    index in the row of x of each window's first maximum."""
+    if not _pool_fits(x, out, H, W, C, KH, KW, SH, SW, Ho, Wo) or arg.shape[0] < out.shape[0] \
+            or arg.shape[1] < Ho * Wo * C:
+        return
+    for i in range(out.shape[0]):
+        for oh in range(Ho):
+            for ow in range(Wo):
+                o = (oh * Wo + ow) * C
+                first = (oh * SH * W + ow * SW) * C
+                for c in range(C):
+                    out[i, o + c] = x[i, first + c]
+                    arg[i, o + c] = first + c
+                for kh in range(KH):
+                    for kw in range(KW):
+                        if kh == 0 and kw == 0:
+                            continue
+                        j = ((oh * SH + kh) * W + ow * SW + kw) * C
+                        for c in range(C):
+                            v = x[i, j + c]
+                            best = out[i, o + c]
+                            if v > best or (v != v and best == best):
+                                out[i, o + c] = v
+                                arg[i, o + c] = j + c
+
+
+@jit
+def maxpool_backward(dout, arg, dx):
+    """dx (N, H*W*C) = dout (N, Ho*Wo*C) routed to the recorded winners arg (N, Ho*Wo*C), zero elsewhere."""
+    n = min(dout.shape[0], arg.shape[0], dx.shape[0])
+    m = min(dout.shape[1], arg.shape[1])
+    width = dx.shape[1]
+    for i in range(dx.shape[0]):
+        for j in range(width):
+            dx[i, j] = 0.0
+    for i in range(n):
+        for j in range(m):
+            k = arg[i, j]
+            if 0 <= k < width:
+                dx[i, k] += dout[i, j]
+
+
+@jit
+def avgpool_forward(x, out, H, W, C, KH, KW, SH, SW, Ho, Wo):
+    """out (N, Ho*Wo*C) = mean of each KH x KW window of x (N, H*W*C) per channel."""
+    if not _pool_fits(x, out, H, W, C, KH, KW, SH, SW, Ho, Wo):
+        return
+    scale = 1.0 / (KH * KW)
+    for i in range(out.shape[0]):
+        for o in range(Ho * Wo * C):
+            out[i, o] = 0.0
+        for oh in range(Ho):
+            for ow in range(Wo):
+                o = (oh * Wo + ow) * C
+                for kh in range(KH):
+                    for kw in range(KW):
+                        j = ((oh * SH + kh) * W + ow * SW + kw) * C
+                        for c in range(C):
+                            out[i, o + c] += x[i, j + c]
+                for c in range(C):
+                    out[i, o + c] *= scale
+
+
+@jit
+def avgpool_backward(dout, dx, H, W, C, KH, KW, SH, SW, Ho, Wo):
+    """dx (N, H*W*C): each window's dout (N, Ho*Wo*C) spread evenly over its KH*KW inputs (summed where windows
+    overlap), zero elsewhere."""
+    if not _pool_fits(dx, dout, H, W, C, KH, KW, SH, SW, Ho, Wo):
+        return
+    scale = 1.0 / (KH * KW)
+    for i in range(dout.shape[0]):
+        for j in range(H * W * C):
+            dx[i, j] = 0.0
+        for oh in range(Ho):
+            for ow in range(Wo):
+                o = (oh * Wo + ow) * C
+                for kh in range(KH):
+                    for kw in range(KW):
+                        j = ((oh * SH + kh) * W + ow * SW + kw) * C
+                        for c in range(C):
+                            dx[i, j + c] += dout[i, o + c] * scale

@@ -1,0 +1,388 @@
+"""Layers (framework.layers): every entry of LAYERS, the user layer of tests/layer_plugins included, is built,
+gradient-checked in float64, compared with a plain-NumPy forward (built-ins), fed NaN/inf inside guarded buffers;
+the layered models train through the CLI."""
+from __future__ import annotations
+
+import json
+import pathlib
+import shutil
+
+import numpy as np
+import pytest
+
+from framework import LAYERS, MODELS, load_plugins
+from framework.core.errors import ConfigError
+from framework.layers import builtin
+from framework.layers import kernels_conv as KC
+from framework.layers import kernels_elementwise as KE
+from framework.layers import kernels_pool as KP
+from framework.layers.sequential import Sequential, SequentialConfig
+from framework.layers.spec import internal_shape, public_shape
+
+from conftest import FAST, assert_clean_failure
+
+PLUGIN_DIR = pathlib.Path(__file__).resolve().parent / "layer_plugins"
+load_plugins([PLUGIN_DIR])  # the user layer joins every parametrized test below
+
+# (input shape (C, H, W) / (C, L) / (D,), options, expected output shape) per layer; others get DEFAULT_CASE
+CASES = {
+    "affine": ((2, 4, 5), {"units": 6}, (6,)),
+    "conv2d": ((2, 5, 6), {"filters": 3, "size": 3, "stride": 2, "pad": 1}, (3, 3, 3)),
+    "conv1d": ((2, 9), {"filters": 3, "size": 3, "stride": 2, "pad": 1}, (3, 5)),
+    "maxpool2d": ((2, 4, 6), {"size": 2}, (2, 2, 3)),
+    "maxpool1d": ((3, 8), {"size": 3, "stride": 2}, (3, 3)),  # overlapping windows
+    "avgpool": ((2, 4, 6), {"size": 2, "stride": 1}, (2, 3, 5)),
+    "flatten": ((2, 3, 4), {}, (24,)),
+    "relu": ((2, 3, 4), {}, (2, 3, 4)),
+    "leaky_relu": ((2, 3, 4), {"slope": 0.1}, (2, 3, 4)),
+    "tanh": ((2, 3, 4), {}, (2, 3, 4)),
+    "dropout": ((2, 3, 4), {"keep_prob": 0.6}, (2, 3, 4)),
+    "batchnorm": ((2, 3, 4), {"momentum": 0.8}, (2, 3, 4)),
+}
+DEFAULT_CASE = ((2, 4, 5), {}, None)
+CLASSES = 3
+ROWS = 4
+
+
+def case(name):
+    return CASES.get(name, DEFAULT_CASE)
+
+
+def shape_keeper(shape) -> dict:
+    """A layer with parameters that keeps `shape`, put before the layer under test so that its backward (dx)
+    is checked through this layer's weight gradient."""
+    if len(shape) == 3:
+        return {"type": "conv2d", "filters": shape[0], "size": 1}
+    if len(shape) == 2:
+        return {"type": "conv1d", "filters": shape[0], "size": 1}
+    return {"type": "affine", "units": shape[0]}
+
+
+def probe(name, before=True, loss="softmax"):
+    """(model, theta, X, y, noise): [shape keeper -] layer - affine to 3 classes, float64, random weights."""
+    shape, options, _ = case(name)
+    layers = ([shape_keeper(shape)] if before else []) + [{"type": name, **options}, {"type": "affine"}]
+    model = Sequential(SequentialConfig(layers=layers, input_shape=list(shape), loss=loss))
+    model.setup(int(np.prod(shape)), CLASSES, np.float64)
+    rng = np.random.default_rng(7)
+    theta = model.init_params(rng)
+    theta += 0.1 * rng.standard_normal(theta.size)  # nonzero biases and scales: every block matters
+    X = rng.standard_normal((ROWS, int(np.prod(shape))))
+    y = rng.integers(0, CLASSES, ROWS)
+    return model, theta, X, y, model.sample_noise(rng, ROWS)
+
+
+@pytest.mark.parametrize("name", LAYERS.names())
+def test_output_shape(name):
+    shape, _, expected = case(name)
+    model, *_ = probe(name, before=False)
+    layer = model.layers[0]
+    assert layer.in_shape == internal_shape(shape)
+    if expected is not None:
+        assert public_shape(layer.out_shape) == expected
+    assert model.plan.sizes[1] == int(np.prod(layer.out_shape))
+
+
+@pytest.mark.parametrize("name,loss", [(n, "softmax") for n in LAYERS.names()] + [("relu", "svm")])
+def test_gradient_check_float64(name, loss):
+    """Centered differences on every coordinate of every block (they are small) agree with loss_grad to a
+    relative error < 1e-6, except where a max/hinge changes its winner between x-h and x+h (a kink)."""
+    model, theta, X, y, noise = probe(name, loss=loss)
+    grad = np.zeros_like(theta)
+    model.loss_grad(theta, grad, X, y, noise=noise)
+    analytic = grad.copy()
+    h = 1e-5
+    for block in model.layout:
+        checked = 0
+        for i in range(block.offset, block.stop):
+            plus, minus = theta.copy(), theta.copy()
+            plus[i] += h
+            minus[i] -= h
+            if not np.array_equal(model.winners(plus, X, y, noise), model.winners(minus, X, y, noise)):
+                continue  # a kink between the two points: the difference quotient is not the derivative
+            numeric = (model.loss_grad(plus, grad, X, y, noise=noise) -
+                       model.loss_grad(minus, grad, X, y, noise=noise)) / (2 * h)
+            a = analytic[i]
+            scale = max(abs(a), abs(numeric))
+            if scale < 1e-7:  # below the round-off of the difference quotient: compare absolutely
+                assert abs(a - numeric) < 1e-9, (block.name, i, a, numeric)
+            else:
+                assert abs(a - numeric) / scale < 1e-6, (block.name, i, a, numeric)
+            checked += 1
+        assert checked >= min(block.size, 2), f"{block.name}: every coordinate sat on a kink"
+
+
+def _reference(name, layer, params, x):
+    """Plain-NumPy forward of a built-in layer on x (N, *internal shape) -> (N, *out shape), eval mode."""
+    cfg = layer.cfg
+    n = x.shape[0]
+    if name == "affine":
+        return x.reshape(n, -1) @ params["W"] + params["b"]
+    if name in ("conv2d", "conv1d"):
+        x4 = x if name == "conv2d" else x[:, None]  # (N, H, W, C)
+        s, p = cfg.stride, cfg.pad
+        pads = ((0, 0), (p, p), (p, p), (0, 0)) if name == "conv2d" else ((0, 0), (0, 0), (p, p), (0, 0))
+        xp = np.pad(x4, pads)
+        W = params["W"]  # (KH, KW, C, F)
+        kh, kw = W.shape[:2]
+        ho, wo = (xp.shape[1] - kh) // (s if name == "conv2d" else 1) + 1, (xp.shape[2] - kw) // s + 1
+        sh = s if name == "conv2d" else 1
+        out = np.zeros((n, ho, wo, W.shape[3]))
+        for i in range(ho):
+            for j in range(wo):
+                patch = xp[:, i * sh:i * sh + kh, j * s:j * s + kw, :]
+                out[:, i, j, :] = np.tensordot(patch, W, axes=([1, 2, 3], [0, 1, 2])) + params["b"]
+        return out if name == "conv2d" else out[:, 0]
+    if name in ("maxpool2d", "maxpool1d", "avgpool"):
+        x4 = x if x.ndim == 4 else x[:, None]
+        H, W = x4.shape[1:3]
+        size = cfg.size or (H if x.ndim == 4 else W)
+        kh, kw = (size if x.ndim == 4 else 1), size
+        s = cfg.stride or size
+        sh = s if x.ndim == 4 else 1
+        ho, wo = (H - kh) // sh + 1, (W - kw) // s + 1
+        reduce = np.max if name.startswith("max") else np.mean
+        out = np.stack([np.stack([reduce(x4[:, i * sh:i * sh + kh, j * s:j * s + kw, :], axis=(1, 2))
+                                  for j in range(wo)], axis=1) for i in range(ho)], axis=1)
+        return out if x.ndim == 4 else out[:, 0]
+    if name == "relu":
+        return np.maximum(x, 0)
+    if name == "leaky_relu":
+        return np.where(x > 0, x, cfg.slope * x)
+    if name == "tanh":
+        return np.tanh(x)
+    if name == "batchnorm":  # eval mode: the running statistics
+        return params["gamma"] * (x - params["mean"]) / np.sqrt(params["var"] + cfg.eps) + params["beta"]
+    if name in ("flatten", "dropout"):
+        return x.reshape(n, -1) if name == "flatten" else x
+    raise KeyError(name)
+
+
+BUILTIN = sorted(n for n in LAYERS.names() if LAYERS.get(n).module == builtin.__name__)
+
+
+def test_every_builtin_layer_has_a_case():
+    assert BUILTIN and set(BUILTIN) <= set(CASES)
+
+
+@pytest.mark.parametrize("name", BUILTIN)
+def test_forward_matches_numpy(name):
+    model, theta, X, y, _ = probe(name, before=False)
+    layer = model.layers[0]
+    n = model._forward(theta, np.ascontiguousarray(X), 0, ROWS)
+    got = model.plan.activation(model._work, n, 1).reshape((n, *layer.out_shape))
+    params = {s: model.layout.view(theta, f"{s}1") for s, _, _ in layer.blocks()}
+    want = _reference(name, layer, params, X.reshape((ROWS, *layer.in_shape)))
+    np.testing.assert_allclose(got, want.reshape(got.shape), rtol=1e-12, atol=1e-12)
+
+
+GUARD, SENTINEL = 5, -777.0
+
+
+def guarded(array, fill=SENTINEL):
+    """(view, base): `array`'s values in the middle of a larger buffer whose ends hold `fill`."""
+    flat = np.ravel(array)
+    base = np.full(flat.size + 2 * GUARD, fill, dtype=flat.dtype)
+    base[GUARD:GUARD + flat.size] = flat
+    return base[GUARD:GUARD + flat.size].reshape(np.shape(array)), base
+
+
+def untouched(base, fill=SENTINEL):
+    return np.all(base[:GUARD] == fill) and np.all(base[-GUARD:] == fill)
+
+
+@pytest.mark.parametrize("name", LAYERS.names())
+def test_nan_and_inf_inputs_stay_in_bounds(name):
+    """NaN, +-inf and 1e308 inputs through loss_grad, winners and scores: nothing is written outside the
+    model's buffers, the gradient or theta, and every recorded max-pool winner indexes its input row."""
+    model, theta, X, y, noise = probe(name)
+    X = X.copy()
+    X.ravel()[::3] = np.nan
+    X.ravel()[1::5] = np.inf
+    X.ravel()[2::7] = -1e308
+    model._reserve(ROWS)
+    model._work, work_base = guarded(model._work)
+    model._iwork, iwork_base = guarded(model._iwork, -99)
+    theta, theta_base = guarded(theta)
+    grad, grad_base = guarded(np.zeros_like(theta))
+    model.loss_grad(theta, grad, X, y, noise=noise)
+    model.winners(theta, X, y, noise)
+    assert model.scores(theta, X).shape == (ROWS, CLASSES)
+    assert untouched(work_base) and untouched(iwork_base, -99) and untouched(theta_base) and untouched(grad_base)
+    for i, layer in enumerate(model.layers):
+        if layer.ints_per_row():
+            ints = model.plan.ints(model._iwork, ROWS, i)
+            assert ints.min() >= 0 and ints.max() < layer.in_size
+
+
+def test_kernels_ignore_sizes_that_disagree_with_their_arrays():
+    """Sizes larger than the arrays (a caller's mistake) make a kernel do nothing, never write past its arrays."""
+    x, xb = guarded(np.ones((2, 3 * 4 * 2)))
+    cols, cb = guarded(np.zeros((12, 2 * 2 * 2)))
+    KC.im2col(x, 0, cols, 5, 4, 2, 2, 2, 1, 1, 0, 0, 4, 3)  # H = 5 > the row's 3
+    KC.im2col(x, 2, cols, 3, 4, 2, 2, 2, 1, 1, 0, 0, 2, 3)  # image 2 of 2
+    KC.col2im(cols, x, 0, 3, 4, 2, 2, 2, 1, 1, 0, 0, 9, 3)  # Ho = 9 > what fits
+    out, ob = guarded(np.zeros((2, 6 * 2)))
+    arg, ab = guarded(np.zeros((2, 6 * 2), dtype=np.int64), -99)
+    KP.maxpool_forward(x, out, arg, 3, 4, 2, 2, 2, 1, 1, 3, 3)  # 3 windows of 2 rows need H = 4
+    KP.avgpool_forward(x, out, 3, 4, 2, 2, 5, 1, 1, 2, 3)  # KW = 5 > W
+    KE.relu_forward(np.ones((3, 9)), out)  # 27 inputs into 24 outputs: the first 24 are written
+    arg[...] = [[-1, 10 ** 9] * 6, [24, 23] * 6]  # winners outside the row (24 values) are skipped
+    KP.maxpool_backward(out, arg, x)
+    db, dbb = guarded(np.zeros(5))
+    KC.channel_sums(np.ones((2, 12)), db, 5)  # 12 values are not whole positions of 5 channels
+    assert all(untouched(b) for b in (xb, cb, ob, dbb)) and untouched(ab, -99)
+    assert np.all(cols == 0) and np.all(out == 1) and np.all(db == 0)
+    assert x[1, 23] == 6.0 and np.count_nonzero(x) == 1  # six windows routed to input 23 of row 1, nothing else
+
+
+def test_maxpool_winners_change_only_across_a_tie():
+    model, theta, X, y, _ = probe("maxpool2d", before=False)
+    w = model.winners(theta, X, y)
+    X2 = X.copy()
+    X2[0, 0] += 1e-9  # tiny moves keep every window's winner
+    assert np.array_equal(w, model.winners(theta, X2, y))
+    losers = sorted(set(range(X.shape[1])) - set(w[:model.layers[0].out_size]))
+    X2[0, losers[0]] = X[0].max() + 1  # an input that lost its window now wins it
+    assert not np.array_equal(w, model.winners(theta, X2, y))
+
+
+@pytest.mark.slow  # the float32 build of the GEMM tiles takes ~40 s on a cold Numba cache
+def test_float32_matches_float64():
+    model, theta, X, y, _ = probe("conv2d")
+    m32 = model.with_dtype(np.float32)
+    g64, g32 = np.zeros_like(theta), np.zeros(theta.size, np.float32)
+    l64 = model.loss_grad(theta, g64, X, y)
+    l32 = m32.loss_grad(theta.astype(np.float32), g32, X.astype(np.float32), y)
+    assert abs(l64 - l32) < 1e-5 and np.allclose(g32, g64, atol=1e-5)
+
+
+def test_shape_inference_and_layout_of_the_convnet():
+    model = MODELS.build("convnet").setup(3072, 10)
+    assert model.input_shape == (32, 32, 3)
+    assert [public_shape(layer.out_shape) for layer in model.layers] == \
+        [(32, 32, 32), (32, 32, 32), (32, 16, 16), (100,), (100,), (10,)]
+    assert [(b.name, b.shape, b.decay) for b in model.layout] == [
+        ("W1", (7, 7, 3, 32), True), ("b1", (32,), False), ("W2", (8192, 100), True), ("b2", (100,), False),
+        ("W3", (100, 10), True), ("b3", (10,), False)]
+    cnn = MODELS.build("cnn1d", input_shape=[1, 40]).setup(40, 10)
+    assert [public_shape(layer.out_shape) for layer in cnn.layers][::2] == [(25, 20), (25, 10), (25, 5), (125,)]
+    assert cnn.layers[-1].out_shape == (10,)
+
+
+@pytest.mark.parametrize("layers,input_shape,key,piece", [
+    ([{"type": "conv3d"}, {"type": "affine"}], [], "model.layers[0].type", "conv2d"),
+    ([{"type": "conv2d", "filtres": 3}, {"type": "affine"}], [], "model.layers[0].filtres", "filters"),
+    (["conv1d", {"type": "affine"}], [1, 8, 8], "model.layers[0]", "(C, L) signals"),
+    ([{"type": "conv2d", "size": 9}, {"type": "affine"}], [], "model.layers[0].size", "kernel no larger"),
+    ([{"type": "affine", "units": 5}], [], "model.layers", "10 class scores"),
+    ([{"type": "affine"}], [3, 5], "model.input_shape", "64 values"),
+    ([], [], "model.layers", "non-empty list"),
+])
+def test_bad_layer_lists_name_the_key(layers, input_shape, key, piece):
+    with pytest.raises(ConfigError) as info:
+        MODELS.build("sequential", layers=layers, input_shape=input_shape).setup(64, 10)
+    assert info.value.key == key and piece in str(info.value)
+
+
+@pytest.mark.slow
+def test_bad_layer_through_the_cli(cli):
+    result = cli(*FAST, "model=sequential", "model.layers=[{type:conv3d},{type:affine}]")
+    assert_clean_failure(result, ["model.layers[0].type", "conv2d"])
+    assert result.returncode == 2
+
+
+def _summary(run_dir: pathlib.Path) -> dict:
+    (path,) = run_dir.glob("outputs/runs/*/*/summary.json")
+    return json.loads(path.read_text())
+
+
+@pytest.mark.slow
+def test_convnet_trains_on_digits_through_the_cli(cli, tmp_path):
+    result = cli(*FAST, "model=convnet", "data=digits", "epochs=8")
+    assert result.returncode == 0, result.stderr
+    metrics = _summary(tmp_path)["metrics"]
+    assert metrics["test_acc"] >= 0.97, metrics  # the MLP default gets ~0.97; chance is 0.1
+
+
+@pytest.mark.slow
+def test_cnn1d_trains_through_the_cli(cli, tmp_path):
+    result = cli(*FAST, "model=cnn1d", "data=digits", "epochs=8")  # rows of pixels as one 64-step signal
+    assert result.returncode == 0, result.stderr
+    assert _summary(tmp_path)["metrics"]["test_acc"] >= 0.85
+
+
+@pytest.mark.slow
+def test_user_layer_plugin_trains_and_passes_the_gradient_check_through_the_cli(cli, tmp_path):
+    (tmp_path / "plugins").mkdir()
+    shutil.copy(PLUGIN_DIR / "channel_scale.py", tmp_path / "plugins" / "channel_scale.py")
+    layers = "[{type:conv2d,filters:6,size:3,pad:1},{type:channel_scale,start:0.5},relu,{type:maxpool2d},{type:affine}]"
+    result = cli("preflight=full", "++tensorboard.enabled=false", "checkpoint=null", "model=sequential",
+                 f"model.layers={layers}", "epochs=8")
+    text = result.stdout + result.stderr
+    assert result.returncode == 0, text
+    assert "Gradient check: PASSED" in text and "s2 " in text, text  # the plugin's block was checked
+    assert _summary(tmp_path)["metrics"]["test_acc"] >= 0.8  # chance is 0.1
+
+
+def test_layered_model_with_dropout_resumes_bit_identical(tmp_path):
+    """Checkpoints carry the layer list in the saved config: a run cut mid-epoch and resumed from its file ends
+    bit-identical to the uninterrupted one (dropout masks come from the saved RNG streams, batchnorm's running
+    statistics are blocks of theta)."""
+    from omegaconf import OmegaConf
+    from test_checkpoint import check_exact_resume
+
+    from conftest import FAST_BASE, compose_config
+
+    layers = ("[{type:conv2d,filters:4,size:3,pad:1},batchnorm,relu,{type:maxpool2d},{type:dropout,keep_prob:0.8},"
+              "{type:affine}]")
+    cfg = compose_config(*FAST_BASE, "data=digits", "model=sequential", "data.max_train=96", "batch_size=16",
+                         "epochs=3", f"model.layers={layers}")
+    OmegaConf.set_struct(cfg, False)
+    read = check_exact_resume(tmp_path, cfg)
+    assert read["theta"].size == 4 * 9 + 4 + 4 * 4 + 64 * 10 + 10
+
+
+@pytest.mark.parametrize("name", ["conv2d", "conv1d"])
+def test_per_image_convolution_equals_the_batched_one(name, monkeypatch):
+    """Large images take the per-image path (columns recomputed in backward): same loss and gradient as the
+    whole-batch path the gradient check covers, to round-off."""
+    model, theta, X, y, _ = probe(name)
+    assert model.layers[1].batched()
+    grad = np.zeros_like(theta)
+    loss = model.loss_grad(theta, grad, X, y)
+    monkeypatch.setattr(builtin, "BATCHED_COLUMNS", 0)
+    per_image, *_ = probe(name)
+    assert not per_image.layers[1].batched()
+    grad2 = np.zeros_like(theta)
+    assert abs(per_image.loss_grad(theta, grad2, X, y) - loss) < 1e-12
+    np.testing.assert_allclose(grad2, grad, rtol=1e-10, atol=1e-13)
+
+
+def test_batchnorm_running_statistics_follow_training_and_serve_eval():
+    model, theta, X, y, _ = probe("batchnorm", before=False)
+    mean, var = model.layout.view(theta, "mean1"), model.layout.view(theta, "var1")
+    mean[:], var[:] = 0.0, 1.0
+    grad = np.zeros_like(theta)
+    scores_before = model.scores(theta, X)
+    model.loss_grad(theta, grad, X, y)  # a training forward: batch statistics, running ones move 20% towards them
+    x = X.reshape(ROWS, -1, 2)  # channels last: (N, positions, C)
+    np.testing.assert_allclose(mean, 0.2 * x.mean(axis=(0, 1)), rtol=1e-12)
+    np.testing.assert_allclose(var, 0.8 + 0.2 * x.var(axis=(0, 1)), rtol=1e-12)
+    assert np.all(grad[model.layout["mean1"].offset:model.layout["var1"].stop] == 0)  # no optimizer moves them
+    assert not np.allclose(model.scores(theta, X), scores_before)  # eval reads them
+
+
+def test_eval_in_chunks_equals_one_pass(monkeypatch):
+    """Wide models evaluate in chunks of rows (bounded scratch): the same scores and activations bit for bit."""
+    from framework.layers import sequential
+
+    model, theta, X, y, _ = probe("relu")
+    X = np.concatenate([X] * 3)
+    scores, acts = model.scores(theta, X), model.activations(theta, X)
+    monkeypatch.setattr(sequential, "EVAL_FLOATS", model.plan.row_floats * 5)
+    assert model.eval_chunk() == 5
+    np.testing.assert_array_equal(model.scores(theta, X), scores)
+    chunked = model.activations(theta, X)
+    assert list(acts) == ["layer2_relu"] and acts["layer2_relu"].shape[0] == 3 * ROWS
+    assert chunked.keys() == acts.keys() and all(np.array_equal(chunked[k], acts[k]) for k in acts)
