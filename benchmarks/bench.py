@@ -169,7 +169,7 @@ def random_splits(workload: Workload, dtype, rows: int, seed: int = 0):
 def make_run(workload: Workload, dtype: str, steps_per_epoch: int, ema_decay: float = 0.0,
              monitor_every: int | None = None, data=None, run_dir=None, seed: int = 0):
     """A framework Run whose epoch is `steps_per_epoch` full batches of random data."""
-    from framework.engine.train import Run
+    from framework.engine.run import Run
 
     cfg = compose(workload, dtype, ema_decay, monitor_every, seed)
     data = data if data is not None else random_splits(workload, dtype, steps_per_epoch * workload.batch, seed)

@@ -5,7 +5,7 @@ import pytest
 
 from framework import DATASETS, MODELS, OPTIMIZERS, REGULARIZERS, SCHEDULES
 from framework.cli.app import CONF_DIR
-from framework.engine.train import component_config
+from framework.engine.settings import component_config
 
 from conftest import compose_config
 

@@ -13,7 +13,7 @@ from framework import MODELS, OPTIMIZERS
 from framework.core.errors import ConfigError
 from framework.core.lifecycle import StoppedHopeless
 from framework.search.sweep import load_sweep, summarize
-from framework.engine.train import Run
+from framework.engine.run import Run
 
 from conftest import FAST, assert_clean_failure, compose_config
 

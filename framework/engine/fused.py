@@ -164,7 +164,7 @@ def chunk_function(loss: FusedCall, penalty: FusedCall | None, update: FusedCall
 
 class FusedSteps:
     """The fused path of one Run, or None from `plan` when some part of the step cannot be fused. Holds the
-    Run's arrays (monitor buffers, the model's scratch): made once per run by Run._fused_plan."""
+    Run's arrays (monitor buffers, the model's scratch): made once per run by Run.fused_plan."""
 
     def __init__(self, run, loss: FusedCall, penalty: FusedCall | None, update: FusedCall):
         self.run = run
@@ -181,7 +181,7 @@ class FusedSteps:
 
     @classmethod
     def plan(cls, run) -> "FusedSteps | None":
-        if run.optimizer.full_batch or run._has_projection or run.step_callbacks:
+        if run.optimizer.full_batch or run.has_projection or run.step_callbacks:
             return None
         if run.per_iteration_schedules:  # hyperparameters change inside a chunk
             return None

@@ -26,7 +26,7 @@ from framework.kernels import dense as K
 from framework.monitoring.diagnostics import (Thresholds, as_markdown, divergence_finding, fit_findings, unit_findings, unit_fractions,
                           update_ratio_findings)
 from framework.core.errors import ConfigError
-from framework.engine.train import Callback
+from framework.engine.callbacks import Callback
 
 log = logging.getLogger("framework")
 HPARAM_METRICS = ("val/acc", "best_val_acc", "test_acc")
