@@ -923,7 +923,7 @@ def write_summary(sweep_dir, stage: int | None = None, with_plot: bool = True) -
     """Write <name>.md, <name>.json and <name>.png (when matplotlib is there) into the sweep folder: name
     stage<S>_summary for one stage, search_summary for the whole sweep. Returns the summary dict; its key
     "files" lists the names of the files written."""
-    from framework.engine.train import write_json_atomic
+    from framework.core.files import write_json_atomic
 
     sweep = load_sweep(sweep_dir)
     summary = summarize(sweep, stage)
@@ -987,7 +987,7 @@ class SearchRecord:
         return [t for t in self.data["trials"] if stage is None or t["stage"] == stage]
 
     def save(self) -> None:
-        from framework.engine.train import write_json_atomic
+        from framework.core.files import write_json_atomic
 
         self.data["wall_time_s"] = time.perf_counter() - self.start
         write_json_atomic(self.folder / SEARCH_FILE, self.data)
