@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from framework.components.data import Splits, prepare
 from framework.core.errors import ConfigError
+from framework.core.params import param, section
 from framework.core.registry import DATASETS, MODELS
 
 log = logging.getLogger("framework")
@@ -31,7 +32,7 @@ def component_config(node) -> tuple[str, dict]:
 
 
 def _number(cfg, key, low, high=math.inf, integer=False, low_open=False, text=None, prefix=""):
-    """cfg[key] checked to be a number in the range; errors name the full dotted key (`prefix.key`)."""
+    """cfg[key] (a top-level option) checked to be a number in the range; errors name the full dotted key."""
     value = cfg.get(key)
     ok = isinstance(value, (int, float)) and not isinstance(value, bool)
     if ok and integer:
@@ -45,8 +46,6 @@ def _number(cfg, key, low, high=math.inf, integer=False, low_open=False, text=No
 
 
 SEED_LIMIT = 2 ** 63  # seeds are stored as signed 64-bit integers (summary, checkpoints, HParams)
-SECTION_KEYS = {"ema": ("decay", "warmup"), "monitor": ("every",), "early_stop": ("loss_multiple", "grace_steps"),
-                "stop_hopeless": ("loss_multiple", "epochs")}
 
 
 def section_mapping(cfg, key: str, allowed: str) -> dict:
@@ -61,14 +60,42 @@ def section_mapping(cfg, key: str, allowed: str) -> dict:
     raise ConfigError(key, node, allowed)
 
 
-def _section(cfg, key: str) -> dict:
-    """A section of SECTION_KEYS as a dict whose keys are all known (errors give the dotted key)."""
-    known = SECTION_KEYS[key]
-    values = section_mapping(cfg, key, f"a section with the keys {', '.join(known)} (set them as {key}.<key>=...)")
-    for name in values:
-        if name not in known:
-            raise ConfigError(f"{key}.{name}", values[name], f"one of the keys {', '.join(known)} of {key}")
-    return values
+@dataclass
+class EmaSection:
+    """The `ema:` section: a running average of the weights (notes 6.5)."""
+
+    decay: float | None = param(0.0, "0 (off) or the decay of the running average, such as 0.999", range="[0, 1)")
+    warmup: bool = param(True, "use min(decay, (1+n)/(10+n)) so early averages are not dominated by the init")
+
+
+@dataclass
+class MonitorSection:
+    """The `monitor:` section."""
+
+    every: int = param(50, "steps between update-ratio / norm measurements (0 = off)", range="[0, inf)")
+
+
+@dataclass
+class EarlyStopSection:
+    """The `early_stop:` section: the strict per-step form of stop_hopeless (notes 5.7)."""
+
+    loss_multiple: float = param(0.0, "0 (off) or a multiple of the first loss such as 3", range="[0, inf)")
+    grace_steps: int = param(100, "steps before the rule applies", range="[0, inf)")
+
+
+@dataclass
+class HopelessSection:
+    """The `stop_hopeless:` section: stop when an epoch's median loss stays far above the first loss."""
+
+    loss_multiple: float = param(10.0, "0 (off) or a multiple of the first loss such as 10", range="[0, inf)")
+    epochs: int = param(1, "epochs in a row above the limit", range="[1, inf)")
+
+
+def _section(cfg, key: str, cls):
+    """The section cfg[key] validated as `cls` by params.section (errors give the dotted key)."""
+    known = ", ".join(f.name for f in fields(cls))
+    return section(cls, section_mapping(cfg, key, f"a section with the keys {known} (set them as {key}.<key>=...)"),
+                   key)
 
 
 def available_memory() -> int | None:
@@ -158,18 +185,13 @@ class Settings:
         eval_with = cfg.get("eval_with", "raw")
         if eval_with not in ("raw", "ema"):
             raise ConfigError("eval_with", eval_with, "raw or ema")
-        ema = _section(cfg, "ema")
-        decay = ema.get("decay", 0.0) or 0.0
-        if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0.0 <= decay < 1.0:
-            raise ConfigError("ema.decay", decay, "0 (off) or a value in (0, 1) such as 0.999")
+        ema = _section(cfg, "ema", EmaSection)
+        decay = ema.decay or 0.0
         if eval_with == "ema" and decay == 0:
             raise ConfigError("eval_with", eval_with, "raw, or ema together with ema.decay > 0")
-        warmup = ema.get("warmup", True)
-        if not isinstance(warmup, bool):
-            raise ConfigError("ema.warmup", warmup, "true or false")
-        monitor = _section(cfg, "monitor")
-        stop = _section(cfg, "early_stop")
-        hopeless = _section(cfg, "stop_hopeless")
+        monitor = _section(cfg, "monitor", MonitorSection)
+        stop = _section(cfg, "early_stop", EarlyStopSection)
+        hopeless = _section(cfg, "stop_hopeless", HopelessSection)
         return cls(
             lr=_number(cfg, "lr", 0.0, low_open=True, text="a positive number such as 1e-3"),
             reg=_number(cfg, "reg", 0.0, text="a number >= 0 (0 turns regularization off)"),
@@ -177,17 +199,9 @@ class Settings:
             batch_size=_number(cfg, "batch_size", 1, integer=True, text="an integer >= 1"),
             seed=_number(cfg, "seed", 0, SEED_LIMIT - 1, integer=True,
                          text="an integer with 0 <= seed < 2**63 (seeds are stored as 64-bit integers)"),
-            dtype=np.dtype(dtype), eval_with=eval_with, ema_decay=float(decay), ema_warmup=warmup,
-            monitor_every=_number(monitor, "every", 0, integer=True, text="an integer >= 0 (0 = off)",
-                                  prefix="monitor") if "every" in monitor else 50,
-            loss_multiple=_number(stop, "loss_multiple", 0.0, text="0 (off) or a multiple such as 3",
-                                  prefix="early_stop") if "loss_multiple" in stop else 0.0,
-            grace_steps=_number(stop, "grace_steps", 0, integer=True, text="an integer >= 0",
-                                prefix="early_stop") if "grace_steps" in stop else 100,
-            hopeless_multiple=_number(hopeless, "loss_multiple", 0.0, text="0 (off) or a multiple such as 10",
-                                      prefix="stop_hopeless") if "loss_multiple" in hopeless else 10.0,
-            hopeless_epochs=_number(hopeless, "epochs", 1, integer=True, text="an integer >= 1",
-                                    prefix="stop_hopeless") if "epochs" in hopeless else 1,
+            dtype=np.dtype(dtype), eval_with=eval_with, ema_decay=float(decay), ema_warmup=ema.warmup,
+            monitor_every=monitor.every, loss_multiple=stop.loss_multiple, grace_steps=stop.grace_steps,
+            hopeless_multiple=hopeless.loss_multiple, hopeless_epochs=hopeless.epochs,
             fused_steps=_flag(cfg, "fused_steps", True),
         )
 

@@ -38,10 +38,11 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
-from framework.core.errors import CheckpointError, ConfigError, FrameworkError
+from framework.core.errors import CheckpointError, FrameworkError
 from framework.core.files import ensure_free_space
+from framework.core.params import param, section
 from framework.core.version import __version__
 from framework.engine.run import Run
 from framework.engine.state import TrainState
@@ -61,32 +62,19 @@ METRIC_ATTRS = {"train_loss": "train/loss", "train_acc": "train/acc", "val_loss"
 # ----------------------------------------------------------------------------------------------------------------
 @dataclass
 class CheckpointSettings:
-    every: int = 1  # epochs between epochEEE_valX.XXXX.h5 files (0 = only last.h5 / best.h5)
-    every_steps: int = 0  # optimizer steps between mid-epoch writes of last.h5 (0 = off)
-    keep_top_k: int = 3  # keep only the k best epoch files (0 = all)
-    keep_cycle_ends: bool = True  # with keep_top_k: also keep the ends of warm-restart cycles (snapshots)
-    max_overhead: float = 0.03  # all checkpoint writes stay within this fraction of the run's time (0 = off)
+    """The `checkpoint:` section of conf/config.yaml."""
+
+    every: int = param(1, "epochs between epochEEE_valX.XXXX.h5 files (0 = only last.h5 / best.h5)",
+                       range="[0, inf)")
+    every_steps: int = param(0, "optimizer steps between mid-epoch writes of last.h5 (0 = off)", range="[0, inf)")
+    keep_top_k: int = param(3, "keep only the k best epoch files (0 = all)", range="[0, inf)")
+    keep_cycle_ends: bool = param(True, "with keep_top_k: also keep the ends of warm-restart cycles (snapshots)")
+    max_overhead: float = param(0.03, "all checkpoint writes stay within this fraction of the run's time "
+                                      "(0 = write last.h5 after every epoch)", range="[0, 1)")
 
     @classmethod
     def from_cfg(cls, node) -> "CheckpointSettings":
-        values = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node or {})
-        out = cls()
-        for key, value in values.items():
-            if key not in cls.__dataclass_fields__:
-                raise ConfigError(f"checkpoint.{key}", value,
-                                  f"options of checkpoint: {', '.join(cls.__dataclass_fields__)}")
-            if key == "keep_cycle_ends":
-                if not isinstance(value, bool):
-                    raise ConfigError(f"checkpoint.{key}", value, "true or false")
-            elif key == "max_overhead":
-                if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
-                    raise ConfigError(f"checkpoint.{key}", value,
-                                      "a fraction in [0, 1) such as 0.05 (0 = write last.h5 after every epoch)")
-                value = float(value)
-            elif isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ConfigError(f"checkpoint.{key}", value, "an integer >= 0 (0 = off)")
-            setattr(out, key, value)
-        return out
+        return section(cls, node, "checkpoint")
 
 
 # ----------------------------------------------------------------------------------------------------------------
