@@ -1,8 +1,8 @@
 """Fused steps: a chunk of minibatch steps (loss and gradient, penalty, update, EMA) in one jitted call.
 
-A small step (W1: 64-100-10, batch 32) costs ~15 us, of which ~3 us is Python and the unboxing of four kernel
-calls' arguments. When the model, the regularizer and the optimizer each describe their kernel call
-(`fused_loss`, `fused_penalty`, `fused_update` returning a `FusedCall`), `Run.train_epoch` runs the steps up to
+A small model's step is so short that the Python around it (a call and the unboxing of four kernel calls'
+arguments per step) is a large share of it (benchmarks/ measure it). When the model, the regularizer and the
+optimizer each describe their kernel call (`fused_loss`, `fused_penalty`, `fused_update` returning a `FusedCall`), `Run.train_epoch` runs the steps up to
 the next monitor step (included), progress tick or epoch end in one call of a generated function that makes
 exactly those kernel calls in the same order: the numbers are the same bit for bit (tests/test_fused.py). A
 plugin that returns None (the default, e.g. dropout, L-BFGS, max-norm) keeps the one-call-per-step loop.

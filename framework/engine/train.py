@@ -79,7 +79,8 @@ def train(cfg, run_dir=None, callbacks=None) -> dict:
 
     run_dir: where summary.json, logs and checkpoints go (default: Hydra's run dir, else a new folder under
     outputs/runs/, see core.paths.RUN_DIR_PATTERN). callbacks: extra Callback objects. Returns the summary dict;
-    raises DivergedError when the loss becomes NaN/inf (summary.json then says 'diverged') and FrameworkError for bad input.
+    raises DivergedError when the loss becomes NaN/inf (summary.json then says 'diverged') and FrameworkError for
+    bad input.
     """
     if not isinstance(cfg, DictConfig):
         cfg = OmegaConf.create(cfg)
