@@ -5,8 +5,8 @@ arguments per step) is a large share of it (benchmarks/ measure it). When the mo
 optimizer each describe their kernel call (`fused_loss`, `fused_penalty`, `fused_update` returning a `FusedCall`),
 `Run.train_epoch` runs the steps up to the next monitor step (included), progress tick or epoch end in one call of
 a generated function that makes exactly those kernel calls in the same order: the numbers are the same bit for bit
-(tests/test_fused.py). A plugin that returns None (the default, e.g. dropout, L-BFGS, max-norm) keeps the one-
-call-per-step loop.
+(tests/test_fused.py). A plugin that returns None (the default, e.g. dropout, L-BFGS, max-norm) keeps the
+one-call-per-step loop.
 
 Why generated source: Numba cannot cache a function that receives other jitted functions as arguments (the
 cache key holds their addresses), so the chunk function is written out as a module that imports the three
