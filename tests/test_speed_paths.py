@@ -81,7 +81,6 @@ def test_a_failed_background_publication_stops_the_run_and_leaves_the_older_last
     checkpoint write (here: the end of epoch 3), with the previous last.h5 intact and no temp file left."""
     import errno
 
-    from framework.io import checkpoint as C
     from framework.io import callback as CB
 
     from conftest import compose_config
