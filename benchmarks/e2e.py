@@ -306,7 +306,7 @@ def profiled_job(out_path: str, overrides: list[str]) -> None:
         exit_code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     write_json_atomic(out_path, {**marks, "seconds": seconds, "cpu_seconds": cpu_seconds, "calls": calls,
                                  "unmeasured": unmeasured, "exit_code": exit_code})
-    from framework import cli
+    from framework.cli import app as cli
 
     cli.exit_now(exit_code)  # leave as `python -m framework` does (runpy ran it as part of this program)
 
