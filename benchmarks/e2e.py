@@ -249,7 +249,7 @@ def profiled_job(out_path: str, overrides: list[str]) -> None:
     import importlib
     import runpy
 
-    from framework.io import checkpoint
+    from framework.io import callback
     from framework.monitoring import monitor
     from framework.core.files import write_json_atomic
 
@@ -277,7 +277,7 @@ def profiled_job(out_path: str, overrides: list[str]) -> None:
 
         setattr(owner, attr, wrapper)
 
-    train_module = importlib.import_module("framework.engine.train")  # the package's `train` attribute is the function
+    train_module = importlib.import_module("framework.engine.run")
     fit = train_module.Run.fit
 
     @functools.wraps(fit)
@@ -296,7 +296,7 @@ def profiled_job(out_path: str, overrides: list[str]) -> None:
     timed(train_module.Run, "train_epoch", "training steps")
     timed(train_module.Run, "evaluate", "evaluation")
     for hook in ("on_train_start", "on_epoch_end", "on_train_end"):
-        timed(checkpoint.CheckpointCallback, hook, "checkpoints")
+        timed(callback.CheckpointCallback, hook, "checkpoints")
         timed(monitor.Monitor, hook, "tensorboard")
     exit_code = 0
     sys.argv = ["framework", *overrides]

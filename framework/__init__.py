@@ -5,9 +5,9 @@ Public API: the registries (OPTIMIZERS, SCHEDULES, REGULARIZERS, MODELS, DATASET
 `build(name, **config)`, their base classes and config bases for plugins, `param` for config fields,
 `config(overrides)`, `train(cfg)` and `load(path)`.
 """
-__version__ = "0.1.0"
-
 import sys as _sys
+
+from framework.core.version import __version__  # noqa: F401  (framework.__version__)
 
 _argv = getattr(_sys, "orig_argv", [])
 if "-m" in _argv and _argv[_argv.index("-m") + 1:][:1] == ["framework"]:
@@ -24,7 +24,8 @@ from framework.core.params import param
 from framework.core.registry import DATASETS, LAYERS, MODELS, OPTIMIZERS, REGULARIZERS, SCHEDULES, load_plugins
 from framework.components.regularize import Regularizer, RegularizerConfig
 from framework.components.schedule import Schedule, ScheduleConfig
-from framework.engine.train import Callback, Run
+from framework.engine.callbacks import Callback
+from framework.engine.run import Run
 from framework.engine.train import train as _train
 from framework.layers import Layer  # registers the layers and model=sequential/convnet/cnn1d
 
@@ -40,20 +41,20 @@ def config(overrides=(), resolve: bool = True):
 def train(cfg, run_dir=None, callbacks=None) -> dict:
     """Train `cfg`: a full config (framework.config(...), or a DictConfig/dict shaped like conf/config.yaml), or a
     partial dict merged onto the default config, e.g. `framework.train({"epochs": 2, "optimizer": "sgd"})`.
-    Returns the summary dict; see framework.train.train for run_dir and callbacks."""
+    Returns the summary dict; see framework.engine.train.train for run_dir and callbacks."""
     from framework.cli.compose import complete
 
     return _train(complete(cfg), run_dir=run_dir, callbacks=callbacks)
 
 
 def load(path):
-    """Open a checkpoint (framework.checkpoint.Checkpoint) or an ensemble file (framework.ensemble.Ensemble) for
+    """Open a checkpoint (framework.io.predictor.Checkpoint) or an ensemble file (framework.ensemble.Ensemble) for
     prediction; both offer predict, predict_proba, scores, transform, weights, cfg, num_classes."""
     from framework.ensemble.fileformat import is_ensemble_file, load_ensemble
 
     if is_ensemble_file(path):
         return load_ensemble(path)
-    from framework.io.checkpoint import load as _load
+    from framework.io.predictor import load as _load
 
     return _load(path)
 

@@ -40,6 +40,7 @@ def warm_up() -> None:
     import h5py  # noqa: F401
     import sklearn.datasets  # noqa: F401
 
+    import framework.io.callback  # noqa: F401
     import framework.io.checkpoint  # noqa: F401
     import framework.ensemble.job  # noqa: F401
     import framework.monitoring.monitor  # noqa: F401

@@ -144,16 +144,17 @@ def test_saved_config_keeps_plain_values():
 def test_every_section_is_checked_before_data_or_preflight(monkeypatch, overrides, key):
     """A bad value in any section stops the run before the data are loaded (so before the pre-flight)."""
     from conftest import compose_config
-    train_module = importlib.import_module("framework.engine.train")
+    run_module = importlib.import_module("framework.engine.run")
     from framework.core.errors import ConfigError
+    from framework.engine.train import build_run
 
     def no_data(*args, **kw):
         raise AssertionError("data loaded before the config was validated")
 
-    monkeypatch.setattr(train_module, "load_splits", no_data)
+    monkeypatch.setattr(run_module, "load_splits", no_data)
     cfg = compose_config(*overrides)
     with pytest.raises(ConfigError) as info:
-        train_module.Run(cfg, "unused")
+        build_run(cfg, "unused")
     assert key in str(info.value)
 
 
@@ -161,16 +162,17 @@ def test_momentum_schedule_errors_name_their_own_section():
     from conftest import compose_config
     from framework.core.errors import ConfigError
 
-    train_module = importlib.import_module("framework.engine.train")
+    from framework.engine.run import Run
+
     cfg = compose_config("+momentum_schedule=ramp", "momentum_schedule.start=1.5", "model.hidden_sizes=[4]")
     with pytest.raises(ConfigError) as info:
-        train_module.Run(cfg, "unused")
+        Run(cfg, "unused")
     assert "'momentum_schedule.start'" in str(info.value) and "'schedule.start'" not in str(info.value)
 
 
 def test_seed_error_states_the_allowed_range():
     from framework.core.errors import ConfigError
-    from framework.engine.train import Settings
+    from framework.engine.settings import Settings
 
     from conftest import compose_config
 
@@ -239,7 +241,7 @@ def test_fractions_summing_to_one_name_both_keys():
 
 
 def test_model_too_big_for_memory_is_refused_before_allocating(monkeypatch):
-    train_module = importlib.import_module("framework.engine.train")
+    train_module = importlib.import_module("framework.engine.settings")
     from framework.core.errors import ConfigError
 
     monkeypatch.setattr(train_module, "available_memory", lambda: 10 ** 6)  # 1 MB

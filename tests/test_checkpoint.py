@@ -17,7 +17,10 @@ from omegaconf import OmegaConf
 import framework
 from framework import OPTIMIZERS, SCHEDULES
 from framework.io import checkpoint as C
-from framework.engine.train import Callback, Run
+from framework.io import callback as CB, resume as R
+from framework.engine.state import TrainState
+from framework.engine.callbacks import Callback
+from framework.engine.run import Run
 
 from conftest import FAST_BASE, compose_config
 
@@ -94,17 +97,17 @@ def check_exact_resume(tmp_path, cfg):
     with pytest.raises(Stop):
         cut.fit()
     assert 0 < cut.step < reference.step
-    path = C.save(cut, tmp_path / "cut.h5")
-    saved = C.state_of(cut)
+    path = CB.save(cut, tmp_path / "cut.h5")
+    saved = TrainState.of(cut).as_dict()
     read, info = C.read_checkpoint(path)
     assert_same(saved, read)  # every piece of state, bit for bit, incl. RNG, schedule and optimizer slots
     assert info["format_version"] == C.FORMAT_VERSION
 
-    resumed = C.resume_run(OmegaConf.merge(cfg, {"resume": str(path)}), tmp_path / "cut")
-    assert_same(saved, C.state_of(resumed))
+    resumed = R.resume_run(OmegaConf.merge(cfg, {"resume": str(path)}), tmp_path / "cut")
+    assert_same(saved, TrainState.of(resumed).as_dict())
     resumed.fit()
     assert resumed.step == reference.step
-    assert_same(C.state_of(reference), C.state_of(resumed), skip=CLOCKS)
+    assert_same(TrainState.of(reference).as_dict(), TrainState.of(resumed).as_dict(), skip=CLOCKS)
     return read
 
 
@@ -175,11 +178,11 @@ def test_weights_files_predict_but_do_not_resume(tmp_path):
     assert np.array_equal(best.weights("best"), last.weights("best"))
     state, _ = C.read_checkpoint(folder / "best.h5")
     assert state["opt_state"] is None and state["rngs"] is None and state["perm"] is None
-    other = next(p for e, p in C.epoch_files(folder).items() if e != summary["best_epoch"])
+    other = next(p for e, p in CB.epoch_files(folder).items() if e != summary["best_epoch"])
     with pytest.raises(framework.ConfigError, match="holds only the weights of epoch"):
         framework.load(other).weights("best")
     with pytest.raises(C.CheckpointError, match="not the optimizer state"):
-        C.resume_run(OmegaConf.merge(cfg, {"resume": str(folder / "best.h5")}), tmp_path / "again")
+        R.resume_run(OmegaConf.merge(cfg, {"resume": str(folder / "best.h5")}), tmp_path / "again")
 
 
 def test_format_version_1_files_still_load_and_resume(tmp_path):
@@ -194,8 +197,8 @@ def test_format_version_1_files_still_load_and_resume(tmp_path):
     # the weights read back score exactly what the run recorded for them on its validation split
     assert evaluate(path, split="val")["accuracy"] == info["metrics"]["val_acc"]
     cfg = compose_config(*FAST_BASE, "model=softmax", "epochs=3", f"resume={path}")
-    run = C.resume_run(cfg, tmp_path)
-    run.callbacks = [C.CheckpointCallback(C.CheckpointSettings())]
+    run = R.resume_run(cfg, tmp_path)
+    run.callbacks = [CB.CheckpointCallback(C.CheckpointSettings())]
     run.fit()
     assert C.read_checkpoint(tmp_path / "checkpoints" / "last.h5")[1]["format_version"] == C.FORMAT_VERSION
     assert run.epoch == 3 and len(run.history["val/acc"]) == 3
@@ -203,8 +206,8 @@ def test_format_version_1_files_still_load_and_resume(tmp_path):
 
 def test_epoch_files_last_best_and_keep_top_k(tmp_path, monkeypatch):
     written = []
-    save = C.save
-    monkeypatch.setattr(C, "save", lambda run, path, *a, **k: written.append(path.name) or save(run, path, *a, **k))
+    save = CB.save
+    monkeypatch.setattr(CB, "save", lambda run, path, *a, **k: written.append(path.name) or save(run, path, *a, **k))
     cfg = small_cfg("epochs=6", "checkpoint.every=1", "checkpoint.keep_top_k=2")
     summary = framework.train(cfg, run_dir=tmp_path)
     folder = tmp_path / "checkpoints"
@@ -234,8 +237,8 @@ def test_last_h5_write_policy(tmp_path, monkeypatch, budget):
     written: after the first and the final epoch, and when the best epoch improves without an epoch file
     (checkpoint.every=2)."""
     written = []
-    save = C.save
-    monkeypatch.setattr(C, "save", lambda run, path, *a, **k: written.append((run.epoch, path.name)) or
+    save = CB.save
+    monkeypatch.setattr(CB, "save", lambda run, path, *a, **k: written.append((run.epoch, path.name)) or
                         save(run, path, *a, **k))
     cfg = small_cfg("epochs=6", "checkpoint.every=2", f"checkpoint.max_overhead={budget}")
     framework.train(cfg, run_dir=tmp_path)
@@ -253,7 +256,7 @@ def test_keep_top_k_keeps_the_ends_of_warm_restart_cycles(tmp_path):
     cfg = small_cfg("epochs=6", "checkpoint.keep_top_k=1", "schedule=cosine", "schedule.period=2",
                     "schedule.restart=true")
     summary = framework.train(cfg, run_dir=tmp_path)
-    kept = sorted(C.epoch_files(tmp_path / "checkpoints"))
+    kept = sorted(CB.epoch_files(tmp_path / "checkpoints"))
     assert kept == sorted({2, 4, 6, summary["best_epoch"]})
 
 
@@ -281,7 +284,7 @@ def test_interrupted_write_keeps_the_old_checkpoint(tmp_path, monkeypatch):
     cfg = small_cfg("epochs=1")
     run = Run(cfg, tmp_path)
     run.fit()
-    path = C.save(run, tmp_path / "last.h5")
+    path = CB.save(run, tmp_path / "last.h5")
     before = path.read_bytes()
     run.step += 1  # different content for the next write
 
@@ -290,7 +293,7 @@ def test_interrupted_write_keeps_the_old_checkpoint(tmp_path, monkeypatch):
 
     monkeypatch.setattr(C.os, "replace", crash)
     with pytest.raises(KeyboardInterrupt):
-        C.save(run, path)
+        CB.save(run, path)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.glob(".*.tmp")] == []
 
@@ -301,7 +304,7 @@ def test_stale_temp_files_of_dead_writers_are_removed(tmp_path):
     stale.write_bytes(b"half")
     live = tmp_path / f".best.h5.{os.getppid()}.tmp"  # a live process's write in progress
     live.write_bytes(b"busy")
-    C.remove_stale_temp_files(tmp_path)
+    CB.remove_stale_temp_files(tmp_path)
     assert not stale.exists() and live.exists()
 
 
@@ -432,14 +435,14 @@ def test_resume_refuses_architecture_changes_in_process(trained):
         changed = OmegaConf.merge(cfg, {"resume": str(run_dir)})
         OmegaConf.update(changed, key, value)
         with pytest.raises(framework.ConfigError, match="resumed run keeps") as info:
-            C.resume_run(changed)
+            R.resume_run(changed)
         assert key in str(info.value)
     # non-architectural keys may change: train longer
-    run = C.resume_run(OmegaConf.merge(cfg, {"resume": str(run_dir), "epochs": 5}))
+    run = R.resume_run(OmegaConf.merge(cfg, {"resume": str(run_dir), "epochs": 5}))
     assert (run.epoch, run.settings.epochs, run.run_dir) == (4, 5, run_dir)
     # ...or switch the schedule: the new one starts fresh (not with the old one's state)
     other = compose_config(*TRAINED, "schedule=plateau", "epochs=5")
-    run = C.resume_run(OmegaConf.merge(other, {"resume": str(run_dir)}))
+    run = R.resume_run(OmegaConf.merge(other, {"resume": str(run_dir)}))
     assert run.schedule_name == "plateau" and run.schedule.state_dict()["seen"] == 0 and run.epoch == 4
 
 
@@ -481,16 +484,16 @@ def assert_same_checkpoints(want: pathlib.Path, got: pathlib.Path) -> None:
 
 
 def killed_at(monkeypatch, name: str, epoch: int):
-    """Make C.save raise Stop (an in-process stand-in for SIGKILL) just before it writes `name` at `epoch`."""
-    save = C.save
+    """Make CB.save raise Stop (an in-process stand-in for SIGKILL) just before it writes `name` at `epoch`."""
+    save = CB.save
 
     def maybe_stop(run, path, *args, **kwargs):
         if pathlib.Path(path).name == name and run.epoch == epoch and run.cursor == 0:
-            monkeypatch.setattr(C, "save", save)  # once
+            monkeypatch.setattr(CB, "save", save)  # once
             raise Stop
         return save(run, path, *args, **kwargs)
 
-    monkeypatch.setattr(C, "save", maybe_stop)
+    monkeypatch.setattr(CB, "save", maybe_stop)
 
 
 def test_kill_before_best_h5_of_the_last_improvement_is_repaired_on_resume(tmp_path, monkeypatch):
@@ -523,12 +526,12 @@ def test_files_published_after_the_resume_point_are_taken_back(tmp_path, monkeyp
     with pytest.raises(Stop):
         framework.train(cfg, run_dir=tmp_path / "run")
     folder = tmp_path / "run" / "checkpoints"
-    assert max(C.epoch_files(folder)) == cut and framework.load(folder / "best.h5").epoch == cut
+    assert max(CB.epoch_files(folder)) == cut and framework.load(folder / "best.h5").epoch == cut
     assert C.read_checkpoint(folder / "last.h5")[0]["epoch"] == cut - 1
     resumed = OmegaConf.merge(cfg, {"resume": str(tmp_path / "run"), "lr": 3e-3, "optimizer": {"lr": 3e-3}})
     summary = framework.train(resumed, run_dir=tmp_path / "run")
     state, _ = C.read_checkpoint(folder / "last.h5")
-    files = C.epoch_files(folder)
+    files = CB.epoch_files(folder)
     assert sorted(files) == [1, 2, 3, 4]
     for epoch, path in files.items():  # each name carries the score this run's history has for its epoch
         assert path.name == f"epoch{epoch:03d}_val{state['history']['val/acc'][epoch - 1]:.4f}.h5"
@@ -550,4 +553,4 @@ def test_default_run_folder_stays_under_2_mb(tmp_path, capsys):
               f"{sum(checkpoints.values()) / 1e6:.2f} MB ({len(checkpoints)} files)")
     assert sum(inodes.values()) <= 2_000_000
     assert {"best.h5", "last.h5"} <= {p.name for p in (tmp_path / "checkpoints").iterdir()}
-    assert len(C.epoch_files(tmp_path / "checkpoints")) == 3
+    assert len(CB.epoch_files(tmp_path / "checkpoints")) == 3

@@ -5,7 +5,7 @@ import pytest
 
 from framework import DATASETS, MODELS, OPTIMIZERS, REGULARIZERS, SCHEDULES
 from framework.cli.app import CONF_DIR
-from framework.engine.train import component_config
+from framework.engine.settings import component_config
 
 from conftest import compose_config
 
@@ -122,7 +122,7 @@ def test_train_a_partial_dict_gives_the_composed_runs_numbers(tmp_path):
 
 @pytest.mark.parametrize("path", ["config.yaml", "experiment/optimizers.yaml"])
 def test_seed_comment_does_not_claim_the_split(path):
-    """`seed` drives init, data order and dropout; the split follows data.split_seed (framework.train.STREAMS)."""
+    """`seed` drives init, data order and dropout; the split follows data.split_seed (framework.engine.settings.STREAMS)."""
     text = (CONF_DIR / path).read_text()
     block = text[text.index("\nseed:"):].split("\n")[1:4]
     comment = " ".join(line.split("#", 1)[1] for line in block if "#" in line and

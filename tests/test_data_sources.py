@@ -9,7 +9,7 @@ import pytest
 
 import framework
 from framework.core.errors import DataError
-from framework.engine.train import load_splits
+from framework.engine.settings import load_splits
 
 from conftest import FAST_BASE, compose_config
 

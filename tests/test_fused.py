@@ -9,7 +9,8 @@ import framework
 from framework.engine import fused
 from framework.core.errors import DivergedError
 from framework.core.lifecycle import StoppedHopeless
-from framework.engine.train import Run, default_callbacks
+from framework.engine.run import Run
+from framework.engine.train import default_callbacks
 
 from conftest import FAST, compose_config
 
@@ -138,7 +139,7 @@ def test_changed_kernel_source_gives_a_new_module(tmp_path, monkeypatch):
 def test_monitor_steps_inside_chunks_see_the_same_numbers(tmp_path):
     """A chunk ends with its monitor step: theta before the update and the block norms after, then on_monitor,
     exactly as the plain loop does."""
-    from framework.engine.train import Callback
+    from framework.engine.callbacks import Callback
 
     class Record(Callback):
         def __init__(self):

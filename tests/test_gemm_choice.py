@@ -15,7 +15,7 @@ from framework.kernels import gemm_choice as G
 from framework.kernels import dense as K
 from framework.engine import threads
 from framework.core.errors import ConfigError
-from framework.engine.train import Run
+from framework.engine.run import Run
 
 from conftest import FAST, assert_clean_failure, compose_config
 

@@ -14,7 +14,7 @@ from framework.core.errors import ConfigError
 from framework.core.lifecycle import StoppedHopeless
 from framework.search.folder import load_sweep
 from framework.search.summary import summarize
-from framework.engine.train import Run
+from framework.engine.run import Run
 
 from conftest import FAST, assert_clean_failure, compose_config
 

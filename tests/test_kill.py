@@ -4,7 +4,7 @@ files of an uninterrupted run (checkpoint contents: parameters, optimizer state,
 metadata; summary.json metrics), whatever point of the publication order the kills hit.
 
 Two kinds of kill: the writer SIGKILLs itself at the N-th time a write reaches a stage (temp file created, half
-the datasets written, temp file complete, before the rename, hard link made: checkpoint._stage), or the test
+the datasets written, temp file complete, before the rename, hard link made: hdf5.stage), or the test
 SIGKILLs it at a random delay while every write stage sleeps a little (so the delay often lands inside a
 write). test_resume.py covers the same through the CLI; forks keep 50+ kills affordable. Two configurations: a last.h5 commit after every epoch plus mid-epoch writes and top-2
 pruning, and the defaults (last.h5 within the time budget, top-3), whose commit points depend on timing."""
@@ -22,6 +22,7 @@ from omegaconf import OmegaConf
 
 import framework
 from framework.io import checkpoint as C
+from framework.io import callback as CB, hdf5 as H5
 
 from conftest import compose_config
 from test_checkpoint import assert_same_checkpoints
@@ -47,9 +48,9 @@ def _child(cfg, run_dir, hook):
 
     logging.disable(logging.CRITICAL)
     if hook:
-        os.environ[C.HOOK_ENV] = hook
+        os.environ[H5.HOOK_ENV] = hook
     else:
-        os.environ.pop(C.HOOK_ENV, None)
+        os.environ.pop(H5.HOOK_ENV, None)
     framework.train(cfg, run_dir=run_dir)
 
 
@@ -122,7 +123,7 @@ def test_randomized_kills_resume_to_bit_identical_files(tmp_path, capsys):
             assert got["metrics"] == want["metrics"] and got["status"] == want["status"] == "ok"
             assert (got["best_epoch"], got["steps"], got["epochs_completed"]) == \
                 (want["best_epoch"], want["steps"], want["epochs_completed"])
-            assert not [p for p in (chain.folder / "checkpoints").iterdir() if C.TMP_FILE.match(p.name)]
+            assert not [p for p in (chain.folder / "checkpoints").iterdir() if CB.TMP_FILE.match(p.name)]
         except AssertionError as exc:
             raise AssertionError(f"{chain.folder.name} ({chain.config}) differs after its kills:\n"
                                  + "\n".join(chain.log)) from exc

@@ -15,7 +15,8 @@ from framework import MODELS, OPTIMIZERS, REGULARIZERS, Regularizer
 from framework.core.errors import CheckFailed, ConfigError
 from framework.checks.preflight import (check_chance_loss, check_data, check_overfit, check_reg_rise, preflight_config,
                                  run_preflight)
-from framework.engine.train import Run, default_callbacks
+from framework.engine.run import Run
+from framework.engine.train import default_callbacks
 
 from conftest import FAST, compose_config
 from user_models import NumpySoftmax as _NumpySoftmax

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from framework.io import checkpoint as C
+from framework.io import callback as CB, hdf5 as H5, predictor as P
 
 from conftest import run_cli
 from test_checkpoint import assert_same, bad_files
@@ -97,7 +98,7 @@ def state_of(path) -> dict:
 
 
 def temp_files(folder):
-    return [p for p in folder.iterdir() if C.TMP_FILE.match(p.name)] if folder.exists() else []
+    return [p for p in folder.iterdir() if CB.TMP_FILE.match(p.name)] if folder.exists() else []
 
 
 @pytest.mark.slow
@@ -111,7 +112,7 @@ def test_sigkilled_run_resumes_bit_identical(tmp_path):
     last = ckpts / "last.h5"
 
     # 1. inside a checkpoint write: the temp file exists, the rename has not happened
-    t = Trainer(tmp_path, *ARGS, "hydra.run.dir=run", env={C.SLOW_WRITE_ENV: "0.3"})
+    t = Trainer(tmp_path, *ARGS, "hydra.run.dir=run", env={H5.SLOW_WRITE_ENV: "0.3"})
     t.wait_for(lambda: last.exists() and temp_files(ckpts))
     t.kill()
     assert temp_files(ckpts), "the kill should have hit a write in progress"
@@ -209,7 +210,7 @@ def test_bad_resumes_fail_cleanly_through_the_cli(finished_run, tmp_path):
 def test_resume_can_train_longer_with_a_new_lr(finished_run):
     out = run_cli("resume=run", "epochs=2", "optimizer.lr=0.002", "hydra.run.dir=longer", cwd=finished_run)
     assert out.returncode == 0, out.stderr
-    ck = C.load(finished_run / "run" / "checkpoints" / "last.h5")
+    ck = P.load(finished_run / "run" / "checkpoints" / "last.h5")
     assert ck.epoch == 2 and len(ck.history["val/acc"]) == 2
     assert list(ck.history["lr"]) == [0.001, 0.002]  # top-level lr follows its target optimizer.lr
     assert ck.cfg.model.hidden_sizes == [16]  # the checkpoint's config, not the default one

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from framework.io import checkpoint as C
+from framework.io import callback as CB, hdf5 as H5
 from framework.core.lifecycle import PAUSE_ENV
 from framework.search.folder import load_sweep
 
@@ -81,7 +82,7 @@ class Trainer:
 
 
 def temp_files(folder):
-    return [p for p in folder.iterdir() if C.TMP_FILE.match(p.name)] if folder.exists() else []
+    return [p for p in folder.iterdir() if CB.TMP_FILE.match(p.name)] if folder.exists() else []
 
 
 def assert_clean_interrupt(t: Trainer, sig) -> str:
@@ -151,7 +152,7 @@ def test_a_signal_mid_epoch_stops_at_a_safe_point_and_resumes_exactly(tmp_path, 
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", SIGNALS, ids=lambda s: signal.Signals(s).name)
 def test_a_signal_inside_a_checkpoint_write_lets_the_write_finish(tmp_path, sig, reference):
-    t = Trainer(tmp_path, *ARGS, "hydra.run.dir=run", env={C.SLOW_WRITE_ENV: "0.5"})
+    t = Trainer(tmp_path, *ARGS, "hydra.run.dir=run", env={H5.SLOW_WRITE_ENV: "0.5"})
     ckpts = tmp_path / "run" / "checkpoints"
     t.wait_for(lambda: temp_files(ckpts))  # the temp file exists, its rename has not happened
     t.proc.send_signal(sig)
@@ -165,7 +166,7 @@ def test_a_signal_inside_a_checkpoint_write_lets_the_write_finish(tmp_path, sig,
 
 @pytest.mark.slow
 def test_a_second_sigint_inside_a_write_waits_for_the_write(tmp_path):
-    t = Trainer(tmp_path, *ARGS, "hydra.run.dir=run", env={C.SLOW_WRITE_ENV: "1.0"})
+    t = Trainer(tmp_path, *ARGS, "hydra.run.dir=run", env={H5.SLOW_WRITE_ENV: "1.0"})
     ckpts = tmp_path / "run" / "checkpoints"
     t.wait_for(lambda: temp_files(ckpts))
     t.proc.send_signal(signal.SIGINT)

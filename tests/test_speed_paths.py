@@ -81,12 +81,12 @@ def test_a_failed_background_publication_stops_the_run_and_leaves_the_older_last
     checkpoint write (here: the end of epoch 3), with the previous last.h5 intact and no temp file left."""
     import errno
 
-    from framework.io import checkpoint as C
+    from framework.io import callback as CB
 
     from conftest import compose_config
 
     calls = []
-    finish = C._finish_atomic
+    finish = CB.finish_atomic
 
     def failing(tmp, path, sync=True):
         if path.name == "last.h5":
@@ -95,7 +95,7 @@ def test_a_failed_background_publication_stops_the_run_and_leaves_the_older_last
                 raise OSError(errno.ENOSPC, "No space left on device", str(tmp))
         finish(tmp, path, sync)
 
-    monkeypatch.setattr(C, "_finish_atomic", failing)
+    monkeypatch.setattr(CB, "finish_atomic", failing)
     with pytest.raises(OSError, match="No space left"):
         framework.train(compose_config(*CKPT_RUN), run_dir=tmp_path)
     ckpts = tmp_path / "checkpoints"
@@ -141,7 +141,7 @@ def test_train_accuracy_is_measured_on_the_first_thousand_training_rows(tmp_path
     TRAIN_EVAL_ROWS (1000) rows of the training split, recomputed here with a plain NumPy forward pass."""
     import numpy as np
 
-    from framework.engine.train import TRAIN_EVAL_ROWS, Run
+    from framework.engine.run import TRAIN_EVAL_ROWS, Run
 
     from conftest import FAST, compose_config
 
@@ -155,7 +155,7 @@ def test_train_accuracy_is_measured_on_the_first_thousand_training_rows(tmp_path
 
 
 def test_a_constant_schedule_spares_the_ensemble_import_and_a_restarting_one_keeps_its_cycle_ends():
-    from framework.io.checkpoint import _may_restart
+    from framework.io.callback import _may_restart
     from framework.core.registry import SCHEDULES, load_plugins
 
     load_plugins()

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from framework.kernels.startup import cold_parts, index_is_fresh, load_kernels, prepare_kernels
-from framework.engine.train import Run
+from framework.engine.run import Run
 
 from conftest import FAST, compose_config
 
@@ -43,7 +43,7 @@ def test_a_new_fused_chunk_counts_as_cold_and_a_compiled_one_as_warm(tmp_path, m
     monkeypatch.setenv("FRAMEWORK_CACHE_DIR", str(tmp_path / "chunks"))
     run = Run(cfg, tmp_path / "run")
     assert cold_parts(run) == ["chunk"]  # the generated module is new in this folder: Numba will compile it
-    plan = run._fused_plan()
+    plan = run.fused_plan()
     plan.steps(0, 0)  # zero steps compile it (nothing of the run changes)
     assert cold_parts(run) == []
 

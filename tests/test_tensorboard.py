@@ -23,7 +23,8 @@ import framework
 from framework.core.errors import ConfigError
 from framework.monitoring.monitor import HPARAM_METRICS, make_callback
 from framework.monitoring.tensorboard import MAIN_HPARAMS, EventWriter, masked_crc32c, select_hparams, tile_images
-from framework.engine.train import Callback, flat_hparams
+from framework.engine.callbacks import Callback
+from framework.engine.settings import flat_hparams
 from conftest import compose_config
 
 KEEP_ALL = {ea.SCALARS: 0, ea.HISTOGRAMS: 0, ea.IMAGES: 0, ea.TENSORS: 0}

@@ -7,7 +7,7 @@ import framework
 import plugins.models as models_module
 from framework.kernels import dense as K
 from framework.engine import threads
-from framework.engine.train import Run
+from framework.engine.run import Run
 
 from conftest import FAST, compose_config
 

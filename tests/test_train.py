@@ -6,7 +6,7 @@ import pytest
 
 import framework
 from framework.core.errors import DivergedError
-from framework.engine.train import Run
+from framework.engine.run import Run
 
 from conftest import FAST, compose_config
 
@@ -97,7 +97,7 @@ def test_epoch_line_shows_scheduled_momentum_epoch_time_and_eta(tmp_path, caplog
 
 def test_epoch_line_eta_from_the_epochs_after_the_first(tmp_path):
     """The first epoch also loads kernels: 5 s then 1 s epochs at epoch 3 of 10 leave 7 x 1 s."""
-    from framework.engine.train import duration
+    from framework.engine.run import duration
 
     run = Run(compose_config(*FAST, "epochs=10"), tmp_path)
     run.epoch = 3

@@ -435,7 +435,7 @@ def run_preflight(run, raise_on_failure: bool | None = None, training: bool = Tr
     preflight.strict is true (a warning otherwise). raise_on_failure overrides strict when not None.
     training=False (the check CLI) words the failure without training advice.
     The run's random streams, parameters, model buffers and optimizer state are not touched."""
-    from framework.engine.train import write_json_atomic
+    from framework.core.files import write_json_atomic
 
     cfg = preflight_config(run.cfg.get("preflight") if hasattr(run.cfg, "get") else None)
     report = run_checks(run, cfg)

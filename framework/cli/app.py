@@ -27,7 +27,7 @@ def _run_dir(resume, stem: str, suffix: str = "") -> str:
     run, so the resumed session's .hydra/ and log stay with the run it continues (training itself writes into
     the run folder). Registered with use_cache: Hydra reads the key more than once, the folder is made once."""
     if resume:
-        from framework.io.checkpoint import resume_target
+        from framework.io.resume import resume_target
 
         try:
             _, run_dir = resume_target(resume)
@@ -85,7 +85,7 @@ def _record_failure(status: str, message: str) -> None:
     """In a sweep, a job that failed before its Run existed still leaves a summary.json saying why."""
     from hydra.core.hydra_config import HydraConfig
 
-    from framework.engine.train import write_json_atomic
+    from framework.core.files import write_json_atomic
 
     out = pathlib.Path(HydraConfig.get().runtime.output_dir)
     if not (out / "summary.json").exists():

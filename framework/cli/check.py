@@ -19,9 +19,10 @@ RUN_DIR = "outputs/checks/${now:%Y-%m-%d}/${now:%H-%M-%S}${fw_suffix:${hydra.job
 def main(cfg):
     from framework.checks.preflight import run_preflight
     from framework.kernels.startup import prepare_kernels
-    from framework.engine.train import Run, _hydra_run_dir
+    from framework.core.paths import hydra_run_dir
+    from framework.engine.train import build_run
 
-    run = Run(cfg, _hydra_run_dir() or ".")
+    run = build_run(cfg, hydra_run_dir() or ".")
     prepare_kernels(run, checks=True, training=False)  # says so before a first compile; checks time themselves
     run_preflight(run, raise_on_failure=True, training=False)  # CheckFailed -> exit 4, strict or not
     return 0

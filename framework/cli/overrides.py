@@ -157,7 +157,7 @@ def check_writable(argv, default: str = "outputs") -> None:
         if key in ("hydra.run.dir", "hydra.sweep.dir") and value:
             targets.append((pathlib.Path(_static_prefix(value) or "."), f"{key}={value}"))
         elif key == "resume" and value:
-            from framework.io.checkpoint import resume_target
+            from framework.io.resume import resume_target
 
             try:
                 _, run_dir = resume_target(_static_prefix(value))

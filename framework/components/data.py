@@ -1,5 +1,6 @@
 """Datasets: a plugin returns raw arrays; this module checks them, splits train/val/test deterministically from
-the seed and fits preprocessing (mean subtraction, optional standardization) on the training split only."""
+data.split_seed (not the run's seed) and fits preprocessing (mean subtraction, optional standardization) on the
+training split only."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field

@@ -38,7 +38,6 @@ class Optimizer:
 
     def __init__(self, cfg):
         self.cfg = cfg
-        self.name = type(self).__name__.lower()
 
     @property
     def lr(self) -> float:

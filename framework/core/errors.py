@@ -22,6 +22,10 @@ class DataError(FrameworkError):
     """A dataset file or directory is missing, malformed or inconsistent."""
 
 
+class CheckpointError(FrameworkError):
+    """A checkpoint file is missing, damaged, not ours, from a newer version, or does not fit the config."""
+
+
 class DivergedError(FrameworkError):
     """The loss became NaN or infinite; the run stops with status 'diverged'."""
 

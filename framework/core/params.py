@@ -6,6 +6,7 @@ import dataclasses
 import functools
 import math
 import re
+import types
 import typing
 
 from framework.core.errors import ConfigError
@@ -74,7 +75,7 @@ def _coerce(key: str, value, typ):
         if not isinstance(value, (list, tuple)):
             raise ConfigError(key, value, "a list")
         return [_coerce(f"{key}[{i}]", v, inner) for i, v in enumerate(value)]
-    if origin is typing.Union:  # Optional[X]
+    if origin is typing.Union or origin is types.UnionType:  # Optional[X], X | None
         args = [a for a in typing.get_args(typ) if a is not type(None)]
         if value is None:
             return None
@@ -102,7 +103,7 @@ def validate(cfg, prefix: str):
     for f in dataclasses.fields(cfg):
         key = f"{prefix}.{f.name}" if prefix else f.name
         value = _coerce(key, getattr(cfg, f.name), hints.get(f.name, typing.Any))
-        setattr(cfg, f.name, value)
+        object.__setattr__(cfg, f.name, value)  # frozen dataclasses too (validation is part of making them)
         meta = f.metadata
         items = list(enumerate(value)) if isinstance(value, list) else [(None, value)]
         for i, v in items:

@@ -10,11 +10,15 @@ from __future__ import annotations
 import glob
 import pathlib
 import re
+import time
 
 from framework.core.errors import FrameworkError
 
 OUTPUTS = pathlib.Path("outputs")
 KINDS = ("runs", "sweeps")  # outputs/<kind>/<date>/<time>[_<overrides>]/
+# A run's folder outside Hydra: outputs/runs/<date>/<time> (conf/config.yaml's hydra.run.dir writes the same
+# pattern with ${now:...}, plus the overrides suffix)
+RUN_DIR_PATTERN = str(OUTPUTS / "runs" / "%Y-%m-%d" / "%H-%M-%S")
 _QUOTED = re.compile(r"""^(['"]).*\1$""", re.S)
 
 
@@ -112,3 +116,20 @@ def split_list(value: str) -> list[str]:
 def hydra_quote(text: str) -> str:
     """`text` as one quoted string of Hydra's override grammar."""
     return f"'{text}'" if "'" not in text else '"' + text.replace('"', '\\"') + '"'
+
+
+def default_run_dir() -> pathlib.Path:
+    """outputs/runs/<date>/<time> for now (not created; see lifecycle.claim_dir)."""
+    return pathlib.Path(time.strftime(RUN_DIR_PATTERN))
+
+
+def hydra_run_dir() -> pathlib.Path | None:
+    """The output folder of the current Hydra job, or None outside one (plain `train(cfg)` calls)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        if HydraConfig.initialized():
+            return pathlib.Path(HydraConfig.get().runtime.output_dir)
+    except ImportError:
+        pass
+    return None

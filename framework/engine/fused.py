@@ -1,11 +1,12 @@
 """Fused steps: a chunk of minibatch steps (loss and gradient, penalty, update, EMA) in one jitted call.
 
-A small step (W1: 64-100-10, batch 32) costs ~15 us, of which ~3 us is Python and the unboxing of four kernel
-calls' arguments. When the model, the regularizer and the optimizer each describe their kernel call
-(`fused_loss`, `fused_penalty`, `fused_update` returning a `FusedCall`), `Run.train_epoch` runs the steps up to
-the next monitor step (included), progress tick or epoch end in one call of a generated function that makes
-exactly those kernel calls in the same order: the numbers are the same bit for bit (tests/test_fused.py). A
-plugin that returns None (the default, e.g. dropout, L-BFGS, max-norm) keeps the one-call-per-step loop.
+A small model's step is so short that the Python around it (a call and the unboxing of four kernel calls'
+arguments per step) is a large share of it (benchmarks/ measure it). When the model, the regularizer and the
+optimizer each describe their kernel call (`fused_loss`, `fused_penalty`, `fused_update` returning a `FusedCall`),
+`Run.train_epoch` runs the steps up to the next monitor step (included), progress tick or epoch end in one call of
+a generated function that makes exactly those kernel calls in the same order: the numbers are the same bit for bit
+(tests/test_fused.py). A plugin that returns None (the default, e.g. dropout, L-BFGS, max-norm) keeps the
+one-call-per-step loop.
 
 Why generated source: Numba cannot cache a function that receives other jitted functions as arguments (the
 cache key holds their addresses), so the chunk function is written out as a module that imports the three
@@ -164,7 +165,7 @@ def chunk_function(loss: FusedCall, penalty: FusedCall | None, update: FusedCall
 
 class FusedSteps:
     """The fused path of one Run, or None from `plan` when some part of the step cannot be fused. Holds the
-    Run's arrays (monitor buffers, the model's scratch): made once per run by Run._fused_plan."""
+    Run's arrays (monitor buffers, the model's scratch): made once per run by Run.fused_plan."""
 
     def __init__(self, run, loss: FusedCall, penalty: FusedCall | None, update: FusedCall):
         self.run = run
@@ -181,7 +182,7 @@ class FusedSteps:
 
     @classmethod
     def plan(cls, run) -> "FusedSteps | None":
-        if run.optimizer.full_batch or run._has_projection or run.step_callbacks:
+        if run.optimizer.full_batch or run.has_projection or run.step_callbacks:
             return None
         if run.per_iteration_schedules:  # hyperparameters change inside a chunk
             return None

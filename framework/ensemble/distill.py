@@ -131,11 +131,18 @@ def _in_dtype(splits, dtype):
 def train_student(cfg, splits, run_dir, soft=None, T: float = 1.0, alpha: float = 0.0):
     """Train cfg's model on `splits` in a Run at run_dir: on the hard labels, or on soft targets soft
     (N_train, C) at temperature T with hard-label weight alpha. Returns the finished Run."""
-    from framework.engine.train import Run, default_callbacks
+    from framework.engine.run import Run
+    from framework.engine.settings import build_model, component_config
+    from framework.engine.train import default_callbacks, validate_sections
 
-    run = Run(cfg, run_dir, data=_in_dtype(splits, np.dtype(cfg.get("dtype", "float64"))))
+    dtype = np.dtype(cfg.get("dtype", "float64"))
+    data = _in_dtype(splits, dtype)
+    validate_sections(cfg)
+    name, options = component_config(cfg.model)
+    model = build_model(name, options, data.input_dim, data.num_classes, dtype)
     if soft is not None:
-        run.model = SoftTargetModel(run.model, soft, T, alpha)
+        model = SoftTargetModel(model, soft, T, alpha)
+    run = Run.from_config(cfg, run_dir, model=model, splits=data)
     run.callbacks = default_callbacks(run)
     run.fit()
     return run

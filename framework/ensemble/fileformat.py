@@ -23,11 +23,11 @@ from omegaconf import OmegaConf
 
 from framework.core.errors import FrameworkError
 from framework.core.safe_config import load_saved_config
-from framework.engine.train import component_config
+from framework.core.version import __version__
+from framework.engine.settings import component_config
 from framework.ensemble.errors import EnsembleError
 from framework.ensemble.predictor import Ensemble, Part
-# Private helpers of the checkpoint writer/reader, imported in this one place (to be made public there).
-from framework.io.checkpoint import _finish_atomic, _get_blocks, _numeric, _str_attr, _tmp_name
+from framework.io.hdf5 import finish_atomic, get_blocks, numeric, str_attr, tmp_name
 
 FORMAT = "framework-ensemble"  # root attribute `format` of an ensemble file
 FORMAT_VERSION = 1  # bump on incompatible layout changes; readers refuse newer versions
@@ -50,16 +50,14 @@ def save_ensemble(ens: Ensemble, path) -> pathlib.Path:
     """Write `ens` to `path` atomically (temp file in the same folder, fsync, rename; see the module doc)."""
     import h5py
 
-    import framework
-
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_name(path)
+    tmp = tmp_name(path)
     try:
         with h5py.File(tmp, "w", track_order=True) as f:
             a = f.attrs
             a["format"], a["format_version"] = FORMAT, np.int64(FORMAT_VERSION)
-            a["framework_version"] = framework.__version__
+            a["framework_version"] = __version__
             a["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
             a["name"], a["strategy"], a["combine"] = ens.name, ens.strategy, ens.combine
             a["config"] = OmegaConf.to_yaml(ens.cfg)
@@ -79,7 +77,7 @@ def save_ensemble(ens: Ensemble, path) -> pathlib.Path:
                 g.attrs["layout"] = json.dumps(model.layout.describe())
                 for block in model.layout:
                     g.create_dataset(block.name, data=part.theta[block.offset:block.stop].reshape(block.shape))
-        _finish_atomic(tmp, path)
+        finish_atomic(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -99,7 +97,7 @@ def is_ensemble_file(path) -> bool:
 
         with h5py.File(path, "r", locking=False) as f:
             return f.attrs.get("format") == FORMAT
-    except Exception:  # unreadable or not HDF5: framework.checkpoint.load reports what is wrong with it
+    except Exception:  # unreadable or not HDF5: framework.io.predictor.load reports what is wrong with it
         return False
 
 
@@ -126,20 +124,20 @@ def load_ensemble(path) -> Ensemble:
             if version > FORMAT_VERSION:
                 raise EnsembleError(f"{path} has ensemble format version {version}, newer than "
                                     f"the version {FORMAT_VERSION} this framework reads: upgrade the framework.")
-            cfg = load_saved_config(_str_attr(a, "config", path), path)
+            cfg = load_saved_config(str_attr(a, "config", path), path)
             parts = []
             for key in sorted(f["members"]):
                 g = f["members"][key]
-                layout = json.loads(_str_attr(g.attrs, "layout", path))
-                parts.append(Part(_str_attr(g.attrs, "label", path), _str_attr(g.attrs, "source", path),
-                                  load_saved_config(_str_attr(g.attrs, "config", path), path),
-                                  _get_blocks(g, layout, path)))
+                layout = json.loads(str_attr(g.attrs, "layout", path))
+                parts.append(Part(str_attr(g.attrs, "label", path), str_attr(g.attrs, "source", path),
+                                  load_saved_config(str_attr(g.attrs, "config", path), path),
+                                  get_blocks(g, layout, path)))
                 layouts.append(layout)
-            image_shape = json.loads(_str_attr(a, "image_shape", path))
-            metrics = json.loads(_str_attr(a, "metrics", path))
-            head = {k: _str_attr(a, k, path) for k in ("name", "strategy", "combine")}
+            image_shape = json.loads(str_attr(a, "image_shape", path))
+            metrics = json.loads(str_attr(a, "metrics", path))
+            head = {k: str_attr(a, k, path) for k in ("name", "strategy", "combine")}
             sizes = int(a["num_classes"]), int(a["input_dim"])
-            mean, scale = _numeric(f["data"]["mean"], path), _numeric(f["data"]["scale"], path)
+            mean, scale = numeric(f["data"]["mean"], path), numeric(f["data"]["scale"], path)
     except FrameworkError:
         raise
     except (OSError, KeyError, ValueError, TypeError, json.JSONDecodeError) as exc:

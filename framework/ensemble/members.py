@@ -18,7 +18,7 @@ import numpy as np
 
 from framework.core.errors import DataError
 from framework.engine.metrics import accuracy
-from framework.engine.train import component_config, flat_hparams
+from framework.engine.settings import component_config, flat_hparams
 from framework.ensemble.errors import NotApplicable
 from framework.ensemble.predictor import Ensemble, Part
 from framework.ensemble.sources import RunRef
@@ -133,7 +133,7 @@ class Context:
         self.run_member(runs[0])  # the first run's member defines the evaluation split
 
     def _set_reference(self, m: Member) -> None:
-        from framework.engine.train import load_splits
+        from framework.engine.settings import load_splits
 
         name, opts = component_config(m.cfg.data)
         splits = load_splits(name, opts, np.float64)
@@ -149,7 +149,7 @@ class Context:
 
     def member(self, file, use: str, label: str) -> Member:
         """The member `use` weights of checkpoint `file`, scored on the shared split (cached)."""
-        from framework.io.checkpoint import load
+        from framework.io.predictor import load
 
         file = pathlib.Path(file)
         key = (str(file.resolve()), use)

@@ -11,10 +11,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from framework.core.errors import ConfigError
 from framework.core.registry import MODELS
-from framework.engine.train import component_config
+from framework.engine.settings import component_config
 from framework.ensemble.combine import EnsembleModel, softmax
 from framework.ensemble.errors import EnsembleError
-from framework.io.checkpoint import Predictor
+from framework.io.predictor import Predictor
 
 
 @dataclass

@@ -37,7 +37,7 @@ class RunRef:
 
     def epoch_files(self) -> dict[int, pathlib.Path]:
         """{epoch: checkpoints/epochEEE_valX.XXXX.h5} in epoch order."""
-        from framework.io.checkpoint import EPOCH_FILE
+        from framework.io.callback import EPOCH_FILE
 
         try:
             names = os.listdir(self.checkpoints)

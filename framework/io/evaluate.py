@@ -87,7 +87,7 @@ def checkpoint_file(text: str):
 def rebuild_splits(ckpt):
     """The checkpoint's dataset split and preprocessed exactly as its training run did (same data config, same
     split seed), checked against the preprocessing saved in the file. Returns framework.data.Splits."""
-    from framework.engine.train import component_config, load_splits
+    from framework.engine.settings import component_config, load_splits
 
     name, opts = component_config(ckpt.cfg.data)
     splits = load_splits(name, opts, ckpt.dtype)  # the same function a training run uses

@@ -44,7 +44,7 @@ def cold_parts(run, training: bool = True) -> list[str]:
     step (the model's loss, the penalty, the update) has no fresh cache index (without fused steps: when the
     model's module and framework.kernels have none at all), "chunk" when the generated chunk of fused steps of
     this configuration has none (training only)."""
-    plan = run._fused_plan() if training and run.settings.fused_steps else None  # what fit() makes anyway
+    plan = run.fused_plan() if training and run.settings.fused_steps else None  # what fit() makes anyway
     if plan is not None:
         update = run.optimizer.fused_update(run.opt_state, run.lr, run.momentum)
         calls = [c for c in (plan.loss, plan.penalty, update) if c is not None]
@@ -93,7 +93,7 @@ def load_kernels(run, checks: bool, training: bool = True) -> None:
                 run.regularizer.penalty_grad(theta, grad, np.asarray(run.reg_mask, dtype=dtype))
         except Exception as exc:
             log.debug("kernel warm-up in %s skipped: %s", dtype, exc)
-    plan = run._fused_plan() if training and s.fused_steps else None
+    plan = run.fused_plan() if training and s.fused_steps else None
     if plan is not None and (s.loss_multiple == 0 or run.initial_loss is not None):
         plan.steps(0, 0)  # zero steps: loads the chunk, touches nothing
 

@@ -7,11 +7,12 @@ TensorBoard (text tag `diagnostics`) and in summary.json (`diagnostics`).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
 from framework.core.errors import ConfigError
+from framework.core.params import param, section
 
 HEALTHY_RATIO = 1e-3  # notes 3.3: update/weight ratio around 1e-3 is healthy
 MIN_FIT_EPOCHS = 5  # train/val accuracies of shorter runs (a coarse search's 1-epoch trials) say nothing of capacity
@@ -21,37 +22,27 @@ MIN_FIT_EPOCHS = 5  # train/val accuracies of shorter runs (a coarse search's 1-
 class Thresholds:
     """Limits of the diagnostics (the `diagnostics:` section of conf/config.yaml)."""
 
-    enabled: bool = True
-    ratio_low: float = 1e-4  # median update/weight ratio of a weight block below this: lr too low
-    ratio_high: float = 1e-2  # ... above this: lr too high
-    overfit_gap: float = 0.1  # train acc - val acc above this: overfitting
-    capacity_gap: float = 0.02  # |train acc - val acc| below this ...
-    capacity_acc: float = 0.7  # ... with train acc below this: too little capacity
-    dead_fraction: float = 0.5  # fraction of dead ReLUs / saturated tanh units of a layer above this: bad init/lr
-    saturation: float = 0.99  # a tanh output with |a| above this counts as saturated
+    enabled: bool = param(True, "give diagnostics (TensorBoard text and the console)")
+    ratio_low: float = param(1e-4, "median update/weight ratio of a weight block below this: lr too low",
+                             range="(0, inf]")
+    ratio_high: float = param(1e-2, "... above this: lr too high", range="(0, inf]")
+    overfit_gap: float = param(0.1, "train acc - val acc above this: overfitting", range="(0, 1]")
+    capacity_gap: float = param(0.02, "|train acc - val acc| below this ...", range="(0, 1]")
+    capacity_acc: float = param(0.7, "... with train acc below this: too little capacity", range="(0, 1]")
+    dead_fraction: float = param(0.5, "fraction of dead ReLUs / saturated tanh units of a layer above this: bad "
+                                      "init or lr", range="(0, 1]")
+    saturation: float = param(0.99, "a tanh output with |a| above this counts as saturated", range="(0, 1]")
 
     @classmethod
     def from_cfg(cls, node) -> "Thresholds":
         """Validated thresholds from a config node (missing keys keep their defaults)."""
-        node = dict(node or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(node) - known)
-        if unknown:
-            raise ConfigError(f"diagnostics.{unknown[0]}", node[unknown[0]],
-                              "one of the keys " + ", ".join(f.name for f in fields(cls)))
-        out = cls(**node)
-        if not isinstance(out.enabled, bool):
-            raise ConfigError("diagnostics.enabled", out.enabled, "true or false")
-        for name, low, high in (("ratio_low", 0.0, math.inf), ("ratio_high", 0.0, math.inf),
-                                ("overfit_gap", 0.0, 1.0), ("capacity_gap", 0.0, 1.0), ("capacity_acc", 0.0, 1.0),
-                                ("dead_fraction", 0.0, 1.0), ("saturation", 0.0, 1.0)):
-            value = getattr(out, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not low < value <= high:
-                raise ConfigError(f"diagnostics.{name}", value, f"a number in ({low:g}, {high:g}]")
-        if out.ratio_low >= out.ratio_high:
-            raise ConfigError("diagnostics.ratio_low", out.ratio_low,
-                              f"a number below diagnostics.ratio_high ({out.ratio_high:g})")
-        return out
+        return section(cls, node, "diagnostics")
+
+    def check(self, prefix: str) -> None:
+        """The cross-field rule, run by params.validate after the ranges."""
+        if self.ratio_low >= self.ratio_high:
+            raise ConfigError(f"{prefix}.ratio_low", self.ratio_low,
+                              f"a number below {prefix}.ratio_high ({self.ratio_high:g})")
 
 
 @dataclass(frozen=True)

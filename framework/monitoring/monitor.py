@@ -17,16 +17,16 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import numpy as np
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
 from framework.kernels import dense as K
 from framework.monitoring.diagnostics import (Thresholds, as_markdown, divergence_finding, fit_findings, unit_findings, unit_fractions,
                           update_ratio_findings)
-from framework.core.errors import ConfigError
-from framework.engine.train import Callback
+from framework.core.params import param, section
+from framework.engine.callbacks import Callback
 
 log = logging.getLogger("framework")
 HPARAM_METRICS = ("val/acc", "best_val_acc", "test_acc")
@@ -37,32 +37,16 @@ MAX_TILES = 256  # first_layer shows at most this many hidden units
 class Options:
     """The `tensorboard:` section of conf/config.yaml."""
 
-    enabled: bool = True
-    histogram_every: int = 5  # epochs between histograms, dead-unit fractions and the first-layer image
-    sample_rows: int = 500  # fixed validation rows for activation histograms and dead/saturated fractions
-    histogram_bins: int = 30
+    enabled: bool = param(True, "write TensorBoard event files")
+    histogram_every: int = param(5, "epochs between histograms, dead-unit fractions and the first-layer image",
+                                 range="[0, inf)")
+    sample_rows: int = param(500, "fixed validation rows for activation histograms and dead/saturated fractions",
+                             range="[1, inf)")
+    histogram_bins: int = param(30, "bins of each histogram", range="[1, inf)")
 
     @classmethod
     def from_cfg(cls, node) -> "Options":
-        node = _plain(node)
-        known = [f.name for f in fields(cls)]
-        for key in node:
-            if key not in known:
-                raise ConfigError(f"tensorboard.{key}", node[key], "one of the keys " + ", ".join(known))
-        out = cls(**node)
-        if not isinstance(out.enabled, bool):
-            raise ConfigError("tensorboard.enabled", out.enabled, "true or false")
-        for name, low in (("histogram_every", 0), ("sample_rows", 1), ("histogram_bins", 1)):
-            value = getattr(out, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ConfigError(f"tensorboard.{name}", value, f"an integer >= {low}")
-        return out
-
-
-def _plain(node) -> dict:
-    if node is None:
-        return {}
-    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
+        return section(cls, node, "tensorboard")
 
 
 def _hydra_job():
@@ -99,7 +83,7 @@ def _job_overrides() -> list[str]:
 def make_callback(run) -> "Monitor | None":
     """The run's monitoring callback, or None when TensorBoard and diagnostics are both switched off."""
     options = Options.from_cfg(run.cfg.get("tensorboard"))
-    thresholds = Thresholds.from_cfg(_plain(run.cfg.get("diagnostics")))
+    thresholds = Thresholds.from_cfg(run.cfg.get("diagnostics"))
     if not options.enabled and not thresholds.enabled:
         return None
     return Monitor(run, options, thresholds)
