@@ -100,7 +100,7 @@ def profile_step(run, number: int) -> dict:
     out["regularizer"] = best_call_time(lambda: run.regularizer.penalty_grad(theta, grad, mask), number) \
         if run.regularizer.active else 0.0
     lr, mom = run.lr, run.momentum
-    parts = model.step_threads(B)  # wide models split the update and the EMA over threads (framework.threads)
+    parts = model.step_threads(B)  # wide models split the update and the EMA over threads (framework.engine.threads)
     out["optimizer"] = best_call_time(
         lambda: threads.apply_update(probe_opt, probe_theta, grad, probe_state, lr, mom, parts), number)
     probe_ema = ema.copy()
@@ -122,7 +122,7 @@ def profile_step(run, number: int) -> dict:
                update.kernel if update is not None else None, K.ema_update if run.ema is not None else None]
     calls = [arity(k) for k in kernels if k is not None]
     out["dispatch"] = sum(best_call_time(lambda k=k: noop_kernel(k)(*([theta] * k)), number * 10) for k in calls)
-    # fused steps (framework.fused) make these calls inside one jitted call per chunk: no per-step dispatch
+    # fused steps (framework.engine.fused) make these calls inside one jitted call per chunk: no per-step dispatch
     out["fused"] = run.settings.fused_steps and FusedSteps.plan(run) is not None
     kernels_s = out["model"] + out["regularizer"] + out["optimizer"] + out["ema"]
     if out["fused"]:
@@ -164,7 +164,7 @@ def monitor_cost(run, number: int) -> dict:
 
 
 def gemm_paths(run) -> dict:
-    """Which GEMM each product of the run's step used ('own' | 'blas', framework.gemm_choice), and whether the
+    """Which GEMM each product of the run's step used ('own' | 'blas', framework.kernels.gemm_choice), and whether the
     step ran as the fused kernel (own GEMMs inside) or drove its GEMMs from Python."""
     model, n = run.model, run.settings.batch_size
     wanted = {(p.m, p.k, p.n, p.a_t, p.dtype) for p in gemm_choice.mlp_products(model.sizes, n, model.dtype)}

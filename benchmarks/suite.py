@@ -150,7 +150,7 @@ def run_bench(workloads, dtypes, repeats: int, quick: bool, threads: int, startu
         torch.set_num_threads(threads)
     import numba
 
-    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))  # framework.threads: wide GEMMs
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))  # framework.engine.threads: wide GEMMs
     result = {"machine": machine_info(threads), "quick": quick, "repeats": repeats, "pairs": [], "startup": {}}
     block_s = 0.04 if quick else 0.12
     t_all = time.perf_counter()

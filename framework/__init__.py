@@ -48,8 +48,8 @@ def train(cfg, run_dir=None, callbacks=None) -> dict:
 
 
 def load(path):
-    """Open a checkpoint (framework.io.predictor.Checkpoint) or an ensemble file (framework.ensemble.Ensemble) for
-    prediction; both offer predict, predict_proba, scores, transform, weights, cfg, num_classes."""
+    """Open a checkpoint (framework.io.predictor.Checkpoint) or an ensemble file
+    (framework.ensemble.predictor.Ensemble) for prediction; both offer predict, predict_proba, scores, transform, weights, cfg, num_classes."""
     from framework.ensemble.fileformat import is_ensemble_file, load_ensemble
 
     if is_ensemble_file(path):

@@ -208,7 +208,7 @@ def _check_part(name, title, f, analytic, theta, coords, layout, opts, tol, reas
 def check_gradients(model, theta, X, y, regularizer=None, mask=None, options=None, *, optimizer=None,
                     lr: float | None = None, rng: np.random.Generator | None = None, seed: int = 0,
                     **overrides) -> GradCheckReport:
-    """Gradient check of `model` (any framework.model.Model) at theta (P,) on a few rows of X (N, D), y (N,).
+    """Gradient check of `model` (any framework.components.model.Model) at theta (P,) on a few rows of X (N, D), y (N,).
 
     regularizer, mask: a Regularizer and its (P,) mask (the `reg` part checks `penalty_grad` alone, notes
     1.9). options: GradCheckOptions, a dict, or None for the notes' defaults; keyword overrides such as

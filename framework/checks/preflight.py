@@ -8,12 +8,12 @@
   -ln(1/C) for softmax and C - 1 for the margin-1 SVM (`model.loss_kind`), within `chance.tolerance`.
 - reg_rise (2.2): the loss at the run's initial parameters rises with the regularization strength
   (0 < s < 10 s with s = the run's reg, or `reg_rise.test_strength` when the run's reg is 0).
-- gradcheck (1.1-1.11): framework.gradcheck on the run's initial parameters (a copy), data loss then
+- gradcheck (1.1-1.11): framework.checks.gradcheck on the run's initial parameters (a copy), data loss then
   regularization alone; see GradCheckOptions.
 - overfit (2.3, full mode only; quick skips it): about 20 training examples, reg = 0, a fresh copy of the run's
   optimizer, must reach loss <= `overfit.max_loss` and 100% training accuracy within `overfit.steps` steps.
 
-A failing check stops the run before training (framework.errors.CheckFailed, exit code 4) with what was
+A failing check stops the run before training (framework.core.errors.CheckFailed, exit code 4) with what was
 measured, what was expected and the likely cause; `strict: false` logs warnings instead. The report is
 logged as a table and written to `<run_dir>/preflight.json`. The checks use their own Generator seeded from
 the run's seed and copies of theta, model buffers and optimizer: the run's numbers are unchanged.

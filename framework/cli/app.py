@@ -191,7 +191,7 @@ def quote_path_override(arg: str) -> str:
     """`resume=outputs/runs/d/t_epochs=2,seed=1` -> quoted, so run folders named after their overrides can be
     pasted as they are (Hydra's grammar would read the '=' and ',' inside the path). resume= also takes `latest`
     and a glob matching one folder; for a sweep folder it finishes that sweep and exits (framework.search);
-    source=[...] takes such paths, sweep folders, `latest` and globs (framework.paths)."""
+    source=[...] takes such paths, sweep folders, `latest` and globs (framework.core.paths)."""
     from framework.core import paths
 
     key, sep, value = arg.partition("=")

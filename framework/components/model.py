@@ -62,11 +62,11 @@ class Model:
     activation_kind = None  # "relu" | "leaky_relu" | "tanh" | None
 
     def step_threads(self, batch: int) -> int:
-        """Threads a training step on `batch` rows may use (framework.threads); 1 (default) keeps it serial."""
+        """Threads a training step on `batch` rows may use (framework.engine.threads); 1 (default) keeps it serial."""
         return 1
 
     def fused_loss(self, batch: int):
-        """The loss_grad of a noise-free training step as one kernel call, for fused steps (framework.fused):
+        """The loss_grad of a noise-free training step as one kernel call, for fused steps (framework.engine.fused):
         a FusedCall whose kernel returns the mean data loss and overwrites grad, with slots THETA, GRAD, X, Y,
         IDX; or None (default) to keep one Python call per step. batch: the largest batch it will see."""
         return None

@@ -60,7 +60,7 @@ class Optimizer:
         raise NotImplementedError
 
     def fused_update(self, state, lr: float, momentum: float | None = None):
-        """`apply` as one kernel call for fused steps (a FusedCall with slots THETA and GRAD; framework.fused),
+        """`apply` as one kernel call for fused steps (a FusedCall with slots THETA and GRAD; framework.engine.fused),
         or None (default) to keep one Python call per step."""
         return None
 

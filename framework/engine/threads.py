@@ -1,11 +1,11 @@
 """Wide GEMMs on several cores, bitwise equal to one core.
 
-The step's kernels run on one core (framework.fused; a Numba `parallel=True` GEMM would make every kernel that
+The step's kernels run on one core (framework.engine.fused; a Numba `parallel=True` GEMM would make every kernel that
 calls it uncacheable). For wide layers (W2, W3: milliseconds per product) the model instead drives its GEMMs
 from Python and splits each product over a small thread pool: kernels.gemm releases the GIL, and every
 output row is the same FMA chain whichever thread computes it, so the numbers do not depend on the thread count.
 Threads: numba.get_num_threads() (NUMBA_NUM_THREADS, default all cores; the search preset sets 1 per job).
-Each product runs the GEMM framework.gemm_choice picked for it on this machine: the own kernel (split here) or
+Each product runs the GEMM framework.kernels.gemm_choice picked for it on this machine: the own kernel (split here) or
 BLAS (one call; BLAS has its own threads).
 """
 from __future__ import annotations
@@ -44,7 +44,7 @@ def _executor(workers: int) -> ThreadPoolExecutor:
 
 
 def gemm(A, B, C, Z, ldz: int, init: bool, parts: int) -> None:
-    """C = [Z +] A @ B through the path framework.gemm_choice picked for this product on this machine: BLAS
+    """C = [Z +] A @ B through the path framework.kernels.gemm_choice picked for this product on this machine: BLAS
     (kernels.gemm_blas, one call; C contiguous) or the own kernel split over `parts` threads (gemm_own)."""
     if _path(A, B) == "blas":
         K.gemm_blas(A, B, C, Z, ldz, init)

@@ -149,7 +149,7 @@ def train_student(cfg, splits, run_dir, soft=None, T: float = 1.0, alpha: float 
 
 
 def distill(teacher, splits, reference_cfg, opts: DistillConfig, out_dir, cost=None) -> dict:
-    """Distill the ensemble `teacher` (framework.ensemble.Ensemble) into a student trained on the shared
+    """Distill the ensemble `teacher` (framework.ensemble.predictor.Ensemble) into a student trained on the shared
     `splits` (float64, preprocessed); the hard-label baseline too when opts.baseline. Student runs go to
     out_dir/student and out_dir/baseline. cost(fn) -> evaluation time of fn relative to one member (or None).
 

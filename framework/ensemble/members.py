@@ -36,7 +36,7 @@ class Member:
     label: str
     file: pathlib.Path
     use: str  # raw | ema | best: which weights of the file
-    ckpt: object  # framework.checkpoint.Checkpoint
+    ckpt: object  # framework.io.predictor.Checkpoint
     theta: np.ndarray  # (P,) in the run's dtype
     val_acc: float = math.nan
     test_acc: float = math.nan

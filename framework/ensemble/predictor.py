@@ -28,7 +28,7 @@ class Part:
 
 
 class Ensemble(Predictor):
-    """Members' models combined into one predictor, with the methods of a framework.checkpoint.Checkpoint.
+    """Members' models combined into one predictor, with the methods of a framework.io.predictor.Checkpoint.
     X given to predict/predict_proba/scores are raw features (N, D) or images (N, ...): the members' shared
     training-split preprocessing is applied here. `use` must be "raw": a file holds one set of weights per member
     (which ones was chosen when the ensemble was built)."""

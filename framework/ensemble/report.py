@@ -111,7 +111,7 @@ def write_tensorboard(report: dict, markdown: str, out_dir: pathlib.Path) -> boo
     try:
         from framework.monitoring.tensorboard import EventWriter
     except ImportError:
-        log.warning("framework.tensorboard is unavailable: no TensorBoard events for the report.")
+        log.warning("framework.monitoring.tensorboard is unavailable: no TensorBoard events for the report.")
         return False
     with EventWriter(out_dir) as w:
         for m in report["members"]:

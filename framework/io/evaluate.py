@@ -63,7 +63,7 @@ def parse_args(argv: list[str]) -> dict:
 
 def checkpoint_file(text: str):
     """The file to score for the checkpoint argument: a file as is; a run folder's checkpoints/best.h5 (else
-    last.h5); a sweep folder's best trial's; `latest` and globs (one match) first expanded (framework.paths)."""
+    last.h5); a sweep folder's best trial's; `latest` and globs (one match) first expanded (framework.core.paths)."""
     from framework.core.paths import expand_one
     from framework.search.folder import is_sweep_folder, load_sweep
     from framework.search.summary import best_trial

@@ -42,7 +42,7 @@ def module_kernels(module) -> list:
 def cold_parts(run, training: bool = True) -> list[str]:
     """Which parts of the run's code Numba will compile rather than load: "kernels" when a kernel of the fused
     step (the model's loss, the penalty, the update) has no fresh cache index (without fused steps: when the
-    model's module and framework.kernels have none at all), "chunk" when the generated chunk of fused steps of
+    model's module and framework.kernels.dense have none at all), "chunk" when the generated chunk of fused steps of
     this configuration has none (training only)."""
     plan = run.fused_plan() if training and run.settings.fused_steps else None  # what fit() makes anyway
     if plan is not None:

@@ -1,7 +1,7 @@
 """Babysitting advice (notes section 3): rules that turn a run's measurements into readable advice.
 
 Each rule is a plain function of numbers (update ratios, accuracies, unit fractions), so it is tested without
-training; framework.monitor collects the numbers during a run and reports the findings on the console, in
+training; framework.monitoring.monitor collects the numbers during a run and reports the findings on the console, in
 TensorBoard (text tag `diagnostics`) and in summary.json (`diagnostics`).
 """
 from __future__ import annotations
