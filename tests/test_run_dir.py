@@ -113,3 +113,16 @@ def test_joblib_workers_keep_the_sweep_folder_the_sweeper_claimed(tmp_path):
     (sweep,) = (tmp_path / "outputs" / "sweeps").glob("*/*")
     assert len(list(sweep.glob("*_*/summary.json"))) == 3
     assert len(list((tmp_path / "outputs" / "sweeps").glob("*/*"))) == 1
+
+
+def test_the_run_folder_pattern_of_config_yaml_is_the_one_python_uses():
+    """conf/config.yaml spells the default run folder for Hydra (${now:...}); core.paths.RUN_DIR_PATTERN spells it
+    for runs started from Python: the two must name the same folders."""
+    import re
+
+    from framework.cli.overrides import CONF_DIR
+    from framework.core.paths import RUN_DIR_PATTERN
+
+    hydra_form = re.sub(r"(%[^/]+)", r"${now:\1}", RUN_DIR_PATTERN)
+    assert hydra_form == "outputs/runs/${now:%Y-%m-%d}/${now:%H-%M-%S}"
+    assert f"'{hydra_form}'" in (CONF_DIR / "config.yaml").read_text()
