@@ -50,26 +50,10 @@ def judge(result: dict) -> list[dict]:
     return rows
 
 
-def report(result: dict) -> str:
-    """The human-readable tables."""
-    m = result["machine"]
-    lines = [f"machine: nproc {m['nproc']}, CPU {m['cpu']}, Python {m['python']}, NumPy {m['numpy']}, "
-             f"Numba {m['numba']}, torch {m.get('torch', 'absent')}; threads {m['threads']} (BLAS and torch; "
-             "no Numba parallel kernels)",
-             f"BLAS: {'; '.join(m.get('blas', []))}; JAX: {m.get('jax', 'absent')}",
-             f"GEMM target: {m['gemm_cpu']['model']} ({m['gemm_cpu']['target']}, {m['gemm_cpu']['isa']}, "
-             f"{m['gemm_cpu']['vector_bits']}-bit vectors x {m['gemm_cpu']['vector_registers']} registers, own tile "
-             f"{m['gemm_cpu']['tile']})",
-             f"env: {' '.join(f'{k}={v}' for k, v in sorted(m['env'].items())) or '-'}; load average "
-             f"{m['loadavg_start'][0]:.2f} at start, {m['loadavg_end'][0]:.2f} at end",
-             ]
-    if max(m["loadavg_start"][0], m["loadavg_end"][0]) > 0.5 * (m["nproc"] or 1):
-        lines.append("WARNING: other processes kept this machine busy; threaded BLAS/OpenMP pools then wait for "
-                     "cores and every figure is inflated at random. Rerun on an idle machine, or compare with "
-                     "--threads 1.")
-    layered = [p for p in result["pairs"] if p.get("layered")]
-    pairs = [p for p in result["pairs"] if not p.get("layered")]
-    lines += ["", f"step time, us (median of {result['repeats']} interleaved rounds)"]
+def mlp_tables(pairs: list, repeats: int) -> list[str]:
+    """The MLP workloads' tables (W1-W3): step times, ratios, GEMM paths, monitoring, breakdown, allocations."""
+    lines = []
+    lines += ["", f"step time, us (median of {repeats} interleaved rounds)"]
     cols = ["fw", "fw+ema", "fw nomon", "fw+callbacks", "numpy", "torch", "torch fused", "torch+ema", "jax",
             "jax scan"]
     lines.append(f"{'workload':<34} {'dtype':<8}" + "".join(f"{c:>13}" for c in cols))
@@ -127,6 +111,30 @@ def report(result: dict) -> str:
         lines.append(f"{p['workload']:<34} {p['dtype']:<8} {a['steps']} steps: tracemalloc peak "
                      f"{a['traced_peak_bytes']} B, net {a['traced_net_bytes']} B; Numba NRT "
                      f"{a['nrt_allocs_per_step']:.1f} allocations/step (argument wrappers), {a['nrt_unfreed']} unfreed")
+    return lines
+
+
+def report(result: dict) -> str:
+    """The human-readable tables."""
+    m = result["machine"]
+    lines = [f"machine: nproc {m['nproc']}, CPU {m['cpu']}, Python {m['python']}, NumPy {m['numpy']}, "
+             f"Numba {m['numba']}, torch {m.get('torch', 'absent')}; threads {m['threads']} (BLAS and torch; "
+             "no Numba parallel kernels)",
+             f"BLAS: {'; '.join(m.get('blas', []))}; JAX: {m.get('jax', 'absent')}",
+             f"GEMM target: {m['gemm_cpu']['model']} ({m['gemm_cpu']['target']}, {m['gemm_cpu']['isa']}, "
+             f"{m['gemm_cpu']['vector_bits']}-bit vectors x {m['gemm_cpu']['vector_registers']} registers, own tile "
+             f"{m['gemm_cpu']['tile']})",
+             f"env: {' '.join(f'{k}={v}' for k, v in sorted(m['env'].items())) or '-'}; load average "
+             f"{m['loadavg_start'][0]:.2f} at start, {m['loadavg_end'][0]:.2f} at end",
+             ]
+    if max(m["loadavg_start"][0], m["loadavg_end"][0]) > 0.5 * (m["nproc"] or 1):
+        lines.append("WARNING: other processes kept this machine busy; threaded BLAS/OpenMP pools then wait for "
+                     "cores and every figure is inflated at random. Rerun on an idle machine, or compare with "
+                     "--threads 1.")
+    layered = [p for p in result["pairs"] if p.get("layered")]
+    pairs = [p for p in result["pairs"] if not p.get("layered")]
+    if pairs:
+        lines += mlp_tables(pairs, result["repeats"])
     if layered:
         lines += ["", "layered models (benchmarks.layered: the same net in PyTorch eager and one JAX jit step, same "
                   "initial parameters and data; us per step, median of the interleaved rounds; ratio = other / "
