@@ -1,6 +1,6 @@
 """`python -m framework.bench`: how fast is the framework's training step, against plain NumPy and PyTorch?
 
-    python -m framework.bench [--quick] [--workloads W1,W2,W3] [--dtypes float32,float64] [--repeats N]
+    python -m framework.bench [--quick] [--workloads W1,W2,W3,W4,W5] [--dtypes float32,float64] [--repeats N]
                               [--threads T] [--json out.json]
     python -m framework.bench --e2e ...   (the whole-job benchmark, benchmarks.e2e, with its own options)
 
@@ -11,7 +11,8 @@ CS231n-style NumPy step (benchmarks.reference_steps), PyTorch eager plain, `fuse
 and lax.scan when installed (benchmarks.peer_steps) and the GEMM peak (benchmarks.gemm); then where the step's
 time and memory go (benchmarks.breakdown) and the cold and warm start-up (benchmarks.startup, whose child
 processes re-enter here with --first-step); benchmarks.suite runs it all and benchmarks.report prints the tables
-and the PASS/MISS line of every goal.
+and the PASS/MISS line of every goal. The layered workloads W4 (convnet) and W5 (cnn1d) time the framework's step
+against the same net in PyTorch eager and a JAX jit step only (benchmarks.layered).
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from framework.core.files import write_text_atomic
 from benchmarks.report import report
 from benchmarks.startup import first_step
 from benchmarks.suite import run_bench
+from benchmarks.layered import LAYERED
 from benchmarks.workloads import WORKLOADS
 
 
@@ -38,7 +40,8 @@ def main(argv=None) -> int:
         return e2e_main([a for a in argv if a != "--e2e"])
     parser = argparse.ArgumentParser(prog="python -m framework.bench", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer and shorter rounds (under a minute)")
-    parser.add_argument("--workloads", default="W1,W2,W3", help="comma-separated subset of " + ",".join(WORKLOADS))
+    names = ",".join([*WORKLOADS, *LAYERED])
+    parser.add_argument("--workloads", default=names, help="comma-separated subset of " + names)
     parser.add_argument("--dtypes", default="float32,float64", help="comma-separated float32,float64")
     parser.add_argument("--repeats", type=int, default=None, help="interleaved rounds (default 7, quick 3)")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="BLAS and torch threads")
@@ -50,9 +53,9 @@ def main(argv=None) -> int:
         return 0
     workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
     dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
-    bad = [w for w in workloads if w not in WORKLOADS] + [d for d in dtypes if d not in ("float32", "float64")]
+    bad = [w for w in workloads if w not in names.split(",")] + [d for d in dtypes if d not in ("float32", "float64")]
     if bad or not workloads or not dtypes:
-        parser.error(f"unknown workload or dtype {bad}; workloads are {', '.join(WORKLOADS)}, dtypes float32,float64")
+        parser.error(f"unknown workload or dtype {bad}; workloads are {names}, dtypes float32,float64")
     repeats = args.repeats if args.repeats is not None else (3 if args.quick else 7)  # 0 is an error, not 7
     if repeats < 1 or args.threads < 1:
         parser.error("--repeats and --threads must be >= 1")

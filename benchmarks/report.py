@@ -17,6 +17,10 @@ GOALS = [
     ("W3", "vs_torch_fused", 1.0, "W3 framework >= 1.0x PyTorch fused"),
     ("W3", "peak_fraction", 0.85, "W3 framework >= 85% of GEMM peak (6*N*P FLOPs)"),
     *[(w, "vs_jax", 1.0, f"{w} framework >= 1.0x the JAX jit step") for w in ("W1", "W2", "W3")],
+    # the ConvNet issue's layered workloads (benchmarks.layered)
+    ("W4", "vs_torch", 1.3, "W4 framework >= 1.3x PyTorch eager"),
+    ("W5", "vs_torch", 15.0, "W5 framework >= 15x PyTorch eager"),
+    ("W5", "vs_jax", 5.0, "W5 framework >= 5x the JAX jit step"),
 ]
 WARM_START_GOAL_S = 1.0
 COLD_COMPILE_GOAL_S = 10.0
@@ -32,6 +36,8 @@ def judge(result: dict) -> list[dict]:
             if goal_wl == wl and key in pair:
                 rows.append({"goal": f"{text} [{pair['dtype']}]", "value": pair[key], "threshold": threshold,
                              "pass": pair[key] >= threshold})
+        if pair.get("layered"):  # no monitoring cost measured for these
+            continue
         rows.append({"goal": f"{wl} monitoring overhead at defaults <= 10% [{pair['dtype']}]",
                      "value": pair["monitor_overhead"], "threshold": MONITOR_OVERHEAD_GOAL,
                      "pass": pair["monitor_overhead"] <= MONITOR_OVERHEAD_GOAL, "lower_is_better": True})
@@ -42,6 +48,70 @@ def judge(result: dict) -> list[dict]:
                      "threshold": COLD_COMPILE_GOAL_S, "pass": s["cold_s"] <= COLD_COMPILE_GOAL_S,
                      "lower_is_better": True})
     return rows
+
+
+def mlp_tables(pairs: list, repeats: int) -> list[str]:
+    """The MLP workloads' tables (W1-W3): step times, ratios, GEMM paths, monitoring, breakdown, allocations."""
+    lines = []
+    lines += ["", f"step time, us (median of {repeats} interleaved rounds)"]
+    cols = ["fw", "fw+ema", "fw nomon", "fw+callbacks", "numpy", "torch", "torch fused", "torch+ema", "jax",
+            "jax scan"]
+    lines.append(f"{'workload':<34} {'dtype':<8}" + "".join(f"{c:>13}" for c in cols))
+    for p in pairs:
+        lines.append(f"{p['workload']:<34} {p['dtype']:<8}" +
+                     "".join(f"{p['step_us'][c]:>13.1f}" if c in p["step_us"] else f"{'-':>13}" for c in cols))
+    lines += ["", "ratios (time of the other / framework's time, same run) and FLOP/s"]
+    head = ["vs numpy", "vs torch", "vs fused", "ema vs t+ema", "vs jax", "vs jax scan", "fw GFLOP/s", "GEMM peak",
+            "6NP/peak", "exact/peak", "monitor"]
+    lines.append(f"{'workload':<34} {'dtype':<8}" + "".join(f"{c:>13}" for c in head))
+    for p in pairs:
+        vals = [f"{p['vs_numpy']:.2f}x", f"{p['vs_torch']:.2f}x" if "vs_torch" in p else "-",
+                f"{p['vs_torch_fused']:.2f}x" if "vs_torch_fused" in p else "-",
+                f"{p['ema_vs_torch_ema']:.2f}x" if "ema_vs_torch_ema" in p else "-",
+                f"{p['vs_jax']:.2f}x" if "vs_jax" in p else "-",
+                f"{p['vs_jax_scan']:.2f}x" if "vs_jax_scan" in p else "-",
+                f"{p['fw_gflops']:.1f}", f"{p['gemm_peak_gflops']:.1f}", f"{100 * p['peak_fraction']:.0f}%",
+                f"{100 * p['exact_peak_fraction']:.0f}%", f"{100 * p['monitor_overhead']:.2f}%"]
+        lines.append(f"{p['workload']:<34} {p['dtype']:<8}" + "".join(f"{v:>13}" for v in vals))
+    lines += ["", "GEMM path per product of the step (framework.gemm_choice: own kernel or BLAS, measured once per "
+              "machine; FRAMEWORK_GEMM=own|blas|auto)"]
+    for p in pairs:
+        g = p.get("gemm_paths", {})
+        lines.append(f"{p['workload']:<34} {p['dtype']:<8} {g.get('mode', '?')}, {g.get('route', '?')}: " +
+                     ", ".join(f"{k} {v}" for k, v in g.get("products", {}).items()))
+    lines += ["", "monitoring at defaults (monitor.every, TensorBoard + diagnostics callbacks): its own time per step "
+              "(timed directly; the 'monitor' column above), and the step-time difference fw+callbacks vs fw nomon"]
+    for p in pairs:
+        c = p["monitor"]
+        lines.append(f"{p['workload']:<34} {p['dtype']:<8} every {c['every']}: {c['per_monitor_step_s'] * 1e6:.1f} us "
+                     f"per monitor step ({', '.join(c['callbacks']) or 'no callbacks'}) = "
+                     f"{c['per_step_s'] * 1e6:.2f} us/step = {100 * p['monitor_overhead']:.2f}%; medians "
+                     f"{100 * p['monitor_overhead_median']:+.1f}%, best rounds "
+                     f"{100 * p['monitor_overhead_best']:+.1f}%")
+    lines += ["", "the same ratios from each variant's best round (less sensitive to other load on the machine)"]
+    for p in pairs:
+        b = p["best_of"]
+        lines.append(f"{p['workload']:<34} {p['dtype']:<8}" + "".join(
+            f"  {k} {b[k]:.2f}{'x' if k != 'peak_fraction' else ''}" for k in b))
+    lines += ["", "where a framework step goes (us, best of 5; model = forward+loss+backward kernel incl. its GEMMs; "
+              "python = train_epoch's own code, timed with the kernels stubbed; other = the rest, e.g. cache misses "
+              "on fresh batches; dispatch = Python->Numba call cost, inside the kernel columns; with fused steps the "
+              "kernels run in one call per chunk and other excludes it)"]
+    head = ["step", "model", "of it GEMM", "regularizer", "optimizer", "ema", "python", "other", "dispatch"]
+    lines.append(f"{'workload':<34} {'dtype':<8} {'variant':<7}" + "".join(f"{c:>12}" for c in head))
+    for p in pairs:
+        for variant, prof in p["profile"].items():
+            lines.append(f"{p['workload']:<34} {p['dtype']:<8} {variant:<7}" +
+                         "".join(f"{prof[k] * 1e6:>12.1f}" for k in
+                                 ("step", "model", "gemm", "regularizer", "optimizer", "ema", "python", "other",
+                                  "dispatch")))
+    lines += ["", "allocations of the plain step with EMA (monitor at its default), no callbacks"]
+    for p in pairs:
+        a = p["alloc"]
+        lines.append(f"{p['workload']:<34} {p['dtype']:<8} {a['steps']} steps: tracemalloc peak "
+                     f"{a['traced_peak_bytes']} B, net {a['traced_net_bytes']} B; Numba NRT "
+                     f"{a['nrt_allocs_per_step']:.1f} allocations/step (argument wrappers), {a['nrt_unfreed']} unfreed")
+    return lines
 
 
 def report(result: dict) -> str:
@@ -61,64 +131,20 @@ def report(result: dict) -> str:
         lines.append("WARNING: other processes kept this machine busy; threaded BLAS/OpenMP pools then wait for "
                      "cores and every figure is inflated at random. Rerun on an idle machine, or compare with "
                      "--threads 1.")
-    lines += ["", f"step time, us (median of {result['repeats']} interleaved rounds)"]
-    cols = ["fw", "fw+ema", "fw nomon", "fw+callbacks", "numpy", "torch", "torch fused", "torch+ema", "jax",
-            "jax scan"]
-    lines.append(f"{'workload':<34} {'dtype':<8}" + "".join(f"{c:>13}" for c in cols))
-    for p in result["pairs"]:
-        lines.append(f"{p['workload']:<34} {p['dtype']:<8}" +
-                     "".join(f"{p['step_us'][c]:>13.1f}" if c in p["step_us"] else f"{'-':>13}" for c in cols))
-    lines += ["", "ratios (time of the other / framework's time, same run) and FLOP/s"]
-    head = ["vs numpy", "vs torch", "vs fused", "ema vs t+ema", "vs jax", "vs jax scan", "fw GFLOP/s", "GEMM peak",
-            "6NP/peak", "exact/peak", "monitor"]
-    lines.append(f"{'workload':<34} {'dtype':<8}" + "".join(f"{c:>13}" for c in head))
-    for p in result["pairs"]:
-        vals = [f"{p['vs_numpy']:.2f}x", f"{p['vs_torch']:.2f}x" if "vs_torch" in p else "-",
-                f"{p['vs_torch_fused']:.2f}x" if "vs_torch_fused" in p else "-",
-                f"{p['ema_vs_torch_ema']:.2f}x" if "ema_vs_torch_ema" in p else "-",
-                f"{p['vs_jax']:.2f}x" if "vs_jax" in p else "-",
-                f"{p['vs_jax_scan']:.2f}x" if "vs_jax_scan" in p else "-",
-                f"{p['fw_gflops']:.1f}", f"{p['gemm_peak_gflops']:.1f}", f"{100 * p['peak_fraction']:.0f}%",
-                f"{100 * p['exact_peak_fraction']:.0f}%", f"{100 * p['monitor_overhead']:.2f}%"]
-        lines.append(f"{p['workload']:<34} {p['dtype']:<8}" + "".join(f"{v:>13}" for v in vals))
-    lines += ["", "GEMM path per product of the step (framework.gemm_choice: own kernel or BLAS, measured once per "
-              "machine; FRAMEWORK_GEMM=own|blas|auto)"]
-    for p in result["pairs"]:
-        g = p.get("gemm_paths", {})
-        lines.append(f"{p['workload']:<34} {p['dtype']:<8} {g.get('mode', '?')}, {g.get('route', '?')}: " +
-                     ", ".join(f"{k} {v}" for k, v in g.get("products", {}).items()))
-    lines += ["", "monitoring at defaults (monitor.every, TensorBoard + diagnostics callbacks): its own time per step "
-              "(timed directly; the 'monitor' column above), and the step-time difference fw+callbacks vs fw nomon"]
-    for p in result["pairs"]:
-        c = p["monitor"]
-        lines.append(f"{p['workload']:<34} {p['dtype']:<8} every {c['every']}: {c['per_monitor_step_s'] * 1e6:.1f} us "
-                     f"per monitor step ({', '.join(c['callbacks']) or 'no callbacks'}) = "
-                     f"{c['per_step_s'] * 1e6:.2f} us/step = {100 * p['monitor_overhead']:.2f}%; medians "
-                     f"{100 * p['monitor_overhead_median']:+.1f}%, best rounds "
-                     f"{100 * p['monitor_overhead_best']:+.1f}%")
-    lines += ["", "the same ratios from each variant's best round (less sensitive to other load on the machine)"]
-    for p in result["pairs"]:
-        b = p["best_of"]
-        lines.append(f"{p['workload']:<34} {p['dtype']:<8}" + "".join(
-            f"  {k} {b[k]:.2f}{'x' if k != 'peak_fraction' else ''}" for k in b))
-    lines += ["", "where a framework step goes (us, best of 5; model = forward+loss+backward kernel incl. its GEMMs; "
-              "python = train_epoch's own code, timed with the kernels stubbed; other = the rest, e.g. cache misses "
-              "on fresh batches; dispatch = Python->Numba call cost, inside the kernel columns; with fused steps the "
-              "kernels run in one call per chunk and other excludes it)"]
-    head = ["step", "model", "of it GEMM", "regularizer", "optimizer", "ema", "python", "other", "dispatch"]
-    lines.append(f"{'workload':<34} {'dtype':<8} {'variant':<7}" + "".join(f"{c:>12}" for c in head))
-    for p in result["pairs"]:
-        for variant, prof in p["profile"].items():
-            lines.append(f"{p['workload']:<34} {p['dtype']:<8} {variant:<7}" +
-                         "".join(f"{prof[k] * 1e6:>12.1f}" for k in
-                                 ("step", "model", "gemm", "regularizer", "optimizer", "ema", "python", "other",
-                                  "dispatch")))
-    lines += ["", "allocations of the plain step with EMA (monitor at its default), no callbacks"]
-    for p in result["pairs"]:
-        a = p["alloc"]
-        lines.append(f"{p['workload']:<34} {p['dtype']:<8} {a['steps']} steps: tracemalloc peak "
-                     f"{a['traced_peak_bytes']} B, net {a['traced_net_bytes']} B; Numba NRT "
-                     f"{a['nrt_allocs_per_step']:.1f} allocations/step (argument wrappers), {a['nrt_unfreed']} unfreed")
+    layered = [p for p in result["pairs"] if p.get("layered")]
+    pairs = [p for p in result["pairs"] if not p.get("layered")]
+    if pairs:
+        lines += mlp_tables(pairs, result["repeats"])
+    if layered:
+        lines += ["", "layered models (benchmarks.layered: the same net in PyTorch eager and one JAX jit step, same "
+                  "initial parameters and data; us per step, median of the interleaved rounds; ratio = other / "
+                  "framework, best rounds in brackets)"]
+        for p in layered:
+            us, b = p["step_us"], p["best_of"]
+            peers = [f"{name} {us[name]:.1f} us = {p[key]:.2f}x ({b[key]:.2f}x)"
+                     for name, key in (("torch", "vs_torch"), ("jax", "vs_jax")) if key in p]
+            lines.append(f"{p['workload']:<34} {p['dtype']:<8} fw {us['fw']:.1f} us; " +
+                         ("; ".join(peers) or "no peer installed"))
     lines += ["", "start-up: wall time from spawning a process to its first step done (W1, EMA on; Hydra compose, "
               "Run, one train_epoch step); cpu = the child's CPU seconds"]
     for dtype, s in result["startup"].items():

@@ -23,6 +23,7 @@ from framework.kernels import gemm_choice
 from benchmarks.breakdown import allocations, gemm_paths, monitor_cost, profile_step
 from benchmarks.framework_runner import FrameworkSteps, make_run
 from benchmarks.gemm import GemmPeak
+from benchmarks.layered import LAYERED, JaxLayeredSteps, LayeredWorkload, TorchLayeredSteps, make_layered_run
 from benchmarks.peer_steps import JaxSteps, TorchSteps, jax_available, torch_available
 from benchmarks.reference_steps import NumpySteps
 from benchmarks.report import judge
@@ -132,6 +133,31 @@ def bench_pair(workload: Workload, dtype: str, rounds: int, block_s: float, allo
     return out
 
 
+def bench_layered(workload: LayeredWorkload, dtype: str, rounds: int, block_s: float, with_torch: bool,
+                  steps_per_epoch: int = 20, with_jax: bool = False) -> dict:
+    """The framework's step of a layered workload (W4, W5) against the same net in PyTorch eager and a JAX jit step,
+    in one interleaved set of rounds, on `steps_per_epoch` batches of random data. No GEMM peak, NumPy reference,
+    breakdown or monitoring cost: those figures are the MLP workloads'."""
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        run = make_layered_run(workload, dtype, steps_per_epoch, f"{tmp}/fw")
+        variants = {"fw": FrameworkSteps(run)}
+        if with_torch:
+            variants["torch"] = TorchLayeredSteps(run)
+        if with_jax:
+            variants["jax"] = JaxLayeredSteps(run)
+        run.train_epoch()  # compiles the generated step (or loads it from the disk cache) outside the timed blocks
+        times = interleaved(variants, rounds, block_s, switch_pause_s=POOL_SWITCH_PAUSE_S)
+    med = {k: v["median_s"] for k, v in times.items()}
+    best = {k: v["min_s"] for k, v in times.items()}
+    out = {"workload": workload.label(), "dtype": dtype, "layered": True, "params": int(run.layout.size),
+           "times": times, "step_us": {k: v * 1e6 for k, v in med.items()}, "best_of": {}}
+    for peer, key in (("torch", "vs_torch"), ("jax", "vs_jax")):
+        if peer in med:
+            out[key] = med[peer] / med["fw"]
+            out["best_of"][key] = best[peer] / best["fw"]
+    return out
+
+
 def run_bench(workloads, dtypes, repeats: int, quick: bool, threads: int, startup_dtypes=None, log=print) -> dict:
     """The whole benchmark; returns a JSON-able dict (benchmarks.report.report makes the tables)."""
     import scipy.linalg.cython_blas  # noqa: F401  (SciPy's OpenBLAS, which np.dot inside Numba calls)
@@ -157,6 +183,11 @@ def run_bench(workloads, dtypes, repeats: int, quick: bool, threads: int, startu
     with threadpool_limits(threads):
         for name in workloads:
             for dtype in dtypes:
+                if name in LAYERED:
+                    wl = LAYERED[name]
+                    log(f"... {wl.label()} {dtype}")
+                    result["pairs"].append(bench_layered(wl, dtype, repeats, block_s, with_torch, with_jax=with_jax))
+                    continue
                 wl = WORKLOADS[name]
                 log(f"... {wl.label()} {dtype}")
                 result["pairs"].append(bench_pair(

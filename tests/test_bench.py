@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import test_numba_cache_rule as cache_rule
-from benchmarks import breakdown, cli, peer_steps, reference_steps, report, suite
+from benchmarks import breakdown, cli, layered, peer_steps, reference_steps, report, suite
 from framework.engine.fused import FusedSteps
 from framework.engine.stubs import kernels_stubbed
 from benchmarks.framework_runner import make_run
@@ -181,6 +181,69 @@ def test_bench_pair_smoke_on_tiny_sizes():
     json.dumps(result)  # --json writes exactly this
 
 
+TINY_LAYERED = [
+    layered.LayeredWorkload("tiny_conv", "convnet", (3, 8, 8), 5, 4, (
+        "{type:conv2d,filters:4,size:3,pad:1}", "relu", "{type:maxpool2d,size:2}", "{type:affine,units:6}", "relu",
+        "{type:affine}")),
+    layered.LayeredWorkload("tiny_cnn1d", "cnn1d", (2, 12), 5, 4),  # the preset's three strided conv1d
+]
+
+
+@pytest.mark.parametrize("workload", TINY_LAYERED, ids=lambda w: w.name)
+@pytest.mark.parametrize("peer", ["torch", "jax"])
+def test_layered_peers_compute_the_framework_step(workload, peer, tmp_path):
+    """W4/W5's peers are the same net: from the Run's initial parameters, on the framework's batches, every step's
+    loss (data + L2) equals the framework's in float64, so forward, backward, L2 and Adam all agree."""
+    if peer == "torch":
+        torch_or_skip()
+    else:
+        jax_or_skip()
+    run = layered.make_layered_run(workload, "float64", STEPS, str(tmp_path), seed=3)
+    ref = layered.TorchLayeredSteps(run) if peer == "torch" else layered.JaxLayeredSteps(run)
+    run.train_epoch()
+    B = run.settings.batch_size
+    losses = []
+    for b in range(STEPS):
+        idx = run.perm[b * B:(b + 1) * B]
+        loss = ref.step(ref.torch.from_numpy(idx)) if peer == "torch" else ref.step(idx)
+        losses.append(float(loss.detach() if peer == "torch" else loss))
+    assert len(set(np.round(run.epoch_losses, 6))) == STEPS  # the parameters really move
+    np.testing.assert_allclose(losses, run.epoch_losses, rtol=1e-10, atol=0)
+
+
+def test_layered_bench_smoke_on_tiny_sizes(tmp_path):
+    """W4/W5's measurement code end to end on tiny nets: times, ratios, the report's table and the goals."""
+    with_torch, with_jax = peer_steps.torch_available(), peer_steps.jax_available()
+    pairs = [suite.bench_layered(wl, "float32", rounds=2, block_s=0.002, with_torch=with_torch, steps_per_epoch=5,
+                                 with_jax=with_jax) for wl in TINY_LAYERED]
+    for pair in pairs:
+        assert set(pair["step_us"]) == {"fw"} | ({"torch"} if with_torch else set()) | ({"jax"} if with_jax else set())
+        assert all(len(t["samples_s"]) == 2 and min(t["samples_s"]) > 0 for t in pair["times"].values())
+        if with_torch:
+            assert pair["vs_torch"] == pytest.approx(pair["step_us"]["torch"] / pair["step_us"]["fw"])
+    # the goals of W4/W5 judge these rows when they carry the workloads' names
+    named = [dict(p, workload=p["workload"].replace(wl.name, w)) for p, wl, w in zip(pairs, TINY_LAYERED, ("W4", "W5"))]
+    result = {"machine": suite.machine_info(1) | {"loadavg_end": (0.0, 0.0, 0.0), "bench_peak_rss_mb": 1.0},
+              "repeats": 2, "pairs": named, "elapsed_s": 1.0, "startup": {}}
+    result["goals"] = report.judge(result)
+    goals = {g["goal"]: g for g in result["goals"]}
+    if with_torch:
+        g = goals["W4 framework >= 1.3x PyTorch eager [float32]"]
+        assert g["value"] == named[0]["vs_torch"] and g["pass"] == (g["value"] >= 1.3)
+        assert "W5 framework >= 15x PyTorch eager [float32]" in goals
+    if with_jax:
+        assert goals["W5 framework >= 5x the JAX jit step [float32]"]["value"] == named[1]["vs_jax"]
+    assert not any("monitoring overhead" in g for g in goals)  # not measured for layered rows
+    text = report.report(result)
+    assert "W4 convnet 3x8x8 batch 4" in text and "W5 cnn1d 2x12 batch 4" in text
+    json.dumps(result)
+
+
+def test_layered_workloads_are_the_issues():
+    assert layered.LAYERED["W4"] == layered.LayeredWorkload("W4", "convnet", (3, 32, 32), 10, 50)
+    assert layered.LAYERED["W5"] == layered.LayeredWorkload("W5", "cnn1d", (1, 40), 10, 100)
+
+
 @pytest.mark.parametrize("fused", [True, False], ids=["fused", "plain"])
 def test_kernels_stubbed_runs_the_loop_without_numbers_and_restores_the_run(fused):
     """Inside the hook an epoch runs every step but no kernel (theta stays); after it the run trains on exactly as
@@ -234,6 +297,7 @@ def test_the_cache_rule_sees_the_benchmark_kernels(monkeypatch):
 
 @pytest.mark.parametrize("args, piece", [
     (["--workloads", "W9"], "W9"),
+    (["--workloads", "W4,W6"], "W6"),
     (["--dtypes", "float16"], "float16"),
     (["--repeats", "0"], "--repeats"),
     (["--json", "no/such/folder/out.json"], "no/such/folder"),

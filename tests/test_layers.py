@@ -325,6 +325,22 @@ def test_user_layer_plugin_trains_and_passes_the_gradient_check_through_the_cli(
     assert _summary(tmp_path)["metrics"]["test_acc"] >= 0.8  # chance is 0.1
 
 
+def test_framework_list_shows_every_layer_and_a_plugin_layer(cli, tmp_path):
+    """framework.list has a layer section saying how to write a layer list, with every built-in and a user's
+    layer from the working directory's plugins/ folder, each with its options."""
+    (tmp_path / "plugins").mkdir()
+    shutil.copy(PLUGIN_DIR / "channel_scale.py", tmp_path / "plugins" / "channel_scale.py")
+    result = cli("layer", "--options", module="framework.list")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("layer (items of a layer list: python -m framework model=sequential 'model.layers=[")
+    listed = [line.split()[0] for line in lines[1:] if line.startswith("  ") and not line.startswith("      ")]
+    assert listed == LAYERS.names()  # the plugin is loaded here too, so channel_scale is among them
+    assert "channel_scale" in listed
+    assert "      start = 1.0: initial scale of every channel (a value in (0, inf))" in lines
+    assert "      pad = 0: zeros added on each side (K // 2 with stride 1 keeps the size) (a value in [0, inf))" in lines
+
+
 def test_layered_model_with_dropout_resumes_bit_identical(tmp_path):
     """Checkpoints carry the layer list in the saved config: a run cut mid-epoch and resumed from its file ends
     bit-identical to the uninterrupted one (dropout masks come from the saved RNG streams, batchnorm's running

@@ -84,6 +84,21 @@ def test_unit_fractions_and_findings():
     assert all("notes 3.4" in f.message for f in found) and "75%" in found[0].message
 
 
+def test_unit_fractions_per_layer_kind_and_per_channel():
+    """A layered model gives each layer its own kind (tanh outputs are never read as dead ReLUs, nor ReLUs as
+    saturated tanh) and, on images, a unit is a channel over every row and position."""
+    t = np.full((10, 2), 0.995)  # saturated on every row
+    t[:, 1] = -0.999  # a tanh unit never positive: saturated, never "dead"
+    r = np.zeros((10, 3 * 2))  # 3 positions x 2 channels, channels last
+    r[4, 2 * 2 + 0] = 0.3  # channel 0 fires once, at the last position; channel 1 never
+    dead, saturated = unit_fractions({"layer2_tanh": t, "layer4_relu": r}, {"layer2_tanh": "tanh",
+                                     "layer4_relu": "relu"}, channels={"layer2_tanh": 0, "layer4_relu": 2})
+    assert dead == {"layer4_relu": 0.5} and saturated == {"layer2_tanh": 1.0}
+    dead, _ = unit_fractions({"layer4_relu": r}, {"layer4_relu": "relu"})  # per column: 5 of 6 never fire
+    assert dead == {"layer4_relu": pytest.approx(5 / 6)}
+    assert unit_fractions({"layer1_x": r}, {"layer1_x": None}) == ({}, {})  # no kind: neither
+
+
 def test_divergence_and_markdown():
     f = divergence_finding(3, 10.0)
     assert f.check == "diverged" and "notes 3.1" in f.message and "lr=10" in f.message

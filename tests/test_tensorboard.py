@@ -344,6 +344,55 @@ def test_no_first_layer_image_without_image_shape(tmp_path):
     assert acc.Tags()["images"] == [] and "weights/W1" in acc.Tags()["histograms"]
 
 
+def test_convnet_logs_per_layer_activations_unit_fractions_and_its_filters(tmp_path):
+    """A tanh ConvNet with a max pool on digits: an activation histogram per activation layer, saturated_tanh (never
+    dead_relu) per layer over channels, and the first convolution's filters as 3x3 tiles under filters/conv1."""
+    layers = ("[{type:conv2d,filters:5,size:3,pad:1},tanh,{type:maxpool2d,size:2},{type:affine,units:12},relu,"
+              "{type:affine}]")
+    cfg = compose("epochs=1", "model=sequential", f"model.layers={layers}", "data=digits")
+    spy = Spy()
+    framework.train(cfg, run_dir=tmp_path, callbacks=[spy])
+    acc, _ = read(tmp_path)
+    tags = acc.Tags()
+    assert {"activations/layer2_tanh", "activations/layer5_relu"} <= set(tags["histograms"])
+    scalars = set(tags["scalars"])
+    assert {"saturated_tanh/layer2_tanh", "dead_relu/layer5_relu"} <= scalars
+    assert "dead_relu/layer2_tanh" not in scalars and "saturated_tanh/layer5_relu" not in scalars
+    run, theta = spy.run, spy.final
+    sample = run.data.X_val[:500]
+    acts = run.model.activations(theta, sample)["layer2_tanh"].reshape(-1, 5)  # (rows * 64 positions, 5 channels)
+    saturated = np.mean((np.abs(acts) > 0.99).mean(axis=0) > 0.5)
+    assert acc.Scalars("saturated_tanh/layer2_tanh")[-1].value == pytest.approx(saturated)
+    assert tags["images"] == ["filters/conv1"]
+    pixels = np.asarray(Image.open(io.BytesIO(acc.Images("filters/conv1")[-1].encoded_image_string)))
+    assert pixels.shape == (2 * 4 - 1, 3 * 4 - 1)  # 5 filters: 2 rows of 3 3x3 tiles, 1-pixel grid lines
+    W = run.layout.view(theta, "W1")  # (3, 3, 1, 5)
+    for f in (0, 4):
+        r, c = divmod(f, 3)
+        w = W[:, :, 0, f]
+        np.testing.assert_array_equal(pixels[r * 4:r * 4 + 3, c * 4:c * 4 + 3],
+                                      np.round((w - w.min()) / (w.max() - w.min()) * 255))
+
+
+@pytest.mark.parametrize("layers, tile", [("[{type: conv2d, filters: 4, size: 5}, relu, {type: affine}]", (5, 5, 3)),
+                                           ("[{type: conv1d, filters: 4, size: 5}, relu, {type: affine}]", (3, 5))])
+def test_first_filters_tile_colour_images_and_signals(layers, tile):
+    """3-channel conv2d filters are colour tiles; conv1d filters are (C, K) tiles, a row per input channel."""
+    from framework.layers.sequential import Sequential, SequentialConfig
+
+    model = Sequential(SequentialConfig(layers=yaml.safe_load(layers), input_shape=[3, 8, 8] if len(tile) == 3
+                                        else [3, 16]))
+    model.setup(3 * 64 if len(tile) == 3 else 48, 4)
+    theta = model.init_params(np.random.default_rng(0))
+    tag, columns, shape = model.first_filters(theta)
+    assert tag == "filters/conv1" and shape == tile and columns.shape == (int(np.prod(tile)), 4)
+    W = model.layout.view(theta, "W1")  # (KH, KW, C, F)
+    f = 2
+    expected = W[:, :, :, f] if len(tile) == 3 else W[0, :, :, f].T  # (5, 5, 3) or (C=3, K=5)
+    np.testing.assert_array_equal(columns[:, f].reshape(tile), expected)
+    assert tile_images(columns, shape).shape[:2] == (2 * (tile[0] + 1) - 1, 2 * (tile[1] + 1) - 1)
+
+
 def test_monitoring_does_not_change_training(tmp_path):
     on = framework.train(compose("epochs=2"), run_dir=tmp_path / "on")
     off = framework.train(compose("epochs=2", "tensorboard.enabled=false", "diagnostics.enabled=false",

@@ -1,21 +1,27 @@
 """`python -m framework.list [kind] [--options]`: what is registered, with one line each (and its options): the
-training components and the ensemble strategies and combine rules of `python -m framework.ensemble`."""
+training components, the layers of `model=sequential`, and the ensemble strategies and combine rules of
+`python -m framework.ensemble`."""
 from __future__ import annotations
 
 import sys
 
 from framework.core.params import help_table
-from framework.core.registry import ALL, load_plugins
+from framework.core.registry import ALL, LAYERS, load_plugins
 from framework.ensemble.combine import COMBINES
 from framework.ensemble.strategies import STRATEGIES
 from framework.search.samplers import SAMPLERS
 
 # ALL holds the training config groups only (the CLI checks `<group>=NAME` against them; for the ensemble command
-# `strategy=all` names no strategy), so the ensemble registries and the sweeper's samplers are listed here, with the
-# command that selects them.
+# `strategy=all` names no strategy), so the layers, the ensemble registries and the sweeper's samplers are listed
+# here, with the command that selects them.
 COMMANDS = {COMBINES.group: "python -m framework.ensemble ", STRATEGIES.group: "python -m framework.ensemble ",
             SAMPLERS.group: "python -m framework -m hydra/sweeper=framework_random "}
-LISTED = (*ALL, STRATEGIES, COMBINES, SAMPLERS)
+LISTED = (*ALL, LAYERS, STRATEGIES, COMBINES, SAMPLERS)
+# a layer is an item of a list, not a group=NAME choice: its header shows the list on the command line
+HEADERS = {LAYERS.group: "layer (items of a layer list: python -m framework model=sequential "
+                         "'model.layers=[{type: conv2d, filters: 16, size: 3, pad: 1}, relu, {type: maxpool2d}, "
+                         "{type: affine}]'; a layer without options may be its bare name; presets model=convnet, "
+                         "model=cnn1d):"}
 
 
 def main(argv=None) -> int:
@@ -39,7 +45,8 @@ def main(argv=None) -> int:
               file=sys.stderr)
         return 2
     for registry in [known[k] for k in kinds] or LISTED:
-        print(f"{registry.group} (select with {COMMANDS.get(registry.group, '')}{registry.group}=NAME):")
+        print(HEADERS.get(registry.group) or
+              f"{registry.group} (select with {COMMANDS.get(registry.group, '')}{registry.group}=NAME):")
         for name in registry.names():
             entry = registry.get(name)
             print(f"  {name:<14} {entry.description}")

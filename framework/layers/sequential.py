@@ -201,6 +201,33 @@ class Sequential(Model):
                     parts[f"layer{i + 1}_{layer.name}"].append(self.plan.activation(self._work, n, i + 1).copy())
         return {name: np.concatenate(p) if p else np.zeros((0, 0), self.dtype) for name, p in parts.items()}
 
+    def activation_units(self) -> dict[str, tuple[str, int]]:
+        """Per activation layer of activations() (same names): (kind, channels). kind is the layer's own
+        ("relu", "leaky_relu", "tanh"), so monitoring judges dead ReLUs and saturated tanh units layer by layer
+        (activation_kind, one word for the model, is the gradient check's: it says "relu" for any kink). channels
+        C > 0 when the layer's input is an image or signal (columns are positions x C, channels last): a unit is
+        then a channel, one filter's outputs at every position; 0 for flat inputs, where a unit is a column."""
+        return {f"layer{i + 1}_{layer.name}": (layer.kind, layer.in_shape[-1] if len(layer.in_shape) > 1 else 0)
+                for i, layer in enumerate(self.layers) if layer.kind}
+
+    def first_filters(self, theta) -> tuple[str, np.ndarray, tuple] | None:
+        """The first layer's convolution filters as images, when the first layer with parameters is a conv2d or
+        conv1d: (tag, columns, tile shape) for TensorBoard's tile_images, tag filters/conv1. conv2d filters are
+        (KH, KW) tiles, (KH, KW, 3) in colour on 3 channels, else one grey tile per filter and channel; conv1d
+        filters are (C, K) tiles (a row per input channel). None otherwise (an MLP-like first layer has the
+        first_layer image)."""
+        first = next(((layer, k) for layer, k in zip(self.layers, self.plan.prefixes) if k is not None), None)
+        if first is None or first[0].name not in ("conv2d", "conv1d"):
+            return None
+        layer, k = first
+        W = self.layout.view(theta, f"W{k}")  # (KH, KW, C, F)
+        KH, KW, C, F = W.shape
+        if layer.name == "conv1d":  # (1, K, C, F) -> (C, K) per filter
+            return "filters/conv1", W[0].transpose(1, 0, 2).reshape(C * KW, F), (C, KW)
+        if C == 3:
+            return "filters/conv1", W.reshape(KH * KW * 3, F), (KH, KW, 3)
+        return "filters/conv1", W.reshape(KH * KW, C * F), (KH, KW)  # column c * F + f: filter f, channel c
+
 
 @MODELS.register("sequential", config=SequentialConfig)
 def build_sequential(cfg: SequentialConfig) -> Sequential:

@@ -118,19 +118,27 @@ def fit_findings(train_acc: float, val_acc: float, th: Thresholds, lr_suspect: b
     return []
 
 
-def unit_fractions(activations: dict[str, np.ndarray], kind: str | None,
-                   saturation: float = 0.99) -> tuple[dict[str, float], dict[str, float]]:
+def unit_fractions(activations: dict[str, np.ndarray], kind: "str | dict[str, str] | None",
+                   saturation: float = 0.99, channels: dict[str, int] | None = None
+                   ) -> tuple[dict[str, float], dict[str, float]]:
     """From hidden activations {layer: (N, H)} on a fixed sample: the fraction of dead units per layer (a ReLU
     or leaky ReLU never positive on any of the N rows) and of saturated units (a tanh with |a| > saturation on
-    more than half of the rows). Returns (dead, saturated); each is empty when it does not apply to `kind`."""
+    more than half of the rows). `kind` is the model's one activation or a {layer: kind} map (a layered model
+    mixes them; a layer of another or no kind gets neither). channels {layer: C > 0} marks layers whose columns
+    are positions x C channels (channels last): a unit is then a channel, over all N rows and positions. Returns
+    (dead, saturated); each is empty when it does not apply."""
     dead, saturated = {}, {}
     for layer, a in activations.items():
         a = np.asarray(a)
         if a.ndim != 2 or a.shape[0] == 0 or a.shape[1] == 0:
             continue
-        if kind in ("relu", "leaky_relu"):
+        C = (channels or {}).get(layer, 0)
+        if C and a.shape[1] % C == 0:
+            a = a.reshape(-1, C)  # (N * positions, C)
+        layer_kind = kind.get(layer) if isinstance(kind, dict) else kind
+        if layer_kind in ("relu", "leaky_relu"):
             dead[layer] = float(np.mean(~(a > 0).any(axis=0)))
-        elif kind == "tanh":
+        elif layer_kind == "tanh":
             saturated[layer] = float(np.mean((np.abs(a) > saturation).mean(axis=0) > 0.5))
     return dead, saturated
 

@@ -7,7 +7,9 @@
 - per epoch (step = epoch): train/loss, train/acc, val/loss, val/acc, lr, momentum, val/ema_acc (EMA on),
   update_ratio/<block>, grad_norm/<block>, param_norm/<block> (means of the epoch's monitor samples)
 - every `tensorboard.histogram_every` epochs and at the last one: histograms activations/<layer>,
-  gradients/<W block>, weights/<block>; scalars dead_relu/<layer> or saturated_tanh/<layer>; image first_layer
+  gradients/<W block>, weights/<block>; scalars dead_relu/<layer> or saturated_tanh/<layer> (per layer's own
+  activation in a layered model; a conv layer's units are its channels); image first_layer, or filters/conv1 (the
+  first convolution's filters) for a ConvNet
 - text: config (at the start), preflight (if preflight.json exists), diagnostics (at the end); hparams with
   the metrics val/acc, best_val_acc, test_acc.
 Per-step cost: none; at monitor steps a few tiny array operations; the rest happens at epoch ends.
@@ -27,6 +29,7 @@ from framework.monitoring.diagnostics import (Thresholds, as_markdown, divergenc
                           update_ratio_findings)
 from framework.core.params import param, section
 from framework.engine.callbacks import Callback
+from framework.layers.sequential import Sequential
 
 log = logging.getLogger("framework")
 HPARAM_METRICS = ("val/acc", "best_val_acc", "test_acc")
@@ -226,13 +229,22 @@ class Monitor(Callback):
 
     def _unit_stats(self, run) -> dict:
         acts = run.model.activations(run.theta, self.sample) if len(self.sample) else {}
-        dead, saturated = unit_fractions(acts, run.model.activation_kind, self.thresholds.saturation)
+        kind, channels = run.model.activation_kind, None
+        if isinstance(run.model, Sequential):  # per-layer kinds; a conv layer's units are its channels
+            units = run.model.activation_units()
+            kind, channels = {k: v[0] for k, v in units.items()}, {k: v[1] for k, v in units.items()}
+        dead, saturated = unit_fractions(acts, kind, self.thresholds.saturation, channels)
         self._units = (run.epoch, dead, saturated)
         return acts
 
     def _log_first_layer(self, run) -> None:
         from framework.monitoring.tensorboard import tile_images
 
+        filters = run.model.first_filters(run.theta) if isinstance(run.model, Sequential) else None
+        if filters is not None:  # a ConvNet: its first convolution's filters, one tile each
+            tag, columns, tile = filters
+            self.writer.image(tag, tile_images(columns, tile, MAX_TILES), run.epoch)
+            return
         shape = run.data.image_shape
         names = run.layout.names
         if not shape or "W1" not in names or int(np.prod(shape)) != run.layout["W1"].shape[0]:
