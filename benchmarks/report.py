@@ -73,8 +73,8 @@ def mlp_tables(pairs: list, repeats: int) -> list[str]:
                 f"{p['fw_gflops']:.1f}", f"{p['gemm_peak_gflops']:.1f}", f"{100 * p['peak_fraction']:.0f}%",
                 f"{100 * p['exact_peak_fraction']:.0f}%", f"{100 * p['monitor_overhead']:.2f}%"]
         lines.append(f"{p['workload']:<34} {p['dtype']:<8}" + "".join(f"{v:>13}" for v in vals))
-    lines += ["", "GEMM path per product of the step (framework.gemm_choice: own kernel or BLAS, measured once per "
-              "machine; FRAMEWORK_GEMM=own|blas|auto)"]
+    lines += ["", "GEMM path per product of the step (framework.kernels.gemm_choice: own kernel or BLAS, measured once "
+              "per machine; FRAMEWORK_GEMM=own|blas|auto)"]
     for p in pairs:
         g = p.get("gemm_paths", {})
         lines.append(f"{p['workload']:<34} {p['dtype']:<8} {g.get('mode', '?')}, {g.get('route', '?')}: " +
