@@ -142,6 +142,13 @@ def chunk_function(loss: FusedCall, penalty: FusedCall | None, update: FusedCall
         count=len(kernels), loss_module=lm, loss_name=ln, penalty_module=pm, penalty_name=pn, update_module=um,
         update_name=un, loss_call=loss.render("loss_kernel", "lp"), update_call=update.render("update_kernel", "up"),
         penalty_line=f"loss += {penalty.render('penalty_kernel', 'pp')}" if penalty else "pass")
+    return generated_module("framework_fused", text, kernels).run_chunk
+
+
+def generated_module(prefix: str, text: str, kernels):
+    """The module of generated source `text` that calls `kernels`: written once to the cache folder as
+    `<prefix>_<hash>.py`, the hash covering the text and the source files of the kernels (and kernels/dense.py),
+    so a changed kernel file gives a new module instead of a stale compile; imported once per process."""
     key = (str(cache_dir()), text)
     if key in _modules:  # hashing the source files once per process is enough
         return _modules[key]
@@ -150,7 +157,7 @@ def chunk_function(loss: FusedCall, penalty: FusedCall | None, update: FusedCall
     sources.add(inspect.getsourcefile(sys.modules["framework.kernels.dense"]))
     for path in sorted(sources):
         digest.update(pathlib.Path(path).read_bytes())
-    name = f"framework_fused_{digest.hexdigest()[:16]}"
+    name = f"{prefix}_{digest.hexdigest()[:16]}"
     path = cache_dir() / f"{name}.py"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -159,8 +166,8 @@ def chunk_function(loss: FusedCall, penalty: FusedCall | None, update: FusedCall
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module  # Numba's disk cache re-imports the module by name when it loads the compiled code
     spec.loader.exec_module(module)
-    _modules[key] = module.run_chunk
-    return module.run_chunk
+    _modules[key] = module
+    return module
 
 
 class FusedSteps:

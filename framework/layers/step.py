@@ -16,17 +16,12 @@ empty for eval mode, work / iwork from `work_size` / `int_size`, ybatch (>= N,) 
 """
 from __future__ import annotations
 
-import hashlib
-import importlib.util
-import inspect
-import sys
 import textwrap
 
 import numpy as np
 
 from framework.kernels import dense as K
-from framework.core.files import write_text_atomic
-from framework.engine.fused import cache_dir
+from framework.engine.fused import generated_module
 from framework.core.layout import Layout
 from .spec import Layer, Names
 
@@ -239,29 +234,6 @@ def distill_loss_grad(theta, grad, X, y, soft, idx, T, alpha, masks, work, iwork
         return text
 
 
-_modules: dict[tuple[str, str], object] = {}  # (cache folder, source text) -> module
-
-
 def step_module(plan: StepPlan):
     """The generated module of `plan` (written once per text and kernel sources, imported once per process)."""
-    text = plan.source()
-    key = (str(cache_dir()), text)
-    if key in _modules:
-        return _modules[key]
-    digest = hashlib.sha1(text.encode())
-    sources = {inspect.getsourcefile(getattr(k, "py_func", k)) for k in plan.kernels()}
-    sources.add(inspect.getsourcefile(sys.modules["framework.kernels.dense"]))
-    for path in sorted(sources):
-        with open(path, "rb") as f:
-            digest.update(f.read())
-    name = f"framework_layers_{digest.hexdigest()[:16]}"
-    path = cache_dir() / f"{name}.py"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(path, text)
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # Numba's disk cache re-imports the module by name when it loads compiled code
-    spec.loader.exec_module(module)
-    _modules[key] = module
-    return module
+    return generated_module("framework_layers", plan.source(), plan.kernels())
