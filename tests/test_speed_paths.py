@@ -155,7 +155,7 @@ def test_train_accuracy_is_measured_on_the_first_thousand_training_rows(tmp_path
 
 
 def test_a_constant_schedule_spares_the_ensemble_import_and_a_restarting_one_keeps_its_cycle_ends():
-    from framework.io.callback import _may_restart
+    from framework.components.schedule import may_restart as _may_restart
     from framework.core.registry import SCHEDULES, load_plugins
 
     load_plugins()

@@ -57,6 +57,13 @@ class Schedule:
         pass
 
 
+def may_restart(schedule) -> bool:
+    """Whether a learning-rate schedule could jump back up (warm restarts). One that keeps the base class's value,
+    raw and factor is constant after its warm-up: it cannot."""
+    kind = type(schedule)
+    return not (kind.value is Schedule.value and kind.raw is Schedule.raw and kind.factor is Schedule.factor)
+
+
 def cycle_end_epochs(cfg, steps_per_epoch: int, epochs: int) -> list[int]:
     """Epochs (1-based) after which the learning-rate schedule of the run config `cfg` (its `schedule` node and
     `lr`) restarts (jumps up after its warm-up): the ends of the cosine cycles, where the learning rate is at its
@@ -64,6 +71,8 @@ def cycle_end_epochs(cfg, steps_per_epoch: int, epochs: int) -> list[int]:
     opts = OmegaConf.to_container(cfg.schedule, resolve=True) if OmegaConf.is_config(cfg.schedule) \
         else dict(cfg.schedule)
     schedule = SCHEDULES.build(opts.pop("name", None), **opts)
+    if not may_restart(schedule):
+        return []  # constant after its warm-up: no need to simulate every step
     base, warmup = float(cfg.lr), float(getattr(schedule.cfg, "warmup", 0) or 0)
     per_step = schedule.unit == "iteration"
     steps = np.arange(epochs * steps_per_epoch) if per_step else np.arange(epochs)

@@ -71,7 +71,7 @@ class CheckpointCallback(Callback):
         self.config_yaml = run.config_yaml()  # once per run (shared with TensorBoard), not per write
         self.info_json = run_info(run)
         import h5py  # noqa: F401  (imported here so the first write's timing is the write's)
-        if self.settings.keep_top_k and self.settings.keep_cycle_ends and _may_restart(run.schedule):
+        if self.settings.keep_top_k and self.settings.keep_cycle_ends:
             from framework.components.schedule import cycle_end_epochs
 
             self.cycle_ends = set(cycle_end_epochs(run.cfg, run.steps_per_epoch, run.settings.epochs))
@@ -257,16 +257,6 @@ class CheckpointCallback(Callback):
         self.wait_for_publish()
         run.summary["checkpoints"] = {"last": "checkpoints/last.h5", "best": "checkpoints/best.h5",
                                       "writes": self.writes, "write_time_s": self.write_time}
-
-
-def _may_restart(schedule) -> bool:
-    """Whether a learning-rate schedule could jump back up (warm restarts, whose cycle ends keep_cycle_ends keeps).
-    One that keeps the base class's value, raw and factor is constant after its warm-up: it cannot, and the
-    run is spared importing framework.ensemble to simulate it."""
-    from framework.components.schedule import Schedule
-
-    kind = type(schedule)
-    return not (kind.value is Schedule.value and kind.raw is Schedule.raw and kind.factor is Schedule.factor)
 
 
 def _epoch_of(path: pathlib.Path) -> int | None:
