@@ -14,7 +14,6 @@ test accuracy is reported, never used to choose.
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import pathlib
@@ -26,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from framework.core.errors import ConfigError
 from framework.core.files import write_json_atomic, write_text_atomic
-from framework.core.params import param, validate
+from framework.core.params import param, section
 from framework.ensemble.combine import COMBINES
 from framework.ensemble.distill import DistillConfig, distill
 from framework.ensemble.errors import EnsembleError, NotApplicable
@@ -59,18 +58,6 @@ class EnsembleSettings:
 SECTIONS = ("source", "timing", "distill")
 
 
-def _section(cls, node, prefix: str):
-    """A validated `cls` (a config dataclass) from a config node; errors name the key `<prefix>.<field>`."""
-    values = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node or {})
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        where = prefix or "python -m framework.ensemble"
-        raise ConfigError(f"{prefix}.{unknown[0]}" if prefix else unknown[0], values[unknown[0]],
-                          f"options of {where}: {', '.join(sorted(known)) or '(none)'}")
-    return validate(cls(**values), prefix)
-
-
 def build_ensembles(cfg, out_dir) -> dict:
     """Build, score, save and report the ensembles `cfg` (shaped like conf/ensemble.yaml) asks for, into
     out_dir: <name>.h5 per ensemble, report.md, report.json, report.png, TensorBoard events, distill/. Returns
@@ -80,13 +67,13 @@ def build_ensembles(cfg, out_dir) -> dict:
     out_dir = pathlib.Path(out_dir)
     names = ORDER + tuple(n for n in STRATEGIES.names() if n not in ORDER)
     top = {k: cfg[k] for k in cfg if k not in SECTIONS and k not in names}
-    settings = _section(EnsembleSettings, top, "")
+    settings = section(EnsembleSettings, top, "", "python -m framework.ensemble")
     COMBINES.get(settings.combine)  # an unknown rule: a ConfigError listing the registered ones
     if settings.strategy != "all" and settings.strategy not in STRATEGIES:
         raise ConfigError("strategy", settings.strategy, f"all, or one of {', '.join(names)}")
-    options = {n: _section(STRATEGIES.get(n).config_cls, cfg.get(n), n) for n in names}
-    timing = _section(TimingConfig, cfg.get("timing"), "timing")
-    distill_opts = _section(DistillConfig, cfg.get("distill"), "distill")
+    options = {n: section(STRATEGIES.get(n).config_cls, cfg.get(n), n) for n in names}
+    timing = section(TimingConfig, cfg.get("timing"), "timing")
+    distill_opts = section(DistillConfig, cfg.get("distill"), "distill")
 
     sources = [str(x) for x in as_list(cfg.get("source"))]
     runs, skipped = resolve_sources(sources, settings.include_unfinished)
