@@ -135,7 +135,7 @@ class BlockNorms(Diagnostic):
 
 @DIAGNOSTICS.register("fit", config=FitLimits)
 class Fit(Diagnostic):
-    """Final train vs val accuracy: overfitting, or too little capacity (notes 3.2), after MIN_FIT_EPOCHS."""
+    """Final train vs val accuracy: overfitting, or too little capacity (notes 3.2; judged after 5 epochs)."""
 
     order, flat_options = 40, True
 

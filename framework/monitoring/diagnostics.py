@@ -86,9 +86,9 @@ def configure(node) -> tuple[Thresholds, dict[str, object]]:
     unknown = sorted(set(values) - flat_keys - nested)
     if unknown:
         raise ConfigError(f"diagnostics.{unknown[0]}", values[unknown[0]],
-                          "an option of the section diagnostics: " + ", ".join(sorted(flat_keys)) +
-                          "; or the options of a registered diagnostic as diagnostics.<name>.<option>: " +
-                          (", ".join(sorted(nested)) or "(none registered)"))
+                          "options of diagnostics: " + ", ".join(sorted(flat_keys)) + "; and the sections "
+                          "diagnostics.<name> of the registered plugin diagnostics: " +
+                          (", ".join(sorted(nested)) or "(none)"))
     thresholds = section(Thresholds, {k: v for k, v in values.items() if k in flat_keys}, "diagnostics")
     options = {}
     for name, entry in entries.items():
