@@ -24,12 +24,10 @@ import logging
 import time
 from dataclasses import dataclass
 
-import numpy as np
 from omegaconf import OmegaConf
 
 from framework.core.params import param, section
 from framework.engine.callbacks import Callback
-from framework.monitoring import builtin  # noqa: F401  (registers the built-in diagnostics)
 from framework.monitoring.diagnostics import Thresholds, as_markdown, configure
 from framework.monitoring.plugin import DIAGNOSTICS, Diagnostic, Moment
 
