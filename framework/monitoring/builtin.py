@@ -63,13 +63,16 @@ class UpdateRatio(Diagnostic):
         super().__init__(options)
         self.sum, self.count = None, 0
         self.samples: list[tuple[int, np.ndarray]] = []  # (epochs completed, ratios of the weight blocks)
+        self.weights: list[int] | None = None  # weight_blocks of the run's layout, found at the first sample
 
     def on_monitor(self, run) -> None:
+        if self.weights is None:
+            self.weights, self.sum = weight_blocks(run.layout), np.zeros(len(run.layout))
         p = run.param_norms
         ratio = run.update_norms / np.where(p > 0, p, np.inf)
-        self.sum = ratio if self.sum is None else self.sum + ratio
+        self.sum += ratio
         self.count += 1
-        self.samples.append((run.epoch, ratio[weight_blocks(run.layout)]))
+        self.samples.append((run.epoch, ratio[self.weights]))
 
     def measure(self, moment):
         if not self.count:  # no monitor step this epoch (monitor.every = 0, full-batch optimizers)
@@ -77,7 +80,9 @@ class UpdateRatio(Diagnostic):
         return {f"update_ratio/{b.name}": r / self.count for b, r in zip(moment.run.layout, self.sum)}
 
     def end_epoch(self, run) -> None:
-        self.sum, self.count = None, 0
+        if self.sum is not None:
+            self.sum[:] = 0.0
+        self.count = 0
 
     def median_ratios(self, layout, include_first_epoch: bool = False) -> dict[str, float]:
         """Median update/weight ratio of each weight block over the monitor samples after the first epoch (the
@@ -111,9 +116,10 @@ class BlockNorms(Diagnostic):
         self.count = 0
 
     def on_monitor(self, run) -> None:
-        first = self.grad_sum is None
-        self.grad_sum = run.grad_norms.copy() if first else self.grad_sum + run.grad_norms
-        self.param_sum = run.param_norms.copy() if first else self.param_sum + run.param_norms
+        if self.grad_sum is None:
+            self.grad_sum, self.param_sum = np.zeros(len(run.layout)), np.zeros(len(run.layout))
+        self.grad_sum += run.grad_norms
+        self.param_sum += run.param_norms
         self.count += 1
 
     def measure(self, moment):
@@ -129,7 +135,8 @@ class BlockNorms(Diagnostic):
         return values
 
     def end_epoch(self, run) -> None:
-        self.grad_sum = self.param_sum = None
+        if self.grad_sum is not None:
+            self.grad_sum[:] = self.param_sum[:] = 0.0
         self.count = 0
 
 

@@ -109,6 +109,8 @@ class Monitor(Callback):
         if diagnostic_options is None:
             diagnostic_options = configure(run.cfg.get("diagnostics"))[1]
         self.diagnostics = build_diagnostics(diagnostic_options)
+        # the training path calls on_monitor: only the diagnostics that measure there
+        self._at_monitor_steps = [d for d in self.diagnostics if type(d).on_monitor is not Diagnostic.on_monitor]
         self.writer = None
         self._preflight_logged = False
         self._start_time = time.time()
@@ -132,7 +134,7 @@ class Monitor(Callback):
         self._log_preflight(run)
 
     def on_monitor(self, run) -> None:
-        for d in self.diagnostics:
+        for d in self._at_monitor_steps:
             d.on_monitor(run)
 
     def on_epoch_end(self, run) -> None:
