@@ -177,6 +177,8 @@ def test_a_user_diagnostic_in_a_plugin_file_trains_through_the_cli(tmp_path, cli
     ("diagnostics.weight_max.limit=-1", ["diagnostics.weight_max.limit", "-1", "(0, inf)"]),
     ("diagnostics.weight_max.limt=2", ["diagnostics.weight_max.limt", "Did you mean diagnostics.weight_max.limit"]),
     ("diagnostics.weight_max.every=0.5", ["diagnostics.weight_max.every", "an integer"]),
+    ("diagnostics.weight_max=3", ["diagnostics.weight_max", "options of the diagnostic 'weight_max' (enabled, every, "
+                                                           "limit)"]),
 ])
 def test_a_user_diagnostics_bad_option_is_one_clean_paragraph(tmp_path, cli, override, pieces):
     user_folder(tmp_path)

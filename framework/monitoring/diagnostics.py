@@ -95,7 +95,9 @@ def configure(node) -> tuple[Thresholds, dict[str, object]]:
         if name in nested:
             sub = values.get(name)
             if sub is not None and not isinstance(sub, dict):
-                raise ConfigError(f"diagnostics.{name}", sub, f"a section of the options of the diagnostic {name!r}")
+                known = [f.name for f in dataclasses.fields(entry.config_cls)]
+                raise ConfigError(f"diagnostics.{name}", sub, f"a section with the options of the diagnostic {name!r} "
+                                  f"({', '.join(known) or 'none'}), e.g. diagnostics.{name}.enabled=false")
             options[name] = section(entry.config_cls, sub, f"diagnostics.{name}", f"diagnostic {name!r}")
         else:
             fields = {f.name for f in dataclasses.fields(entry.config_cls)}
