@@ -34,8 +34,12 @@ def compose(*overrides):
 
 def declared(tag: str, patterns) -> bool:
     """Whether `tag` is one of `patterns`, where <block> / <layer> stand for one name."""
-    return any(re.fullmatch(re.sub(r"<\w+>", "[^/]+", re.escape(p).replace(r"\<", "<").replace(r"\>", ">")), tag)
-               for p in patterns)
+    return any(re.fullmatch(re.sub(r"<\w+>", "[^/]+", re.escape(p)), tag) for p in patterns)
+
+
+def test_declared_tags_match_names_only_in_their_place():
+    assert declared("update_ratio/W1", ["update_ratio/<block>"]) and declared("first_layer", ["first_layer"])
+    assert not declared("update_ratio/W1/x", ["update_ratio/<block>"]) and not declared("weights/W1", ["w/<b>"])
 
 
 class Keep(Callback):
