@@ -153,7 +153,7 @@ def test_framework_list_shows_the_strategies_and_combine_rules(cli):
     assert everything.returncode == 0, everything.stderr
     headers = [line.split(" (")[0] for line in everything.stdout.splitlines() if not line.startswith(" ")]
     assert headers == ["optimizer", "schedule", "regularizer", "model", "data", "layer", "strategy", "combine",
-                       "hydra.sweeper.sampler"]
+                       "hydra.sweeper.sampler", "diagnostics"]
     assert "optimizer (select with optimizer=NAME):" in everything.stdout  # training groups as before
 
 

@@ -7,6 +7,7 @@ import pytest
 import framework
 from framework import OPTIMIZERS, ConfigError, param
 from framework.core.registry import ALL, Registry, RegistryError, load_plugins
+from framework.monitoring import DIAGNOSTICS
 
 
 def test_every_registry_lists_builtins():
@@ -61,7 +62,7 @@ def test_names_are_lowercase_identifiers():
         reg.register("Bad-Name")
 
 
-@pytest.mark.parametrize("registry", ALL, ids=lambda r: r.kind)
+@pytest.mark.parametrize("registry", [*ALL, DIAGNOSTICS], ids=lambda r: r.kind)
 def test_every_component_documents_its_options(registry):
     import dataclasses
 

@@ -52,7 +52,8 @@ _register_resolvers()
 
 def register_configs() -> None:
     """Import plugins, then give every registered component without a YAML file in conf/<group>/ a config
-    node built from its dataclass defaults, so `optimizer=my_opt` works with no other change."""
+    node built from its dataclass defaults, so `optimizer=my_opt` works with no other change; likewise every
+    plugin diagnostic's options under `diagnostics.<name>`."""
     import dataclasses
 
     from hydra.core.config_store import ConfigStore
@@ -69,6 +70,10 @@ def register_configs() -> None:
                 default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
                 node[f.name] = default
             cs.store(group=registry.group, name=name, node=node)
+    from framework.monitoring.plugin import options_node
+
+    # plugin diagnostics' options under diagnostics.<name> (conf/config.yaml's defaults list merges this node)
+    cs.store(group="diagnostic_plugins", name="registered", node=options_node())
 
 
 def _is_multirun() -> bool:

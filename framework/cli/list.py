@@ -9,6 +9,7 @@ from framework.core.params import help_table
 from framework.core.registry import ALL, LAYERS, load_plugins
 from framework.ensemble.combine import COMBINES
 from framework.ensemble.strategies import STRATEGIES
+from framework.monitoring import DIAGNOSTICS
 from framework.search.samplers import SAMPLERS
 
 # ALL holds the training config groups only (the CLI checks `<group>=NAME` against them; for the ensemble command
@@ -16,7 +17,7 @@ from framework.search.samplers import SAMPLERS
 # here, with the command that selects them.
 COMMANDS = {COMBINES.group: "python -m framework.ensemble ", STRATEGIES.group: "python -m framework.ensemble ",
             SAMPLERS.group: "python -m framework -m hydra/sweeper=framework_random "}
-LISTED = (*ALL, LAYERS, STRATEGIES, COMBINES, SAMPLERS)
+LISTED = (*ALL, LAYERS, STRATEGIES, COMBINES, SAMPLERS, DIAGNOSTICS)
 # a layer is an item of a list, not a group=NAME choice: its header shows the list on the command line
 HEADERS = {LAYERS.group: "layer (items of a layer list: python -m framework model=sequential "
                          "'model.layers=[{type: conv2d, filters: 16, size: 3, pad: 1}, relu, {type: maxpool2d}, "

@@ -33,7 +33,7 @@ def _selected(argv, config: dict) -> dict[str, str]:
     for item in config.get("defaults") or []:
         if isinstance(item, dict):
             for key, value in item.items():
-                if isinstance(key, str) and not key.startswith("override") and isinstance(value, str):
+                if isinstance(key, str) and not key.startswith(("override", "optional")) and isinstance(value, str):
                     chosen[key] = value
     for arg in argv:
         match = re.match(r"^\+{0,2}(\w+)=([\w-]+)$", arg)
@@ -59,6 +59,10 @@ def _known_tree(argv, config_name: str) -> dict:
 
     config = _load_yaml(CONF_DIR / f"{config_name}.yaml")
     tree = {k: v for k, v in config.items() if k != "defaults"}
+    if config_name == "config":  # plugin diagnostics' options (framework.cli.app.register_configs adds them)
+        from framework.monitoring.plugin import options_node
+
+        _merge(tree.setdefault("diagnostics", {}), options_node())
     registries = {r.group: r for r in ALL}
     registries.setdefault("momentum_schedule", registries.get("schedule"))
     for group, option in _selected(argv, config).items():

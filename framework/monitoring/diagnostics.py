@@ -1,48 +1,108 @@
-"""Babysitting advice (notes section 3): rules that turn a run's measurements into readable advice.
+"""Babysitting advice (notes section 3): the options of the `diagnostics:` section and the rules that turn a run's
+measurements into readable advice.
 
 Each rule is a plain function of numbers (update ratios, accuracies, unit fractions), so it is tested without
-training; framework.monitoring.monitor collects the numbers during a run and reports the findings on the console, in
-TensorBoard (text tag `diagnostics`) and in summary.json (`diagnostics`).
+training; the diagnostics of framework.monitoring.builtin measure the numbers during a run and apply the rules, and
+framework.monitoring.monitor reports the findings on the console, in TensorBoard (text tag `diagnostics`) and in
+summary.json (`diagnostics`).
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
 from framework.core.errors import ConfigError
-from framework.core.params import param, section
+from framework.core.params import param, plain, section
+from framework.core.registry import RegistryError
+from framework.monitoring.plugin import DIAGNOSTICS
 
 HEALTHY_RATIO = 1e-3  # notes 3.3: update/weight ratio around 1e-3 is healthy
 MIN_FIT_EPOCHS = 5  # train/val accuracies of shorter runs (a coarse search's 1-epoch trials) say nothing of capacity
 
 
 @dataclass(frozen=True)
-class Thresholds:
-    """Limits of the diagnostics (the `diagnostics:` section of conf/config.yaml)."""
+class RatioBand:
+    """Options of the built-in diagnostic `update_ratio` (flat in `diagnostics:`)."""
 
-    enabled: bool = param(True, "give diagnostics (TensorBoard text and the console)")
     ratio_low: float = param(1e-4, "median update/weight ratio of a weight block below this: lr too low",
                              range="(0, inf]")
     ratio_high: float = param(1e-2, "... above this: lr too high", range="(0, inf]")
-    overfit_gap: float = param(0.1, "train acc - val acc above this: overfitting", range="(0, 1]")
-    capacity_gap: float = param(0.02, "|train acc - val acc| below this ...", range="(0, 1]")
-    capacity_acc: float = param(0.7, "... with train acc below this: too little capacity", range="(0, 1]")
-    dead_fraction: float = param(0.5, "fraction of dead ReLUs / saturated tanh units of a layer above this: bad "
-                                      "init or lr", range="(0, 1]")
-    saturation: float = param(0.99, "a tanh output with |a| above this counts as saturated", range="(0, 1]")
-
-    @classmethod
-    def from_cfg(cls, node) -> "Thresholds":
-        """Validated thresholds from a config node (missing keys keep their defaults)."""
-        return section(cls, node, "diagnostics")
 
     def check(self, prefix: str) -> None:
         """The cross-field rule, run by params.validate after the ranges."""
         if self.ratio_low >= self.ratio_high:
             raise ConfigError(f"{prefix}.ratio_low", self.ratio_low,
                               f"a number below {prefix}.ratio_high ({self.ratio_high:g})")
+
+
+@dataclass(frozen=True)
+class FitLimits:
+    """Options of the built-in diagnostic `fit` (flat in `diagnostics:`)."""
+
+    overfit_gap: float = param(0.1, "train acc - val acc above this: overfitting", range="(0, 1]")
+    capacity_gap: float = param(0.02, "|train acc - val acc| below this ...", range="(0, 1]")
+    capacity_acc: float = param(0.7, "... with train acc below this: too little capacity", range="(0, 1]")
+
+
+@dataclass(frozen=True)
+class UnitLimits:
+    """Options of the built-in diagnostic `units` (flat in `diagnostics:`)."""
+
+    dead_fraction: float = param(0.5, "fraction of dead ReLUs / saturated tanh units of a layer above this: bad "
+                                      "init or lr", range="(0, 1]")
+    saturation: float = param(0.99, "a tanh output with |a| above this counts as saturated", range="(0, 1]")
+
+
+@dataclass(frozen=True)
+class Thresholds(UnitLimits, FitLimits, RatioBand):
+    """The flat keys of the `diagnostics:` section of conf/config.yaml: the switch of the advice plus the options
+    of the built-in diagnostics (one base class each). Plugin diagnostics' options are sub-sections
+    `diagnostics.<name>`, validated with these by `configure`."""
+
+    enabled: bool = param(True, "give diagnostics (TensorBoard text and the console)")
+
+    @classmethod
+    def from_cfg(cls, node) -> "Thresholds":
+        """Validated thresholds from a config node (missing keys keep their defaults); the plugin diagnostics'
+        sub-sections are validated too."""
+        return configure(node)[0]
+
+
+def configure(node) -> tuple[Thresholds, dict[str, object]]:
+    """The `diagnostics:` section (a DictConfig, dict or None) validated: (its flat keys as Thresholds,
+    {name: validated options} of every registered diagnostic). A built-in's options are read from the flat keys,
+    any other's from `diagnostics.<name>` (missing: its defaults). Errors name the full key, e.g.
+    `diagnostics.my_check.limit`."""
+    values = plain(node)
+    entries = {name: DIAGNOSTICS.get(name) for name in DIAGNOSTICS.names()}
+    nested = {name for name, e in entries.items() if not getattr(e.factory, "flat_options", False)}
+    flat_keys = {f.name for f in dataclasses.fields(Thresholds)}
+    for name in sorted(nested & flat_keys):
+        raise RegistryError(f"diagnostic {name!r} ({entries[name].module}) has the name of the option "
+                            f"diagnostics.{name}: rename the diagnostic.")
+    unknown = sorted(set(values) - flat_keys - nested)
+    if unknown:
+        raise ConfigError(f"diagnostics.{unknown[0]}", values[unknown[0]],
+                          "options of diagnostics: " + ", ".join(sorted(flat_keys)) + "; and the sections "
+                          "diagnostics.<name> of the registered plugin diagnostics: " +
+                          (", ".join(sorted(nested)) or "(none)"))
+    thresholds = section(Thresholds, {k: v for k, v in values.items() if k in flat_keys}, "diagnostics")
+    options = {}
+    for name, entry in entries.items():
+        if name in nested:
+            sub = values.get(name)
+            if sub is not None and not isinstance(sub, dict):
+                known = [f.name for f in dataclasses.fields(entry.config_cls)]
+                raise ConfigError(f"diagnostics.{name}", sub, f"a section with the options of the diagnostic {name!r} "
+                                  f"({', '.join(known) or 'none'}), e.g. diagnostics.{name}.enabled=false")
+            options[name] = section(entry.config_cls, sub, f"diagnostics.{name}", f"diagnostic {name!r}")
+        else:
+            fields = {f.name for f in dataclasses.fields(entry.config_cls)}
+            options[name] = entry.config_cls(**{k: getattr(thresholds, k) for k in fields})
+    return thresholds, options
 
 
 @dataclass(frozen=True)
@@ -71,7 +131,7 @@ def short(x: float) -> str:
     return f"{mantissa}e{int(exponent)}"
 
 
-def update_ratio_findings(ratios: dict[str, float], th: Thresholds) -> list[Finding]:
+def update_ratio_findings(ratios: dict[str, float], th: RatioBand) -> list[Finding]:
     """ratios: {weight block: median ||applied update|| / ||weights||}. Outside [ratio_low, ratio_high] the
     learning rate is likely wrong for that block (notes 3.3)."""
     out = []
@@ -94,7 +154,7 @@ def divergence_finding(epoch: int, lr: float) -> Finding:
                    "rate is likely far too high; lower it 3-10x (notes 3.1)", "3.1", "", float(lr))
 
 
-def fit_findings(train_acc: float, val_acc: float, th: Thresholds, lr_suspect: bool = False,
+def fit_findings(train_acc: float, val_acc: float, th: FitLimits, lr_suspect: bool = False,
                  epochs: int | None = None) -> list[Finding]:
     """Overfitting when train acc exceeds val acc by more than overfit_gap; too little capacity when val tracks
     train within capacity_gap while train acc stays below capacity_acc (notes 3.2). With `lr_suspect` (the
@@ -143,7 +203,7 @@ def unit_fractions(activations: dict[str, np.ndarray], kind: "str | dict[str, st
     return dead, saturated
 
 
-def unit_findings(dead: dict[str, float], saturated: dict[str, float], th: Thresholds, rows: int) -> list[Finding]:
+def unit_findings(dead: dict[str, float], saturated: dict[str, float], th: UnitLimits, rows: int) -> list[Finding]:
     """More than dead_fraction of a layer's ReLUs dead or tanh units saturated: init or lr (notes 3.4)."""
     out = []
     for layer, f in dead.items():
