@@ -188,7 +188,7 @@ def test_bad_sweeper_options_stop_before_any_trial(tmp_path, overrides, words):
 
 # --- the real framework -----------------------------------------------------------------------------------------
 def test_grid_sweep_keeps_using_hydras_basic_sweeper(tmp_path, capsys):
-    from framework.search.command import main
+    from framework.cli.search import main
 
     result, sweep = framework(tmp_path, "optimizer=sgd,adam", "lr=1e-3,1e-2", "epochs=1", *FAST)
     assert result.returncode == 0, result.stderr
