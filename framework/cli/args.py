@@ -133,22 +133,24 @@ def help_text(spec: Spec) -> str:
     if spec.bare:
         lines.append(f"A bare argument is the {spec.bare}" + (" (several: a list)." if spec.bare_many else "."))
     if spec.aliases:
-        shown = [f"{flag}{'' if a.value is not None else ' X'} = {a.key}={a.value if a.value is not None else 'X'}"
-                 for flag, a in spec.aliases.items()]
+        shown = [f"{flag} = {a.key}={a.value}" if a.value is not None else
+                 f"{flag} X,Y = {a.key}=[X,Y]" + (f" ({flag} {a.none} = {a.key}=[])" if a.none else "") if a.as_list
+                 else f"{flag} X = {a.key}=X" for flag, a in spec.aliases.items()]
         lines.append("Old flags, kept as aliases: " + "; ".join(shown) + ".")
     text = (CONF_DIR / f"{spec.config}.yaml").read_text()
     return "\n".join(lines) + f"\n\n== conf/{spec.config}.yaml ==\n" + text
 
 
-def run(spec: Spec, argv, command) -> int:
-    """Parse `argv` (default: sys.argv[1:]) and call `command(cfg)`; --help prints the help. A FrameworkError from
-    either is one paragraph on stderr and its exit code (2 for a user mistake). Returns the exit code."""
+def run(spec: Spec, argv, command, parse=None) -> int:
+    """Parse `argv` (default: sys.argv[1:]) with `parse(argv)` (default: the composed config) and call
+    `command(parsed)`; --help prints the help. A FrameworkError from either is one paragraph on stderr and its exit
+    code (2 for a user mistake). Returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if any(a in ("-h", "--help") for a in argv):
         print(help_text(spec), end="")
         return 0
     try:
-        return command(compose(argv, spec)) or 0
+        return command(parse(argv) if parse is not None else compose(argv, spec)) or 0
     except FrameworkError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
