@@ -1,7 +1,9 @@
-"""`python -m framework.bench --e2e`: the whole job a user waits for, as whole processes, against its peers.
+"""`python -m framework.bench e2e=true`: the whole job a user waits for, as whole processes, against its peers.
 
-    python -m framework.bench --e2e [--repeats N] [--peers torch,sklearn,lightning|none] [--epochs E] [--rows R]
-                                    [--threads T] [--json out.json] [--keep DIR] [--timeout S]
+    python -m framework.bench e2e=true [repeats=N] [peers=[torch,sklearn,lightning]] [epochs=E] [rows=R]
+                                       [threads=T] [json=out.json] [keep=DIR] [timeout=S]
+
+(keys of conf/bench.yaml, read by framework/cli/bench.py; the old form `--e2e --repeats N ...` still works).
 
 The job: a synthetic npz written into a temporary folder (R = 4000 train+val rows, 15% of them val, plus R/4 test
 rows; 40 float64 features; 10 classes, each a mixture of 3 Gaussian clusters, so an MLP has something non-linear
@@ -29,12 +31,10 @@ framework's own methods in place (Run.fit, Run.train_epoch, Run.evaluate, the ch
 callbacks' hooks) and then runs `python -m framework` unchanged; start-up is spawn to the start of Run.fit, exit is
 the end of Run.fit to process exit. Goals: checkpoint saves <= 5% and evaluation <= 10% of the fit time.
 
-The harness lives in the package (not in benchmarks/) so `python -m framework.bench --e2e` works wherever the
-framework is installed; the peer scripts exist only in a source checkout (without them the peers are skipped).
+The peer scripts exist only in a source checkout's benchmarks/peers/ (without them the peers are skipped).
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import functools
 import importlib.util
@@ -505,60 +505,43 @@ def report(result: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["--profiled-job"]:  # internal: the profiled framework process (see profiled_job)
-        if len(argv) < 3 or argv[2] != "--":
-            print("usage: python -m framework.bench_e2e --profiled-job OUT.json -- <framework overrides>",
-                  file=sys.stderr)
-            return 2
-        profiled_job(argv[1], argv[3:])  # ends the process
-    parser = argparse.ArgumentParser(prog="python -m framework.bench --e2e", description=__doc__.split("\n")[0])
-    parser.add_argument("--repeats", type=int, default=3, help="timed rounds of every job, >= 1 (default 3)")
-    parser.add_argument("--peers", default=",".join(PEERS),
-                        help=f"comma-separated subset of {','.join(PEERS)}, or none (default: all)")
-    parser.add_argument("--epochs", type=int, default=EPOCHS, help=f"epochs of every job, >= 1 (default {EPOCHS})")
-    parser.add_argument("--rows", type=int, default=ROWS,
-                        help=f"train+val rows of the synthetic npz, >= 100 (default {ROWS}; test adds a quarter)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="set BLAS/OpenMP/Numba thread counts of every process (default: as shipped)")
-    parser.add_argument("--timeout", type=float, default=900.0, help="seconds one process may take (default 900)")
-    parser.add_argument("--keep", metavar="DIR", help="work in DIR and keep it (default: a temporary folder)")
-    parser.add_argument("--json", help="also write every figure to this JSON file")
-    args = parser.parse_args(argv)
-    peers = [] if args.peers.strip() == "none" else [p.strip() for p in args.peers.split(",") if p.strip()]
-    unknown = [p for p in peers if p not in PEERS]
-    if unknown:
-        parser.error(f"--peers: unknown {', '.join(unknown)}; choose from {', '.join(PEERS)} or none")
-    if args.repeats < 1 or args.epochs < 1 or args.rows < 100 or (args.threads is not None and args.threads < 1):
-        parser.error("--repeats, --epochs and --threads must be >= 1 and --rows >= 100")
-    if args.timeout <= 0:
-        parser.error("--timeout must be > 0 seconds")
-    if args.json and not pathlib.Path(args.json).resolve().parent.is_dir():
-        parser.error(f"--json {args.json}: its folder does not exist")
-    if args.keep:
-        work = pathlib.Path(args.keep).resolve()
-        if "'" in str(work):
-            parser.error(f"--keep {args.keep}: the path may not contain a single quote")
+def run_command(opts, command: str) -> int:
+    """Run the whole-job benchmark with `opts` (framework.cli.bench.BenchOptions with e2e=true, validated there),
+    print the command and the report (and write opts.json); the exit code (1 when a job fails)."""
+    repeats = opts.repeats if opts.repeats is not None else 3
+    if opts.keep:
+        work = pathlib.Path(opts.keep).resolve()
         work.mkdir(parents=True, exist_ok=True)
     else:
         work = pathlib.Path(tempfile.mkdtemp(prefix="fw_e2e_"))
     try:
-        result = run_e2e(peers, args.repeats, args.epochs, args.rows, args.threads, work, args.timeout,
+        result = run_e2e(list(opts.peers), repeats, opts.epochs, opts.rows, opts.threads, work, opts.timeout,
                          log=lambda s: print(s, file=sys.stderr, flush=True))
     except JobFailed as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     finally:
-        if not args.keep:
+        if not opts.keep:
             shutil.rmtree(work, ignore_errors=True)
-    result["command"] = "python -m framework.bench --e2e " + " ".join(argv)
+    result["command"] = command
     print(f"command: {result['command']}")
     print(report(result))
-    if args.json:
+    if opts.json:
         from framework.core.files import write_json_atomic
 
-        write_json_atomic(args.json, result)
+        write_json_atomic(opts.json, result)
+    return 0
+
+
+def main(argv=None) -> int:
+    """`python -m benchmarks.e2e --profiled-job OUT.json -- <overrides>`: the profiled framework process only (the
+    benchmark itself runs as `python -m framework.bench e2e=true`)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] != ["--profiled-job"] or len(argv) < 3 or argv[2] != "--":
+        print("usage: python -m benchmarks.e2e --profiled-job OUT.json -- <framework overrides> (internal; the "
+              "benchmark runs as python -m framework.bench e2e=true)", file=sys.stderr)
+        return 2
+    profiled_job(argv[1], argv[3:])  # ends the process
     return 0
 
 

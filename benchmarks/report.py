@@ -130,7 +130,7 @@ def report(result: dict) -> str:
     if max(m["loadavg_start"][0], m["loadavg_end"][0]) > 0.5 * (m["nproc"] or 1):
         lines.append("WARNING: other processes kept this machine busy; threaded BLAS/OpenMP pools then wait for "
                      "cores and every figure is inflated at random. Rerun on an idle machine, or compare with "
-                     "--threads 1.")
+                     "threads=1.")
     layered = [p for p in result["pairs"] if p.get("layered")]
     pairs = [p for p in result["pairs"] if not p.get("layered")]
     if pairs:

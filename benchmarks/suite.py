@@ -1,5 +1,5 @@
 """The step benchmark itself: `run_bench` sizes the thread pools (BLAS, i.e. NumPy's OpenBLAS for the NumPy step and the
-GEMM peak, torch, XLA and the framework's numba.set_num_threads, all to `--threads`; the framework's wide GEMMs of
+GEMM peak, torch, XLA and the framework's numba.set_num_threads, all to `threads=`; the framework's wide GEMMs of
 W2 and W3 split their rows over that many Python threads running nogil kernels, W1 runs on one core, and no kernel
 uses Numba parallel loops, so BLAS x Numba threads never exceed the cores) and, for every workload and dtype,
 `bench_pair` builds the framework's Runs and the other steps on the same data and times them all in one

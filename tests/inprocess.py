@@ -20,16 +20,11 @@ def _entry(module: str):
 
         return lambda: main_entry(app.main)
     if module == "framework.ensemble":
-        from framework.ensemble import job as ensemble
-        from framework.cli.app import main_entry
+        from framework.cli import ensemble
 
-        import inspect
-
-        if "config_name" in inspect.signature(main_entry).parameters:
-            return lambda: main_entry(ensemble.hydra_app(), config_name="ensemble")
-        return lambda: main_entry(ensemble.hydra_app())  # an older framework (the corpus can judge it too)
+        return ensemble.main
     if module == "framework.evaluate":
-        from framework.io import evaluate
+        from framework.cli import evaluate
 
         return lambda: sys.exit(evaluate.main())
     raise ValueError(f"no in-process entry for {module}")

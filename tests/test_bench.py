@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import test_numba_cache_rule as cache_rule
-from benchmarks import breakdown, cli, layered, peer_steps, reference_steps, report, suite
+from benchmarks import breakdown, layered, peer_steps, reference_steps, report, suite
 from framework.engine.fused import FusedSteps
 from framework.engine.stubs import kernels_stubbed
 from benchmarks.framework_runner import make_run
@@ -296,19 +296,61 @@ def test_the_cache_rule_sees_the_benchmark_kernels(monkeypatch):
 
 
 @pytest.mark.parametrize("args, piece", [
-    (["--workloads", "W9"], "W9"),
-    (["--workloads", "W4,W6"], "W6"),
+    (["workloads=[W9]"], "W9"),
+    (["--workloads", "W4,W6"], "W6"),  # an old flag, translated to its key
+    (["dtypes=[float16]"], "float16"),
     (["--dtypes", "float16"], "float16"),
-    (["--repeats", "0"], "--repeats"),
+    (["repeats=0"], "'repeats'"),
+    (["--repeats", "0"], "'repeats'"),
+    (["threads=0"], "'threads'"),
+    (["json=no/such/folder/out.json"], "no/such/folder"),
     (["--json", "no/such/folder/out.json"], "no/such/folder"),
+    (["treads=1"], "Did you mean threads"),
+    (["--treads", "1"], "--treads"),
+    (["epochs=2"], "'epochs' applies to e2e=true only"),
 ])
 def test_cli_rejects_bad_options_before_any_work(args, piece, capsys, tmp_path, monkeypatch):
+    from framework.cli import bench
+
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(SystemExit) as exc:
-        cli.main(args)
-    assert exc.value.code == 2
+    monkeypatch.setattr("benchmarks.cli.run_bench", lambda *a, **k: pytest.fail("the benchmark ran"))
+    assert bench.main(args) == 2
     err = capsys.readouterr().err
-    assert piece in err and "Traceback" not in err
+    assert piece in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("old, new", [
+    (["--quick", "--threads", "1"], ["quick=true", "threads=1"]),
+    (["--workloads", "W4,W5", "--dtypes", "float32", "--threads", "1"],
+     ["threads=1", "workloads=[W4,W5]", "dtypes=[float32]"]),
+    (["--workloads=W2", "--repeats", "2", "--json", "out.json"], ["workloads=W2", "repeats=2", "json=out.json"]),
+    (["--e2e", "--threads", "1", "--repeats", "1"], ["e2e=true", "threads=1", "repeats=1"]),
+    (["--e2e", "--peers", "none", "--epochs", "2", "--rows", "1000", "--timeout", "60", "--keep", "work"],
+     ["e2e=true", "peers=[]", "epochs=2", "rows=1000", "timeout=60", "keep=work"]),
+    (["--e2e", "--peers", "torch,sklearn"], ["e2e=true", "peers=[torch,sklearn]"]),
+])
+def test_the_old_flags_are_aliases_of_the_keys(old, new, tmp_path, monkeypatch):
+    """The commands written in older issues parse to the same options as their key=value form (parse only)."""
+    from framework.cli.bench import parse
+
+    monkeypatch.chdir(tmp_path)
+    assert parse(old) == parse(new)
+
+
+def test_bench_arguments_parse_to_their_values(tmp_path, monkeypatch):
+    from framework.cli.bench import parse
+
+    monkeypatch.chdir(tmp_path)
+    opts = parse(["threads=1", "workloads=[W4,W5]", "dtypes=[float32]", "--repeats", "2"])
+    assert (opts.e2e, opts.workloads, opts.dtypes, opts.threads, opts.repeats, opts.quick) == \
+        (False, ["W4", "W5"], ["float32"], 1, 2, False)
+    default = parse([])  # every workload and dtype; rounds and threads left to the benchmark (7 or 3, every core)
+    assert (default.workloads, default.dtypes, default.repeats, default.threads) == \
+        (["W1", "W2", "W3", "W4", "W5"], ["float32", "float64"], None, None)
+    e2e = parse(["--e2e", "--peers", "none", "--epochs", "2", "--rows", "1000", "--keep", "a=b,c"])
+    assert (e2e.e2e, e2e.peers, e2e.epochs, e2e.rows, e2e.keep, e2e.timeout) == (True, [], 2, 1000, "a=b,c", 900.0)
+    assert list(tmp_path.iterdir()) == []  # parsing writes nothing
 
 
 @pytest.mark.slow

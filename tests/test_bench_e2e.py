@@ -1,4 +1,4 @@
-"""framework.bench_e2e: the whole-job benchmark's data, its peers' availability, its option checks, and one tiny
+"""framework.bench e2e=true: the whole-job benchmark's data, its peers' availability, its option checks, and one tiny
 end-to-end run of the harness (structure and accuracies only: no timing assertions on a shared machine)."""
 from __future__ import annotations
 
@@ -51,14 +51,18 @@ def test_missing_peer_is_skipped_with_a_note(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("args, piece", [
-    (["--repeats", "0"], "--repeats"),
+    (["--repeats", "0"], "'repeats'"),
+    (["repeats=0"], "'repeats'"),
     (["--peers", "torch,keras"], "keras"),
-    (["--rows", "10"], "--rows"),
-    (["--timeout", "0"], "--timeout"),
+    (["peers=[torch,keras]"], "keras"),
+    (["--rows", "10"], "'rows'"),
+    (["timeout=0"], "'timeout'"),
     (["--json", "no/such/folder/out.json"], "no/such/folder"),
+    (["quick=true"], "'quick' applies to the step benchmark only"),
+    (["peer=torch"], "Did you mean peers?"),
 ])
 def test_bad_options_fail_cleanly(args, piece, tmp_path):
-    result = run_cli("--e2e", *args, module="framework.bench", cwd=tmp_path)
+    result = run_cli("e2e=true", *args, module="framework.bench", cwd=tmp_path)
     assert_clean_failure(result, [piece])
     assert result.returncode == 2
 
@@ -66,7 +70,7 @@ def test_bad_options_fail_cleanly(args, piece, tmp_path):
 @pytest.mark.slow
 def test_tiny_run_reports_every_job_and_the_breakdown(tmp_path):
     out = tmp_path / "e2e.json"
-    result = run_cli("--e2e", "--epochs", "2", "--rows", "1000", "--repeats", "1", "--json", str(out),
+    result = run_cli("e2e=true", "epochs=2", "rows=1000", "repeats=1", f"json={out}",
                      module="framework.bench", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     r = json.loads(out.read_text())

@@ -139,7 +139,7 @@ def test_every_strategy_and_combine_rule_documents_itself_and_its_options(regist
 
 
 def test_framework_list_shows_the_strategies_and_combine_rules(cli):
-    run = cli("strategy", "combine", "--options", module="framework.list")
+    run = cli("kind=[strategy,combine]", "options=true", module="framework.list")
     assert run.returncode == 0, run.stderr
     lines = run.stdout.splitlines()
     assert lines[0] == "strategy (select with python -m framework.ensemble strategy=NAME):"

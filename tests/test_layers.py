@@ -330,7 +330,7 @@ def test_framework_list_shows_every_layer_and_a_plugin_layer(cli, tmp_path):
     layer from the working directory's plugins/ folder, each with its options."""
     (tmp_path / "plugins").mkdir()
     shutil.copy(PLUGIN_DIR / "channel_scale.py", tmp_path / "plugins" / "channel_scale.py")
-    result = cli("layer", "--options", module="framework.list")
+    result = cli("kind=layer", "options=true", module="framework.list")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0].startswith("layer (items of a layer list: python -m framework model=sequential 'model.layers=[")

@@ -121,7 +121,7 @@ def _train_sweep_and_ensemble(venv: pathlib.Path, wheel: pathlib.Path, tmp_path:
     evaluated = _run(venv, ["-m", "framework.evaluate", f"checkpoint={run_dir / 'checkpoints' / 'best.h5'}",
                             "json=true"], work, env)
     assert json.loads(evaluated.stdout)["accuracy"] == pytest.approx(summary["metrics"]["test_acc"])
-    listed = _run(venv, ["-m", "framework.list", "--options"], work, env).stdout
+    listed = _run(venv, ["-m", "framework.list", "options=true"], work, env).stdout
     assert "adam" in listed and "mlp" in listed  # the built-in plugins came with the wheel
 
     _run(venv, ["-m", "framework.check", "model=softmax"], work, env)
@@ -136,7 +136,7 @@ def _train_sweep_and_ensemble(venv: pathlib.Path, wheel: pathlib.Path, tmp_path:
     assert len(trials) == 4
     assert all(json.loads(t.read_text())["status"] == "ok" for t in trials)
     assert (sweep / "search_summary.png").stat().st_size > 0 and (sweep / "search_summary.md").is_file()
-    assert "Best" in _run(venv, ["-m", "framework.search", "summarize", str(sweep)], work, env).stdout
+    assert "Best" in _run(venv, ["-m", "framework.search", "summarize", f"folder={sweep}"], work, env).stdout
 
     _run(venv, ["-m", "framework.ensemble", f"source=[{sweep}]", "strategy=topk", "topk.k=3", "timing.repeats=0"],
          work, env)

@@ -17,7 +17,7 @@ from framework.ensemble.members import Context
 from framework.ensemble.sources import resolve_sources
 from framework.ensemble.strategies import Soup, SoupConfig
 from framework.ensemble.timing import TimingConfig
-from framework.io import evaluate as V
+from framework.cli import evaluate as V
 from framework.search.record import SearchRecord
 from framework.search.space import space_from_overrides
 from framework.cli.app import quote_path_override

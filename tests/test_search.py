@@ -11,7 +11,7 @@ import yaml
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from scipy import stats
 
-from framework.search.command import main
+from framework.cli.search import main
 from framework.search.errors import SearchError
 from framework.search.folder import SEARCH_FILE, is_job_finished, is_sweep_folder, load_sweep
 from framework.search.narrowing import narrow

@@ -117,7 +117,7 @@ def test_a_plain_run_composes_its_config_once(monkeypatch, argv, plain):
     """Hydra's first compose (only to read hydra.mode) is skipped exactly for plain single runs."""
     from hydra._internal.hydra import Hydra
 
-    from framework.__main__ import compose_once
+    from framework.cli.train import compose_once
 
     original = Hydra.get_mode
     monkeypatch.setattr(Hydra, "get_mode", original)  # restored after the test

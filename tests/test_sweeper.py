@@ -165,7 +165,7 @@ def test_a_sampler_plugin_in_the_working_directory_runs_the_sweep_and_is_listed(
                                                      {"lr": 1e-4, "x": 0.0}]
     # the toy objective -(log10(lr) + 3)^2 - (x - 0.3)^2 + 0.001 at the ends: -1 - 0.09 + 0.001, -1 - 0.49 + 0.001
     assert [t["val_acc"] for t in meta["trials"]] == pytest.approx([-1.089, -1.489, -1.089])
-    listed = run(["-m", "framework.list", "sampler"], tmp_path)
+    listed = run(["-m", "framework.list", "kind=sampler"], tmp_path)
     assert listed.returncode == 0, listed.stderr
     lines = listed.stdout.splitlines()
     assert lines[0].startswith("hydra.sweeper.sampler (select with")
@@ -188,7 +188,7 @@ def test_bad_sweeper_options_stop_before_any_trial(tmp_path, overrides, words):
 
 # --- the real framework -----------------------------------------------------------------------------------------
 def test_grid_sweep_keeps_using_hydras_basic_sweeper(tmp_path, capsys):
-    from framework.search.command import main
+    from framework.cli.search import main
 
     result, sweep = framework(tmp_path, "optimizer=sgd,adam", "lr=1e-3,1e-2", "epochs=1", *FAST)
     assert result.returncode == 0, result.stderr

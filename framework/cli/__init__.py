@@ -1,2 +1,4 @@
-"""The commands: the Hydra entry shared by all (app.py), config composition and override checks, and one module
-per command (check, list; training is framework/__main__.py)."""
+"""The commands, one module per command: train (`python -m framework`, whose Hydra task is framework/__main__.py),
+check, list, evaluate, ensemble, search and bench; the Hydra entry and error boundary they share (app.py), the
+compose-based arguments of the commands that write nothing (args.py), config composition from Python (compose.py)
+and the override checks (overrides.py)."""

@@ -1,11 +1,13 @@
-"""`python -m framework.list [kind] [--options]`: what is registered, with one line each (and its options): the
-training components, the layers of `model=sequential`, and the ensemble strategies and combine rules of
-`python -m framework.ensemble`."""
+"""`python -m framework.list [kind=NAME|[NAMES]] [options=true]`: what is registered, with one line each (and its
+options): the training components, the layers of `model=sequential`, the sweeper's samplers, and the ensemble
+strategies and combine rules of `python -m framework.ensemble`. Arguments: conf/list.yaml; writes nothing."""
 from __future__ import annotations
 
-import sys
+from dataclasses import dataclass
 
-from framework.core.params import help_table
+from framework.cli.args import Alias, Spec, run
+from framework.core.errors import ConfigError
+from framework.core.params import help_table, param, plain, section
 from framework.core.registry import ALL, LAYERS, load_plugins
 from framework.ensemble.combine import COMBINES
 from framework.ensemble.strategies import STRATEGIES
@@ -25,33 +27,50 @@ HEADERS = {LAYERS.group: "layer (items of a layer list: python -m framework mode
                          "model=cnn1d):"}
 
 
-def main(argv=None) -> int:
-    import argparse
+SPEC = Spec("python -m framework.list", "list", "list the registered components (built-in and plugins), one line "
+            "each, with options=true every option with its default, help text and allowed range. Select one in a "
+            "run with <group>=NAME, e.g. python -m framework optimizer=adam.",
+            bare="kind", bare_many=True, aliases={"--options": Alias("options", "true")})
 
-    parser = argparse.ArgumentParser(
-        prog="python -m framework.list",
-        description="List the registered components (built-in and plugins): each with a one-line description, "
-                    "and with --options every option with its default, help text and allowed range. Select one "
-                    "in a run with <group>=NAME, e.g. python -m framework optimizer=adam.")
-    parser.add_argument("kinds", nargs="*", metavar="KIND",
-                        help="only these kinds, by group or kind name (e.g. optimizer, model, schedule)")
-    parser.add_argument("--options", action="store_true", help="also list every option of each component")
-    args = parser.parse_args(sys.argv[1:] if argv is None else list(argv))
-    show_options, kinds = args.options, args.kinds
+
+@dataclass
+class ListOptions:
+    """conf/list.yaml."""
+
+    kind: list[str] = param([], "kinds to list, by group or kind name; empty = all")
+    options: bool = param(False, "also list every option of each component")
+
+
+def show(cfg) -> int:
+    """Print the registries `cfg` (conf/list.yaml) asks for."""
+    values = plain(cfg)
+    if values.get("kind") is None:
+        values["kind"] = []
+    elif isinstance(values["kind"], str):
+        values["kind"] = [values["kind"]]
+    opts = section(ListOptions, values, "", SPEC.prog)
     load_plugins()
     known = {r.group: r for r in LISTED} | {r.kind: r for r in LISTED}
-    unknown = [k for k in kinds if k not in known]
+    unknown = [k for k in opts.kind if k not in known]
     if unknown:
-        print(f"error: unknown kind {unknown[0]!r}; choose from {', '.join(r.group for r in LISTED)}.",
-              file=sys.stderr)
-        return 2
-    for registry in [known[k] for k in kinds] or LISTED:
+        import difflib
+
+        close = difflib.get_close_matches(unknown[0], list(known), n=3, cutoff=0.6)
+        raise ConfigError("kind", unknown[0], f"a kind or a list of kinds among {', '.join(r.kind for r in LISTED)} (or their "
+                          f"groups: {', '.join(r.group for r in LISTED if r.group != r.kind)})",
+                          f"Did you mean {' or '.join(close)}?" if close else "")
+    for registry in [known[k] for k in opts.kind] or LISTED:
         print(HEADERS.get(registry.group) or
               f"{registry.group} (select with {COMMANDS.get(registry.group, '')}{registry.group}=NAME):")
         for name in registry.names():
             entry = registry.get(name)
             print(f"  {name:<14} {entry.description}")
-            if show_options:
+            if opts.options:
                 for field, default, text in help_table(entry.config_cls):
                     print(f"      {field} = {default!r}: {text}")
     return 0
+
+
+def main(argv=None) -> int:
+    """`python -m framework.list ...` with `argv` (default: the command line); the exit code."""
+    return run(SPEC, argv, show)

@@ -136,7 +136,7 @@ def check_unknown_keys(argv, config_name: str = "config") -> None:
                 where = f"the section '{prefix}'" if prefix else f"the {config_name}.yaml configuration"
                 raise FrameworkError(f"Unknown config key '{full}' (from the override {arg!r}): {where} has no such "
                                      f"key, so the value would be ignored.{hint} Known keys there: "
-                                     f"{', '.join(known) or '(none)'}. `python -m framework.list --options` lists "
+                                     f"{', '.join(known) or '(none)'}. `python -m framework.list options=true` lists "
                                      "every component's options.")
             node, path = node[part], [*path, part]
         value = arg.partition("=")[2].strip()

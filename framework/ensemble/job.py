@@ -3,9 +3,9 @@ on one shared validation/test split, save each ensemble as one HDF5 file, option
 
     python -m framework.ensemble 'source=[<run or sweep folder>, ...]' strategy=seeds|topk|snapshots|ema|soup|all
 
-This module is the command: build_ensembles (validate the options, resolve the sources, score every member, run
-the strategies, save the ensembles, write the report, distill), `main` (the Hydra task) and `hydra_app`. Its parts:
-sources.py (what the user named -> runs), members.py (members, the shared evaluation split, Context),
+This module is the job: build_ensembles (validate the options, resolve the sources, score every member, run the
+strategies, save the ensembles, write the report, distill); the command around it is framework/cli/ensemble.py.
+Its parts: sources.py (what the user named -> runs), members.py (members, the shared evaluation split, Context),
 strategies.py (the registry STRATEGIES and the built-in strategies), combine.py (the registry COMBINES: mean_prob,
 mean_logits, vote), predictor.py and fileformat.py (the Ensemble and its HDF5 file), report.py, distill.py.
 
@@ -31,8 +31,7 @@ from framework.ensemble.distill import DistillConfig, distill
 from framework.ensemble.errors import EnsembleError, NotApplicable
 from framework.ensemble.fileformat import json_safe, save_ensemble
 from framework.ensemble.members import WEIGHTS, Context, val_key
-from framework.ensemble.report import (best_finite, ensemble_row, fmt_acc, plot_report, render_markdown,
-                                       write_tensorboard)
+from framework.ensemble.report import ensemble_row, fmt_acc, plot_report, render_markdown, write_tensorboard
 from framework.ensemble.sources import as_list, resolve_sources
 from framework.ensemble.strategies import ORDER, STRATEGIES, Built
 from framework.ensemble.timing import TimingConfig
@@ -172,20 +171,3 @@ def _distill(ctx: Context, built: list[Built], rows: list[dict], opts, out_dir: 
             {"name": f"teacher: {teacher.ensemble.name}", "params": row["params"], "val_acc": row["val_acc"],
              "test_acc": row["test_acc"], "cost": row["cost"], "agreement": 1.0}]
     return {**result, "rows": head + result["students"]}
-
-
-def main(cfg) -> float:
-    """The Hydra task: build the ensembles into Hydra's run folder; returns the best ensemble's val accuracy."""
-    from hydra.core.hydra_config import HydraConfig
-
-    report = build_ensembles(cfg, pathlib.Path(HydraConfig.get().runtime.output_dir))
-    return best_finite(e["val_acc"] for e in report["ensembles"])
-
-
-def hydra_app():
-    # Hydra is imported here, not at module level: framework.load opens ensemble files without it.
-    import hydra
-
-    from framework.cli.app import CONF_DIR, user_errors
-
-    return hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="ensemble")(user_errors(main))

@@ -1,64 +1,14 @@
-"""`python -m framework.evaluate checkpoint=<path> [npz=<file.npz>] [split=test] [use=raw] [json=false]`:
-the accuracy and loss of a checkpoint on the test split of its own dataset (rebuilt deterministically from the
-data config saved in the checkpoint) or on an .npz file of raw features (X_test/y_test, else X/y).
-
-Arguments are key=value, as for the other commands (Hydra-style: a value may be quoted, a leading + is
-ignored), without Hydra itself: an evaluation writes no output folder. The checkpoint may also be given bare, as
-the first argument. Any path the framework printed pastes as is: a checkpoint or ensemble file, a run folder
-(its best checkpoint), a sweep folder (its best trial's), `latest` (the newest run or sweep) or a glob naming
-one of these.
+"""Scoring a checkpoint, what `python -m framework.evaluate` runs (its arguments are read in cli/evaluate.py): the
+accuracy and loss of a checkpoint on a split of its own dataset (rebuilt deterministically from the data config
+saved in the checkpoint) or on an .npz file of raw features (X_test/y_test, else X/y). `checkpoint_file` turns any
+path the framework printed into the file to score: a checkpoint or ensemble file, a run folder (its best
+checkpoint), a sweep folder (its best trial's), `latest` (the newest run or sweep) or a glob naming one of these.
 """
 from __future__ import annotations
 
-import json
-import sys
-
 import numpy as np
 
-from framework.core.errors import ConfigError, DataError, FrameworkError
-
-USAGE = """usage: python -m framework.evaluate [checkpoint=]<path> [npz=<file.npz>] [split=test] [use=raw] [json=false]
-
-Score a checkpoint (or an ensemble file) on the test split of its own dataset or on an .npz file.
-
-  checkpoint=PATH   a checkpoint or ensemble file, e.g. outputs/runs/<date>/<time>/checkpoints/best.h5; or a run
-                    folder (its checkpoints/best.h5), a sweep folder (its best trial's), latest, or a glob naming
-                    one of these; paths the framework printed paste as they are (quotes are optional)
-  npz=FILE          evaluate on this .npz (raw features X_test, y_test, or X, y) instead of the checkpoint's
-                    own dataset
-  split=NAME        test (default) | val | train: which split of the checkpoint's dataset (ignored with npz=)
-  use=WEIGHTS       raw (default) | ema (running average) | best (the best epoch's weights kept in the file)
-  json=BOOL         true: print one JSON object instead of text
-"""
-DEFAULTS = {"checkpoint": None, "npz": None, "split": "test", "use": "raw", "json": "false"}
-
-
-def parse_args(argv: list[str]) -> dict:
-    """key=value arguments (a bare first argument is the checkpoint) -> options dict (DEFAULTS filled in);
-    ConfigError for anything else. Values may be quoted as in Hydra's grammar ('...' or "...")."""
-    from framework.core.paths import unquote
-
-    options = dict(DEFAULTS)
-    for i, arg in enumerate(argv):
-        key, sep, value = arg.partition("=")
-        key = key.lstrip("+")
-        if not sep or key not in DEFAULTS:
-            if i == 0 and options["checkpoint"] is None and not arg.startswith("-"):
-                options["checkpoint"] = unquote(arg)  # a bare path, whatever '=' or ',' its folders hold
-                continue
-            raise ConfigError(key if sep else arg, value if sep else None,
-                              f"key=value arguments with keys {', '.join(DEFAULTS)} (or the checkpoint's path "
-                              "alone, first)", "Run with --help for usage.")
-        options[key] = unquote(value)
-    if not options["checkpoint"]:
-        raise ConfigError("checkpoint", None, "the path of a checkpoint file",
-                          "e.g. checkpoint=outputs/runs/<date>/<time>/checkpoints/best.h5")
-    if options["split"] not in ("test", "val", "train"):
-        raise ConfigError("split", options["split"], "test, val or train")
-    if str(options["json"]).lower() not in ("true", "false"):
-        raise ConfigError("json", options["json"], "true or false")
-    options["json"] = str(options["json"]).lower() == "true"
-    return options
+from framework.core.errors import DataError
 
 
 def checkpoint_file(text: str):
@@ -143,24 +93,3 @@ def evaluate(checkpoint, npz=None, split: str = "test", use: str = "raw") -> dic
             "data": source, "n": int(len(y)), "weights": use,
             "accuracy": float(accuracy(scores, y)),
             "loss": float(loss_from_scores(scores, y, ckpt.model.loss_kind))}
-
-
-def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if any(a in ("-h", "--help", "help") for a in argv):
-        print(USAGE)
-        return 0
-    try:
-        options = parse_args(argv)
-        result = evaluate(checkpoint_file(options["checkpoint"]), options["npz"], options["split"], options["use"])
-    except FrameworkError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    if options["json"]:
-        print(json.dumps(result))
-    else:
-        print(f"checkpoint: {result['checkpoint']} ({result['model']}, epoch {result['epoch']}, "
-              f"step {result['step']})")
-        print(f"data: {result['data']}, {result['n']} examples; weights: {result['weights']}")
-        print(f"accuracy: {result['accuracy']:.4f}  loss: {result['loss']:.4f}")
-    return 0
