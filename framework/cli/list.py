@@ -24,7 +24,10 @@ LISTED = (*ALL, LAYERS, STRATEGIES, COMBINES, SAMPLERS, DIAGNOSTICS)
 HEADERS = {LAYERS.group: "layer (items of a layer list: python -m framework model=sequential "
                          "'model.layers=[{type: conv2d, filters: 16, size: 3, pad: 1}, relu, {type: maxpool2d}, "
                          "{type: affine}]'; a layer without options may be its bare name; presets model=convnet, "
-                         "model=cnn1d):"}
+                         "model=cnn1d):",
+           # diagnostics are not chosen: every registered one runs; its options sit under diagnostics.<name>
+           DIAGNOSTICS.group: "diagnostics (TensorBoard measurements and advice of every run; a plugin's options "
+                              "are set as diagnostics.<name>.<option>=VALUE, e.g. diagnostics.<name>.every=2):"}
 
 
 SPEC = Spec("python -m framework.list", "list", "list the registered components (built-in and plugins), one line "
