@@ -245,7 +245,7 @@ class Monitor(Callback):
             tag, columns, tile = filters
             self.writer.image(tag, tile_images(columns, tile, MAX_TILES), run.epoch)
             return
-        shape = run.data.image_shape
+        shape = run.data.tile_shape  # (H, W) or (H, W, 3); None for signals and flat rows
         names = run.layout.names
         if not shape or "W1" not in names or int(np.prod(shape)) != run.layout["W1"].shape[0]:
             return
