@@ -12,6 +12,12 @@ The rows: the first RECOMPUTE_ROWS rows of the training split (already shuffled 
 subset is deterministic and mixes the classes), in consecutive batches of the members' batch_size; a last
 partial batch is dropped (its statistics would count as much as a full batch's), unless it is the only batch.
 Dropout is off in these passes: evaluation, which uses the statistics, sees no dropout.
+
+A member on its own keeps the statistics in its file. A snapshot's were written with its weights. An EMA-weights
+member's are the EMA of the running statistics, not the statistics of the EMA weights, but they are what its run
+evaluated those weights with (val/ema_acc, eval_with=ema, the test score), so its member score and the `ema`
+strategy's equal the run's own; they average the same recent steps as the weights. In a soup every member's
+statistics are replaced by the recomputed ones, whatever weights the member holds.
 """
 from __future__ import annotations
 
