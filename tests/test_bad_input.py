@@ -102,7 +102,7 @@ def test_genuine_cifar_layout_loads(tmp_path):
             pickle.dump({b"data": rng.integers(0, 256, (20, 3072), dtype=np.uint8),
                          b"labels": list(rng.integers(0, 10, 20)), b"batch_label": b"x"}, f, protocol=2)
     raw = DATASETS.build("cifar10", path=str(folder)).load(rng)
-    assert raw.X.shape == (100, 3072) and raw.image_shape == (32, 32, 3)
+    assert raw.X.shape == (100, 3072) and raw.image_shape == (3, 32, 32)  # (C, H, W)
     assert raw.splits["test"][0].shape == (20, 3072)
 
 

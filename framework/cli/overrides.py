@@ -28,17 +28,38 @@ def _load_yaml(path: pathlib.Path) -> dict:
 
 
 def _selected(argv, config: dict) -> dict[str, str]:
-    """{group: option} chosen by the config's defaults list, then by plain `group=option` overrides."""
+    """{group: option} as Hydra composes them: the config's defaults list, then the `override /group: option`
+    entries of the recipes selected on the command line (+experiment=convnet_digits picks model=convnet), then
+    plain `group=option` overrides, which win over both."""
+    chosen = _defaults_choices(config)
+    given = {}
+    for arg in argv:
+        match = re.match(r"^\+{0,2}(\w+)=([\w-]+)$", arg)
+        if match and (CONF_DIR / match.group(1)).is_dir():
+            given[match.group(1)] = match.group(2)
+    for group, option in given.items():
+        path = CONF_DIR / group / f"{option}.yaml"
+        if _is_global(path):
+            chosen.update(_defaults_choices(_load_yaml(path)))
+    chosen.update(given)
+    return chosen
+
+
+def _defaults_choices(config: dict) -> dict[str, str]:
+    """{group: option} of a config's defaults list: `group: option` entries and, in a recipe, `override
+    /group: option` ones (Hydra groups such as /hydra/sweeper are Hydra's to check)."""
     chosen = {}
     for item in config.get("defaults") or []:
         if isinstance(item, dict):
             for key, value in item.items():
-                if isinstance(key, str) and not key.startswith(("override", "optional")) and isinstance(value, str):
+                if not isinstance(key, str) or not isinstance(value, str):
+                    continue
+                key = key.strip()
+                if key.startswith("override "):
+                    key = key[len("override "):].strip()
+                key = key.lstrip("/")
+                if re.fullmatch(r"\w+", key):
                     chosen[key] = value
-    for arg in argv:
-        match = re.match(r"^\+{0,2}(\w+)=([\w-]+)$", arg)
-        if match and (CONF_DIR / match.group(1)).is_dir():
-            chosen[match.group(1)] = match.group(2)
     return chosen
 
 
@@ -65,10 +86,11 @@ def _known_tree(argv, config_name: str) -> dict:
         _merge(tree.setdefault("diagnostics", {}), options_node())
     registries = {r.group: r for r in ALL}
     registries.setdefault("momentum_schedule", registries.get("schedule"))
+    recipes = []
     for group, option in _selected(argv, config).items():
         path = CONF_DIR / group / f"{option}.yaml"
         if _is_global(path):
-            _merge(tree, _load_yaml(path))
+            recipes.append(path)  # merged last: a recipe's keys land in the groups it selected
             continue
         registry = registries.get(group)
         node = {}
@@ -84,6 +106,8 @@ def _known_tree(argv, config_name: str) -> dict:
                     node.setdefault(f.name, None)
                 node.setdefault("name", name)
         tree[group] = node
+    for path in recipes:
+        _merge(tree, _load_yaml(path))
     return tree
 
 

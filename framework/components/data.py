@@ -34,7 +34,7 @@ class RawData:
     X: np.ndarray
     y: np.ndarray
     num_classes: int
-    image_shape: tuple | None = None  # (H, W) or (H, W, 3) when rows are images
+    image_shape: tuple | None = None  # (C, H, W) or (C, L) of one row (CS231n order, stored channels last); None: flat
     splits: dict = field(default_factory=dict)
     source: str = ""
     input_scale: float = 1.0  # the model sees X / input_scale; the saved input transform includes it
@@ -49,7 +49,7 @@ class Splits:
     X_test: np.ndarray
     y_test: np.ndarray
     num_classes: int
-    image_shape: tuple | None
+    image_shape: tuple | None  # (C, H, W) or (C, L) of one row as the dataset declares it (rows channels last), or None
     # the input transform from the loader's raw units (RawData.X) to the model: (X_raw - mean) / scale; the
     # checkpoint saves both, so predict() takes raw inputs
     mean: np.ndarray  # (D,) training mean in raw units
@@ -59,9 +59,46 @@ class Splits:
     def input_dim(self) -> int:
         return self.X_train.shape[1]
 
+    @property
+    def row_shape(self) -> tuple:
+        """The shape a model is set up with: image_shape, or (D,) for flat rows."""
+        return self.image_shape or (self.input_dim,)
+
+    @property
+    def tile_shape(self) -> tuple | None:
+        """How TensorBoard draws a (D,) column as an image: (H, W) grey or (H, W, 3) colour; None for signals,
+        flat rows and other channel counts."""
+        return tile_shape(self.image_shape)
+
     def describe(self) -> dict:
         return {"train": len(self.y_train), "val": len(self.y_val), "test": len(self.y_test),
                 "input_dim": self.input_dim, "num_classes": self.num_classes}
+
+
+def image_shape_of(shape, input_dim: int, key: str) -> tuple | None:
+    """A declared (C, H, W) or (C, L) as a tuple of ints, checked against the row size D; None or [] -> None.
+    Raises a DataError naming `key` (where the shape came from) when it is not 2 or 3 positive integers whose
+    product is D."""
+    if shape is None or len(shape) == 0:
+        return None
+    values = np.asarray(shape)
+    ok = (values.ndim == 1 and len(values) in (2, 3) and np.issubdtype(values.dtype, np.number)
+          and np.all(np.isfinite(values)) and np.all(values == np.round(values)) and np.all(values >= 1))
+    if ok and int(np.prod(values.astype(np.int64))) == input_dim:
+        return tuple(int(v) for v in values)
+    shown = list(values.tolist()) if values.ndim == 1 else values.tolist()
+    raise DataError(f"{key} is {shown}, but it must give the shape of one example in CS231n's order: [C, H, W] for "
+                    "images or [C, L] for signals, 2 or 3 positive integers whose product is the row size "
+                    f"D = {input_dim} (rows of X hold the C values of a pixel together, channels last), e.g. "
+                    "[1, H, W] for grey images. Leave it empty for flat features.")
+
+
+def tile_shape(image_shape) -> tuple | None:
+    """(C, H, W) with C = 1 -> (H, W), with C = 3 -> (H, W, 3) (TensorBoard's tiles); else None."""
+    if image_shape is None or len(image_shape) != 3 or image_shape[0] not in (1, 3):
+        return None
+    C, H, W = (int(s) for s in image_shape)
+    return (H, W) if C == 1 else (H, W, 3)
 
 
 def check_arrays(X, y, num_classes: int, where: str):
@@ -123,6 +160,7 @@ def prepare(raw: RawData, cfg: DataConfig, rng: np.random.Generator, dtype=np.fl
     X = X.reshape(len(X), -1) if X.ndim > 2 else X
     y = np.asarray(raw.y)
     check_arrays(X, y, C, f"dataset {raw.source or '?'}")
+    image_shape = image_shape_of(raw.image_shape, X.shape[1], f"The image_shape of dataset {raw.source or '?'}")
     cut = [(name, f) for name, f in (("test", cfg.test_fraction), ("val", cfg.val_fraction))
            if raw.splits.get(name) is None]
     if len(cut) == 2 and sum(f for _, f in cut) >= 1.0:
@@ -179,4 +217,4 @@ def prepare(raw: RawData, cfg: DataConfig, rng: np.random.Generator, dtype=np.fl
 
     # with a power-of-two input_scale, (X_raw - unit*mean) / (unit*scale) equals the above bit for bit
     return Splits(transform(X, 1.0), y, transform(parts["val"][0]), parts["val"][1], transform(parts["test"][0]),
-                  parts["test"][1], C, raw.image_shape, mean * unit, scale * unit)
+                  parts["test"][1], C, image_shape, mean * unit, scale * unit)

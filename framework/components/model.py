@@ -15,6 +15,9 @@ class Model:
 
     loss_kind = "softmax"  # "softmax" or "svm": which chance loss the pre-flight expects
     layout: Layout
+    # the data's shape of one row, (C, H, W), (C, L) or (D,) for flat rows (Splits.row_shape), set before setup by
+    # whoever builds the model for data (a run, a checkpoint, an ensemble); None when unknown
+    data_shape: tuple | None = None
 
     def __init__(self, cfg):
         self.cfg = cfg
@@ -22,7 +25,8 @@ class Model:
         self.dtype = np.dtype(np.float64)
 
     def setup(self, input_dim: int, num_classes: int, dtype=np.float64) -> "Model":
-        """Size the model for D inputs and C classes; must set `self.layout`. Returns self."""
+        """Size the model for D inputs and C classes (and `self.data_shape`, when set); must set `self.layout`.
+        Returns self."""
         self.input_dim, self.num_classes, self.dtype = int(input_dim), int(num_classes), np.dtype(dtype)
         return self
 

@@ -52,7 +52,7 @@ class Run(Bookkeeping):
         self.data = data if data is not None else load_splits(self.data_name, data_opts, s.dtype)
         self.model_name, model_opts = component_config(cfg.model)
         self.model = model if model is not None else build_model(
-            self.model_name, model_opts, self.data.input_dim, self.data.num_classes, s.dtype)
+            self.model_name, model_opts, self.data.input_dim, self.data.num_classes, s.dtype, self.data.row_shape)
         self.layout = self.model.layout
         name, opts = component_config(cfg.optimizer)
         self.optimizer_name = name

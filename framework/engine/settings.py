@@ -122,10 +122,12 @@ def _gigabytes(n: float) -> str:
     return f"{n / 1e9:.3g} GB"
 
 
-def build_model(name: str, options: dict, input_dim: int, num_classes: int, dtype):
-    """MODELS.build(name, **options).setup(D, C, dtype), refused up front when the run's parameter vectors
-    (PARAM_COPIES x P x dtype size) would not fit in the available memory."""
+def build_model(name: str, options: dict, input_dim: int, num_classes: int, dtype, data_shape=None):
+    """MODELS.build(name, **options).setup(D, C, dtype) for data whose rows have data_shape (Splits.row_shape),
+    refused up front when the run's parameter vectors (PARAM_COPIES x P x dtype size) would not fit in the
+    available memory."""
     model = MODELS.build(name, **options)
+    model.data_shape = data_shape
     shown = ", ".join(f"{k}={v}" for k, v in options.items())
     itemsize = np.dtype(dtype).itemsize
 

@@ -139,7 +139,7 @@ def train_student(cfg, splits, run_dir, soft=None, T: float = 1.0, alpha: float 
     data = _in_dtype(splits, dtype)
     validate_sections(cfg)
     name, options = component_config(cfg.model)
-    model = build_model(name, options, data.input_dim, data.num_classes, dtype)
+    model = build_model(name, options, data.input_dim, data.num_classes, dtype, data.row_shape)
     if soft is not None:
         model = SoftTargetModel(model, soft, T, alpha)
     run = Run.from_config(cfg, run_dir, model=model, splits=data)

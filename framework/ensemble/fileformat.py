@@ -4,10 +4,12 @@ load_ensemble opens one for prediction, is_ensemble_file tells one from a checkp
 Layout (root attribute format "framework-ensemble", format_version 1):
     /               attrs format, format_version, framework_version, created, name, strategy, combine,
                     config (YAML: data, dtype, ensemble settings), metrics (JSON), num_classes, input_dim,
-                    image_shape (JSON)
+                    image_shape (JSON: (C, H, W) / (C, L) or null; (H, W[, 3]) in files whose members lack
+                    row_shape)
     data/mean       (D,) float64 training-split mean shared by all members; data/scale (D,) likewise
     members/<iii>   one group per member: attrs label, source, model, dtype, config (the member's training config
-                    as YAML, its model is rebuilt from it), layout (JSON); one dataset per parameter block
+                    as YAML, its model is rebuilt from it), layout (JSON), row_shape (JSON: the data shape its
+                    model is set up with, or null; absent in older files); one dataset per parameter block
                     (W1 (D, H), b1 (H,), ...). A soup or an EMA model holds one member: the averaged weights.
 `framework.load(path)` opens it as an `Ensemble`; `python -m framework.evaluate checkpoint=<file>` scores it.
 """
@@ -27,6 +29,7 @@ from framework.core.version import __version__
 from framework.engine.settings import component_config
 from framework.ensemble.errors import EnsembleError
 from framework.ensemble.predictor import Ensemble, Part
+from framework.io.checkpoint import legacy_image_shape
 from framework.io.hdf5 import finish_atomic, get_blocks, numeric, str_attr, tmp_name
 
 FORMAT = "framework-ensemble"  # root attribute `format` of an ensemble file
@@ -75,6 +78,7 @@ def save_ensemble(ens: Ensemble, path) -> pathlib.Path:
                 g.attrs["dtype"] = str(part.theta.dtype)
                 g.attrs["config"] = OmegaConf.to_yaml(part.cfg)
                 g.attrs["layout"] = json.dumps(model.layout.describe())
+                g.attrs["row_shape"] = json.dumps(list(part.row_shape) if part.row_shape else None)
                 for block in model.layout:
                     g.create_dataset(block.name, data=part.theta[block.offset:block.stop].reshape(block.shape))
         finish_atomic(tmp, path)
@@ -125,15 +129,18 @@ def load_ensemble(path) -> Ensemble:
                 raise EnsembleError(f"{path} has ensemble format version {version}, newer than "
                                     f"the version {FORMAT_VERSION} this framework reads: upgrade the framework.")
             cfg = load_saved_config(str_attr(a, "config", path), path)
-            parts = []
+            parts, legacy = [], False
             for key in sorted(f["members"]):
                 g = f["members"][key]
                 layout = json.loads(str_attr(g.attrs, "layout", path))
+                row_shape = json.loads(str_attr(g.attrs, "row_shape", path)) if "row_shape" in g.attrs else None
+                legacy = legacy or "row_shape" not in g.attrs
                 parts.append(Part(str_attr(g.attrs, "label", path), str_attr(g.attrs, "source", path),
                                   load_saved_config(str_attr(g.attrs, "config", path), path),
-                                  get_blocks(g, layout, path)))
+                                  get_blocks(g, layout, path), row_shape))
                 layouts.append(layout)
             image_shape = json.loads(str_attr(a, "image_shape", path))
+            image_shape = legacy_image_shape(image_shape) if legacy else image_shape
             metrics = json.loads(str_attr(a, "metrics", path))
             head = {k: str_attr(a, k, path) for k in ("name", "strategy", "combine")}
             sizes = int(a["num_classes"]), int(a["input_dim"])

@@ -183,12 +183,12 @@ class Context:
 
     def ensemble(self, name: str, strategy: str, members: list[Member], combine: str | None = None) -> Ensemble:
         """A prediction ensemble of `members`."""
-        parts = [Part(m.label, f"{m.file}:{m.use}", m.cfg, m.theta) for m in members]
+        parts = [Part(m.label, f"{m.file}:{m.use}", m.cfg, m.theta, m.ckpt.row_shape) for m in members]
         return self._make(name, strategy, combine or self.combine, parts)
 
     def single(self, name: str, strategy: str, like: Member, theta, label: str, source: str) -> Ensemble:
         """A one-model ensemble holding `theta` (averaged weights) in the architecture of `like`."""
-        return self._make(name, strategy, "mean_prob", [Part(label, source, like.cfg, theta)])
+        return self._make(name, strategy, "mean_prob", [Part(label, source, like.cfg, theta, like.ckpt.row_shape)])
 
     def _make(self, name, strategy, combine, parts) -> Ensemble:
         ref = self.reference.ckpt

@@ -25,6 +25,7 @@ class Part:
     source: str
     cfg: DictConfig
     theta: np.ndarray
+    row_shape: tuple | None = None  # the data shape its model is set up with (Checkpoint.row_shape)
 
 
 class Ensemble(Predictor):
@@ -49,7 +50,9 @@ class Ensemble(Predictor):
         models = []
         for part in self.parts:
             model_name, opts = component_config(part.cfg.model)
-            model = MODELS.build(model_name, **opts).setup(self.input_dim, self.num_classes, part.theta.dtype)
+            model = MODELS.build(model_name, **opts)
+            model.data_shape = tuple(part.row_shape) if part.row_shape else None
+            model = model.setup(self.input_dim, self.num_classes, part.theta.dtype)
             if model.layout.size != part.theta.size:
                 raise EnsembleError(f"member {part.label!r}: its model {model_name} {model.layout} needs "
                                     f"{model.layout.size} parameters, the weights have {part.theta.size}.")

@@ -7,10 +7,12 @@ accuracy only:
              else the last k epochs
   ema        the running average of a run's weights next to its raw weights (6.5)
   soup       weight averaging of checkpoints of one architecture: uniform, and greedy (members in order of
-             validation accuracy, each kept only if the averaged weights do not lose validation accuracy)
+             validation accuracy, each kept only if the averaged weights do not lose validation accuracy); the
+             batchnorm statistics of averaged weights are recomputed on training rows (ensemble.batchnorm)
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,10 +21,13 @@ from omegaconf import OmegaConf
 from framework.components.schedule import cycle_end_epochs
 from framework.core.params import param
 from framework.core.registry import Registry
+from framework.ensemble.batchnorm import recompute_batchnorm
 from framework.ensemble.errors import NotApplicable
 from framework.ensemble.members import (Context, Member, check_same_architecture, config_differences,
                                         describe_differences, val_key)
 from framework.ensemble.predictor import Ensemble
+
+log = logging.getLogger("framework")
 
 ORDER = ("seeds", "topk", "snapshots", "ema", "soup")  # strategy=all runs these first, then plugins by name
 STRATEGIES = Registry("ensemble strategy", "strategy")
@@ -191,22 +196,31 @@ class Soup(Strategy):
             members, _ = Snapshots(ctx.options.get("snapshots") or SnapshotsConfig()).members(ctx)
         check_same_architecture(members)
         model = members[0].ckpt.model
+        batch = int(OmegaConf.select(members[0].cfg, "batch_size", default=32))
+
+        def soup_of(group):  # averaged weights, their batchnorm statistics measured again (ensemble.batchnorm)
+            return recompute_batchnorm(model, average_weights(group), ctx.splits.X_train, batch)
+
         out = []
         if "uniform" in self.cfg.methods:
-            out.append(Built(self._soup(ctx, "soup_uniform", members, average_weights(members)), members,
-                             f"mean of {len(members)} {pool}", members))
+            theta, done = soup_of(members)
+            note = f"mean of {len(members)} {pool}" + (f"; {done.describe()}" if done else "")
+            out.append(Built(self._soup(ctx, "soup_uniform", members, theta), members, note, members))
         if "greedy" in self.cfg.methods:
             order = sorted(members, key=val_key, reverse=True)
-            kept, theta, best = [order[0]], order[0].theta, order[0].val_acc
+            kept, theta, best, done = [order[0]], order[0].theta, order[0].val_acc, None
             for m in order[1:]:
-                candidate = average_weights(kept + [m])
+                candidate, recomputed = soup_of(kept + [m])
                 val = ctx.val_accuracy(model, candidate)
                 if val >= best:
-                    kept, theta, best = kept + [m], candidate, val
+                    kept, theta, best, done = kept + [m], candidate, val, recomputed
             labels = [m.label for m in kept]
             note = f"kept {len(kept)} of {len(members)} {pool}" + (f": {', '.join(labels)}" if len(kept) <= 3 else
                                                                    " (listed in report.json)")
-            out.append(Built(self._soup(ctx, "soup_greedy", kept, theta), members, note, kept))
+            out.append(Built(self._soup(ctx, "soup_greedy", kept, theta), members,
+                             note + (f"; {done.describe()}" if done else ""), kept))
+        for b in out:
+            log.info("%s: %s", b.ensemble.name, b.note)
         return out
 
     @staticmethod

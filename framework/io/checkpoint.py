@@ -10,7 +10,10 @@ are still read), see also the README section "Checkpoints":
 
     /               attrs: format, format_version, kind,
                            info   (JSON, fixed for the run: framework_version, model, optimizer, dataset, dtype,
-                                   schedules, regularizer, steps_per_epoch, ema settings, eval_with, data sizes),
+                                   schedules, regularizer, steps_per_epoch, ema settings, eval_with, data sizes
+                                   and shapes: image_shape (C, H, W) / (C, L) or null, row_shape (the model's
+                                   input: image_shape or [D]; earlier files lack it and hold image_shape as
+                                   TensorBoard's (H, W[, 3]))),
                            state  (JSON, this moment: epoch, step, cursor, score, metrics of the last epoch,
                                    best_epoch, best_val_acc, initial_loss, lr, momentum, wall/train time,
                                    ema_count, history keys; resume files also rng (bit_generator states, exact
@@ -93,7 +96,17 @@ def run_info(run: Run) -> str:
         "ema": {"decay": run.settings.ema_decay, "warmup": run.settings.ema_warmup} if run.ema is not None else None,
         "eval_with": run.settings.eval_with,
         "data": {"name": run.data_name, "num_classes": int(d.num_classes), "input_dim": int(d.input_dim),
-                 "image_shape": list(d.image_shape) if d.image_shape else None, "sizes": d.describe()}})
+                 "image_shape": list(d.image_shape) if d.image_shape else None, "row_shape": list(d.row_shape),
+                 "sizes": d.describe()}})
+
+
+def legacy_image_shape(shape) -> tuple | None:
+    """The (C, H, W) of a file written before `row_shape` was saved, whose image_shape was TensorBoard's tile
+    (H, W) or (H, W, 3)."""
+    if not shape:
+        return None
+    shape = tuple(int(s) for s in shape)
+    return (3, *shape[:2]) if len(shape) == 3 and shape[2] == 3 else (1, *shape) if len(shape) == 2 else None
 
 
 def _history_table(history: dict) -> tuple[np.ndarray, list, list]:
@@ -259,7 +272,8 @@ def read_checkpoint(path) -> tuple[dict, dict]:
     weights file (info["kind"] == "weights") the resume-only entries (best_theta, opt_state, schedule,
     momentum_schedule, rngs, perm, epoch_losses) are None. info holds the metadata: kind, config (YAML text),
     layout (list of blocks), model/optimizer/dataset names, dtype, metrics, mean, scale, num_classes, input_dim,
-    image_shape, sizes, schedule_names, eval_with, format_version, framework_version."""
+    image_shape ((C, H, W) / (C, L) or None), row_shape (what the model was set up with; None in files written
+    before it was saved), sizes, schedule_names, eval_with, format_version, framework_version."""
     path = pathlib.Path(path)
     f = open_checkpoint(path)
     try:
@@ -306,7 +320,7 @@ def _read_v2(f, path) -> tuple[dict, dict]:
             "metrics": {**{k: float(v) for k, v in s["metrics"].items()}, "score": float(s["score"])},
             "mean": numeric(f["mean"], path), "scale": numeric(f["scale"], path),
             "num_classes": int(data["num_classes"]), "input_dim": int(data["input_dim"]),
-            "image_shape": data["image_shape"], "sizes": data["sizes"],
+            **_shapes(data), "sizes": data["sizes"],
             "schedule_names": {k: v["name"] for k, v in meta["schedules"].items()},
             "eval_with": meta.get("eval_with", "raw")}
     arrays = {"params": vector("params"), "history": history}
@@ -318,6 +332,16 @@ def _read_v2(f, path) -> tuple[dict, dict]:
                       optimizer={slot: numeric(ds, path) for slot, ds in f["optimizer"].items()})
     state = TrainState.from_arrays(arrays, s).as_dict()
     return state, info
+
+
+def _shapes(data: dict) -> dict:
+    """image_shape: the data's (C, H, W) / (C, L) or None; row_shape: the shape the model was set up with
+    (image_shape, or (D,) for flat rows), None in files of earlier versions (their models inferred it from D, as
+    a model set up without a data shape still does)."""
+    row_shape = data.get("row_shape")
+    if row_shape is None:
+        return {"image_shape": legacy_image_shape(data.get("image_shape")), "row_shape": None}
+    return {"image_shape": tuple(data["image_shape"]) if data["image_shape"] else None, "row_shape": tuple(row_shape)}
 
 
 def _nan_to_none(x):
@@ -345,7 +369,7 @@ def _read_v1(f, path) -> tuple[dict, dict]:
     unit = _V1_INPUT_SCALE.get(info["dataset"], 1.0)
     info.update(mean=numeric(d["mean"], path) * unit, scale=numeric(d["scale"], path) * unit,
                 num_classes=int(d.attrs["num_classes"]), input_dim=int(d.attrs["input_dim"]),
-                image_shape=json.loads(str_attr(d.attrs, "image_shape", path)),
+                **_shapes({"image_shape": json.loads(str_attr(d.attrs, "image_shape", path))}),
                 sizes=json.loads(str_attr(d.attrs, "sizes", path)))
     opt = {}
     for slot, item in f["optimizer"].items():

@@ -61,14 +61,17 @@ class Checkpoint(Predictor):
         self.model_name = info["model"]
         self.dtype = np.dtype(info["dtype"])
         self.num_classes, self.input_dim = info["num_classes"], info["input_dim"]
-        self.image_shape = tuple(info["image_shape"]) if info["image_shape"] else None
+        self.image_shape = tuple(info["image_shape"]) if info["image_shape"] else None  # (C, H, W) / (C, L)
+        self.row_shape = info.get("row_shape")  # what the model was set up with; None: inferred from D, as before
         self.mean, self.scale = info["mean"], info["scale"]
         self.epoch, self.step = state["epoch"], state["step"]
         self.metrics = info["metrics"]
         self.history = state["history"]
         name, opts = component_config(saved_group(self.cfg, "model", self.path))
         try:
-            self.model = MODELS.build(name, **opts).setup(self.input_dim, self.num_classes, self.dtype)
+            model = MODELS.build(name, **opts)
+            model.data_shape = self.row_shape
+            self.model = model.setup(self.input_dim, self.num_classes, self.dtype)
         except FrameworkError as exc:
             raise CheckpointError(f"{self.path}: cannot rebuild its model {name!r} from the saved config: {exc} "
                                   "(a plugin model must be importable: put it in plugins/).") from None

@@ -21,10 +21,11 @@ EVAL_FLOATS = 1 << 23  # ...and at most about this many scratch values (64 MB in
 
 LAYERS_HELP = ("the network, input to scores: each item a layer name (relu) or {type: name, option: value}; "
                "framework.LAYERS.names() lists the layers; conf/model/sequential.yaml documents their options")
-SHAPE_HELP = ("shape of one example, (C, H, W) for images or (C, L) for signals; [] = inferred from the input "
-              "size D: (1, D) when the first shaped layer is 1-D (conv1d, maxpool1d), else (1, s, s) when D = s*s, "
-              "(3, s, s) when D = 3*s*s, else (D,). Rows of X are channels last, "
-              "as the datasets store them: pixel by pixel, the C values of a pixel together")
+SHAPE_HELP = ("shape of one example, (C, H, W) for images or (C, L) for signals, overriding the data's; [] = the "
+              "data's shape (data image_shape: digits 1x8x8, mnist 1x28x28, cifar10 3x32x32, npz data.image_shape "
+              "or its file's array), read as a signal (C, H*W) when the first shaped layer is 1-D (conv1d, "
+              "maxpool1d). Rows of X are channels last, as the datasets store them: pixel by pixel, the C values "
+              "of a pixel together")
 
 
 @dataclass
@@ -52,6 +53,40 @@ class Cnn1dConfig(SequentialConfig):
                           "flatten", {"type": "affine"}], LAYERS_HELP)
 
 
+def input_shape_for(explicit, data_shape, input_dim: int, layers) -> tuple:
+    """The CS231n shape of one example a layer list starts from, first found of:
+    1. model.input_shape (`explicit`), when not [];
+    2. the data's shape (`data_shape`, Splits.row_shape: (C, H, W), (C, L), or (D,) for flat rows); a list whose
+       first shaped layer is 1-D (conv1d, maxpool1d) reads an image as a signal (C, H*W), pixel rows in order;
+    3. no data shape (a model set up outside a run, a checkpoint of an earlier version): inferred from D
+       (infer_input_shape).
+    A conv or pool layer on flat rows is a ConfigError naming data.image_shape and model.input_shape."""
+    if len(explicit):
+        shape = tuple(int(s) for s in explicit)
+        if int(np.prod(shape)) != input_dim:
+            raise ConfigError("model.input_shape", list(shape), f"a shape with {input_dim} values in all, "
+                              "the data's input size D (or [] to take the data's shape)")
+        return shape
+    if data_shape is None:
+        return infer_input_shape(input_dim, layers)
+    shape = tuple(int(s) for s in data_shape)
+    if int(np.prod(shape)) != input_dim:
+        raise ConfigError("data.image_shape", list(shape), f"a shape with {input_dim} values in all, the data's "
+                          "input size D")
+    shaped = [(i, layer) for i, layer in enumerate(layers) if hasattr(layer, "dims")]
+    if shaped and len(shape) == 1:
+        i, layer = shaped[0]
+        raise ConfigError(f"model.layers[{i}]", layer.name,
+                          "layers that fit flat rows (affine, activations, dropout, batchnorm)",
+                          f"{layer.name} needs images (C, H, W) or signals (C, L), but the rows of this data are "
+                          f"{input_dim} flat features with no shape. Give the shape of one example: "
+                          f"data.image_shape=[C,H,W] (npz data; or an image_shape array in the file) or "
+                          f"model.input_shape=[C,H,W] (or [C,L] for signals), with C*H*W = {input_dim}.")
+    if shaped and shaped[0][1].dims == 2 and len(shape) == 3:
+        return shape[0], shape[1] * shape[2]
+    return shape
+
+
 class Sequential(Model):
     """A layer list - softmax or SVM loss, trained through one generated jitted step."""
 
@@ -68,10 +103,7 @@ class Sequential(Model):
 
     def setup(self, input_dim, num_classes, dtype=np.float64):
         super().setup(input_dim, num_classes, dtype)
-        shape = tuple(self.cfg.input_shape) or infer_input_shape(self.input_dim, self.layers)
-        if int(np.prod(shape)) != self.input_dim:
-            raise ConfigError("model.input_shape", list(shape), f"a shape with {self.input_dim} values in all, "
-                              "the data's input size D (or [] to infer it)")
+        shape = input_shape_for(self.cfg.input_shape, self.data_shape, self.input_dim, self.layers)
         self.input_shape = internal_shape(shape)
         self.layers = parse_layers(self.cfg.layers)  # fresh layers: setup may run on copies (with_dtype)
         infer_shapes(self.layers, self.input_shape, self.num_classes)

@@ -228,7 +228,7 @@ class FirstLayer(HistogramEpochs):
             tag, columns, tile = filters
             moment.image(tag, tile_images(columns, tile, MAX_TILES))
             return {}
-        shape = run.data.image_shape
+        shape = run.data.tile_shape  # (H, W) or (H, W, 3); None for signals and flat rows
         if not shape or "W1" not in run.layout.names or int(np.prod(shape)) != run.layout["W1"].shape[0]:
             return {}
         # 1 pixel per weight: the Time Series dashboard enlarges images without blurring, and every byte costs
