@@ -222,6 +222,8 @@ def test_kernels_ignore_sizes_that_disagree_with_their_arrays():
     KC.im2col(x, 0, cols, 5, 4, 2, 2, 2, 1, 1, 0, 0, 4, 3)  # H = 5 > the row's 3
     KC.im2col(x, 2, cols, 3, 4, 2, 2, 2, 1, 1, 0, 0, 2, 3)  # image 2 of 2
     KC.col2im(cols, x, 0, 3, 4, 2, 2, 2, 1, 1, 0, 0, 9, 3)  # Ho = 9 > what fits
+    KC.im2col_batch(x, cols[:11], 3, 4, 2, 2, 2, 1, 1, 0, 0, 2, 3)  # 2 images of 6 positions: 12 rows > 11
+    KC.col2im_batch(cols[:11], x, 3, 4, 2, 2, 2, 1, 1, 0, 0, 2, 3)
     out, ob = guarded(np.zeros((2, 6 * 2)))
     arg, ab = guarded(np.zeros((2, 6 * 2), dtype=np.int64), -99)
     KP.maxpool_forward(x, out, arg, 3, 4, 2, 2, 2, 1, 1, 3, 3)  # 3 windows of 2 rows need H = 4
@@ -230,9 +232,10 @@ def test_kernels_ignore_sizes_that_disagree_with_their_arrays():
     arg[...] = [[-1, 10 ** 9] * 6, [24, 23] * 6]  # winners outside the row (24 values) are skipped
     KP.maxpool_backward(out, arg, x)
     db, dbb = guarded(np.zeros(5))
-    KC.channel_sums(np.ones((2, 12)), db, 5)  # 12 values are not whole positions of 5 channels
-    assert all(untouched(b) for b in (xb, cb, ob, dbb)) and untouched(ab, -99)
-    assert np.all(cols == 0) and np.all(out == 1) and np.all(db == 0)
+    dW, dWb = guarded(np.zeros((4, 5)))
+    KC.split_weight_grad(np.ones((5, 6)), dW, db)  # dW.T with the bias column is (5, 4 + 1), not (5, 6)
+    assert all(untouched(b) for b in (xb, cb, ob, dbb, dWb)) and untouched(ab, -99)
+    assert np.all(cols == 0) and np.all(out == 1) and np.all(db == 0) and np.all(dW == 0)
     assert x[1, 23] == 6.0 and np.count_nonzero(x) == 1  # six windows routed to input 23 of row 1, nothing else
 
 
