@@ -239,6 +239,56 @@ def test_kernels_ignore_sizes_that_disagree_with_their_arrays():
     assert x[1, 23] == 6.0 and np.count_nonzero(x) == 1  # six windows routed to input 23 of row 1, nothing else
 
 
+# (H, W, C, KH, KW, SH, SW, PH, PW): padding on both sides, strides, a 1-D signal (H = 1) with a wide kernel
+CONV_GEOMETRIES = [(5, 6, 2, 3, 3, 2, 2, 1, 1), (4, 4, 3, 3, 2, 1, 1, 0, 1), (1, 9, 1, 1, 5, 1, 2, 0, 2),
+                   (1, 7, 4, 1, 3, 1, 2, 0, 3)]
+
+
+def _patches(x, H, W, C, KH, KW, SH, SW, PH, PW):
+    """Plain-NumPy im2col: (N*Ho*Wo, KH*KW*C) patches of x (N, H*W*C), zero padded, image after image."""
+    xp = np.pad(x.reshape(-1, H, W, C), ((0, 0), (PH, PH), (PW, PW), (0, 0)))
+    ho, wo = (H + 2 * PH - KH) // SH + 1, (W + 2 * PW - KW) // SW + 1
+    rows = [xp[:, i * SH:i * SH + KH, j * SW:j * SW + KW, :].reshape(len(x), -1) for i in range(ho)
+            for j in range(wo)]
+    return np.stack(rows, axis=1).reshape(len(x) * ho * wo, -1), ho, wo
+
+
+@pytest.mark.parametrize("geometry", CONV_GEOMETRIES)
+def test_im2col_batch_and_col2im_batch_against_numpy(geometry):
+    """im2col_batch equals a NumPy im2col (the column after the patch set to 1); per-image im2col gives the same
+    rows; col2im_batch is its adjoint (<im2col x, Y> = <x, col2im Y>) and ignores the ones column."""
+    H, W, C, *_ = geometry
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((3, H * W * C))
+    want, ho, wo = _patches(x, *geometry)
+    cols = np.full((want.shape[0], want.shape[1] + 1), np.nan)
+    KC.im2col_batch(x, cols, *geometry, ho, wo)
+    np.testing.assert_array_equal(cols[:, :-1], want)
+    assert np.all(cols[:, -1] == 1.0)
+    one = np.full((ho * wo, want.shape[1]), np.nan)
+    KC.im2col(x, 2, one, *geometry, ho, wo)
+    np.testing.assert_array_equal(one, want[2 * ho * wo:])
+    Y = rng.standard_normal(cols.shape)
+    dx = np.full_like(x, np.nan)
+    KC.col2im_batch(Y, dx, *geometry, ho, wo)
+    assert abs(np.sum(want * Y[:, :-1]) - np.sum(x * dx)) < 1e-10 * np.abs(want * Y[:, :-1]).sum()
+    dx1 = np.full_like(x, np.nan)
+    KC.col2im(Y[ho * wo:2 * ho * wo], dx1, 1, *geometry, ho, wo)
+    np.testing.assert_array_equal(dx1[1], dx[1])
+
+
+def test_split_weight_grad_takes_the_bias_from_the_ones_column():
+    """dW.T (F, P + 1) = dout.T @ [cols, 1]: dW is the transpose of its first P columns, db the column sums of
+    dout (what the GEMM's ones column computes)."""
+    rng = np.random.default_rng(4)
+    dout, cols = rng.standard_normal((7, 3)), rng.standard_normal((7, 5))
+    dWT = dout.T @ np.hstack([cols, np.ones((7, 1))])
+    dW, db = np.zeros((5, 3)), np.zeros(3)
+    KC.split_weight_grad(dWT, dW, db)
+    np.testing.assert_allclose(dW, cols.T @ dout, rtol=1e-12)
+    np.testing.assert_allclose(db, dout.sum(axis=0), rtol=1e-12)
+
+
 def test_maxpool_winners_change_only_across_a_tie():
     model, theta, X, y, _ = probe("maxpool2d", before=False)
     w = model.winners(theta, X, y)
