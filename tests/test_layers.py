@@ -289,6 +289,28 @@ def test_split_weight_grad_takes_the_bias_from_the_ones_column():
     np.testing.assert_allclose(db, dout.sum(axis=0), rtol=1e-12)
 
 
+@pytest.mark.parametrize("geometry", [(4, 6, 2, 2, 2, 2, 2, 2, 3), (5, 7, 3, 2, 2, 2, 2, 2, 3),
+                                      (1, 9, 2, 1, 3, 1, 3, 1, 3)])
+def test_tiled_maxpool_backward_equals_the_scatter(geometry):
+    """Windows that tile the input (stride = size; a row and a column left over in the second case): the one-write
+    backward gives the scatter's values bit for bit, -0.0 and NaN gradients included, and zeros the rest (an
+    extra row of dx included)."""
+    H, W, C, KH, KW, SH, SW, Ho, Wo = geometry
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((3, H * W * C))
+    x[0, 1] = np.nan
+    out, arg = np.zeros((3, Ho * Wo * C)), np.zeros((3, Ho * Wo * C), dtype=np.int64)
+    KP.maxpool_forward(x, out, arg, *geometry)
+    dout = rng.standard_normal(out.shape)
+    dout[1, :3] = -0.0
+    dout[2, 0] = np.nan
+    want, got = np.full((4, H * W * C), 7.0), np.full((4, H * W * C), 7.0)
+    KP.maxpool_backward(dout, arg, want)
+    KP.maxpool_backward_tiled(dout, arg, got, *geometry)
+    np.testing.assert_array_equal(got, want)
+    assert np.array_equal(np.signbit(got), np.signbit(want)) and np.count_nonzero(got) == np.count_nonzero(want)
+
+
 def test_maxpool_winners_change_only_across_a_tie():
     model, theta, X, y, _ = probe("maxpool2d", before=False)
     w = model.winners(theta, X, y)

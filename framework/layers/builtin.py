@@ -260,7 +260,7 @@ class _Pool(Layer):
 class _MaxPool(_Pool):
     """Max pooling: the max of each window per channel; the winner's index is kept for the backward pass."""
 
-    kernels = (KP.maxpool_forward, KP.maxpool_backward)
+    kernels = (KP.maxpool_forward, KP.maxpool_backward, KP.maxpool_backward_tiled)
     kinks = True
 
     def ints_per_row(self):
@@ -270,6 +270,9 @@ class _MaxPool(_Pool):
         return f"maxpool_forward({v.x}, {v.out}, {v.ints}, {self._args()})"
 
     def backward(self, v):
+        H, W, C, KH, KW, SH, SW, Ho, Wo = self.geom
+        if (SH, SW) == (KH, KW):  # windows tile the input: one write per input, no zeroing pass or scatter
+            return f"maxpool_backward_tiled({v.dout}, {v.ints}, {v.dx}, {self._args()})"
         return f"maxpool_backward({v.dout}, {v.ints}, {v.dx})"
 
     def winners(self, x, out, ints):

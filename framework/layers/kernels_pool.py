@@ -71,6 +71,42 @@ def maxpool_backward(dout, arg, dx):
 
 
 @jit
+def maxpool_backward_tiled(dout, arg, dx, H, W, C, KH, KW, SH, SW, Ho, Wo):
+    """maxpool_backward for windows that tile the input (SH = KH, SW = KW, the default stride): every input is
+    written once, 0 + dout where it won its window, else 0 (the same values as zeroing then adding), with no
+    zeroing pass and no scatter; inputs right of or below the last window get 0. Does nothing unless the sizes
+    agree with the arrays; a winner recorded outside its window is dropped."""
+    if not _pool_fits(dx, dout, H, W, C, KH, KW, SH, SW, Ho, Wo) or SH != KH or SW != KW \
+            or arg.shape[0] < dout.shape[0] or arg.shape[1] < Ho * Wo * C:
+        return
+    n = dout.shape[0]
+    for i in range(dx.shape[0]):
+        row = dx[i]
+        if i >= n:
+            for j in range(row.shape[0]):
+                row[j] = 0.0
+            continue
+        d, a = dout[i], arg[i]
+        for oh in range(Ho):
+            for ow in range(Wo):
+                o = (oh * Wo + ow) * C
+                dv, av = d[o:o + C], a[o:o + C]
+                for kh in range(KH):
+                    for kw in range(KW):
+                        j = ((oh * SH + kh) * W + ow * SW + kw) * C
+                        xv = row[j:j + C]
+                        for c in range(C):
+                            xv[c] = (0.0 + dv[c]) if av[c] == j + c else 0.0
+            for kh in range(KH):  # right of the last window
+                right = row[((oh * SH + kh) * W + Wo * SW) * C:(oh * SH + kh + 1) * W * C]
+                for j in range(right.shape[0]):
+                    right[j] = 0.0
+        below = row[Ho * SH * W * C:]  # below the last window, and any width past H*W*C
+        for j in range(below.shape[0]):
+            below[j] = 0.0
+
+
+@jit
 def avgpool_forward(x, out, H, W, C, KH, KW, SH, SW, Ho, Wo):
     """out (N, Ho*Wo*C) = mean of each KH x KW window of x (N, H*W*C) per channel."""
     if not _pool_fits(x, out, H, W, C, KH, KW, SH, SW, Ho, Wo):
