@@ -276,10 +276,16 @@ def gemm_repeat(A, B, C, reps, blas):
 
 @jit
 def transpose_into(W, out):
-    """out (H, D) = W (D, H).T, in 32 x 32 blocks, each written row by row of out: a large W (a convnet's
-    8192 x 100 affine) column-scattered whole ran 3x slower. Does nothing unless out is (>= H, >= D)."""
+    """out (H, D) = W (D, H).T. Small W: row by row of W, scattering into columns of out (both stay in L1).
+    Large W (512 x 512, a convnet's 8192 x 100): in 32 x 32 blocks written row by row of out, 3.5-4.5x faster
+    than whole scattered columns. Does nothing unless out is (>= H, >= D)."""
     d, h = W.shape
     if out.shape[0] < h or out.shape[1] < d:
+        return
+    if d * h <= 16384:
+        for i in range(d):
+            for j in range(h):
+                out[j, i] = W[i, j]
         return
     for j0 in range(0, h, 32):
         for i0 in range(0, d, 32):
