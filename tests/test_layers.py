@@ -222,6 +222,8 @@ def test_kernels_ignore_sizes_that_disagree_with_their_arrays():
     KC.im2col(x, 0, cols, 5, 4, 2, 2, 2, 1, 1, 0, 0, 4, 3)  # H = 5 > the row's 3
     KC.im2col(x, 2, cols, 3, 4, 2, 2, 2, 1, 1, 0, 0, 2, 3)  # image 2 of 2
     KC.col2im(cols, x, 0, 3, 4, 2, 2, 2, 1, 1, 0, 0, 9, 3)  # Ho = 9 > what fits
+    KC.im2col_batch(x, cols[:11], 3, 4, 2, 2, 2, 1, 1, 0, 0, 2, 3)  # 2 images of 6 positions: 12 rows > 11
+    KC.col2im_batch(cols[:11], x, 3, 4, 2, 2, 2, 1, 1, 0, 0, 2, 3)
     out, ob = guarded(np.zeros((2, 6 * 2)))
     arg, ab = guarded(np.zeros((2, 6 * 2), dtype=np.int64), -99)
     KP.maxpool_forward(x, out, arg, 3, 4, 2, 2, 2, 1, 1, 3, 3)  # 3 windows of 2 rows need H = 4
@@ -230,10 +232,83 @@ def test_kernels_ignore_sizes_that_disagree_with_their_arrays():
     arg[...] = [[-1, 10 ** 9] * 6, [24, 23] * 6]  # winners outside the row (24 values) are skipped
     KP.maxpool_backward(out, arg, x)
     db, dbb = guarded(np.zeros(5))
-    KC.channel_sums(np.ones((2, 12)), db, 5)  # 12 values are not whole positions of 5 channels
-    assert all(untouched(b) for b in (xb, cb, ob, dbb)) and untouched(ab, -99)
-    assert np.all(cols == 0) and np.all(out == 1) and np.all(db == 0)
+    dW, dWb = guarded(np.zeros((4, 5)))
+    KC.split_weight_grad(np.ones((5, 6)), dW, db)  # dW.T with the bias column is (5, 4 + 1), not (5, 6)
+    assert all(untouched(b) for b in (xb, cb, ob, dbb, dWb)) and untouched(ab, -99)
+    assert np.all(cols == 0) and np.all(out == 1) and np.all(db == 0) and np.all(dW == 0)
     assert x[1, 23] == 6.0 and np.count_nonzero(x) == 1  # six windows routed to input 23 of row 1, nothing else
+
+
+# (H, W, C, KH, KW, SH, SW, PH, PW): padding on both sides, strides, a 1-D signal (H = 1) with a wide kernel
+CONV_GEOMETRIES = [(5, 6, 2, 3, 3, 2, 2, 1, 1), (4, 4, 3, 3, 2, 1, 1, 0, 1), (1, 9, 1, 1, 5, 1, 2, 0, 2),
+                   (1, 7, 4, 1, 3, 1, 2, 0, 3)]
+
+
+def _patches(x, H, W, C, KH, KW, SH, SW, PH, PW):
+    """Plain-NumPy im2col: (N*Ho*Wo, KH*KW*C) patches of x (N, H*W*C), zero padded, image after image."""
+    xp = np.pad(x.reshape(-1, H, W, C), ((0, 0), (PH, PH), (PW, PW), (0, 0)))
+    ho, wo = (H + 2 * PH - KH) // SH + 1, (W + 2 * PW - KW) // SW + 1
+    rows = [xp[:, i * SH:i * SH + KH, j * SW:j * SW + KW, :].reshape(len(x), -1) for i in range(ho)
+            for j in range(wo)]
+    return np.stack(rows, axis=1).reshape(len(x) * ho * wo, -1), ho, wo
+
+
+@pytest.mark.parametrize("geometry", CONV_GEOMETRIES)
+def test_im2col_batch_and_col2im_batch_against_numpy(geometry):
+    """im2col_batch equals a NumPy im2col (the column after the patch set to 1); per-image im2col gives the same
+    rows; col2im_batch is its adjoint (<im2col x, Y> = <x, col2im Y>) and ignores the ones column."""
+    H, W, C, *_ = geometry
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((3, H * W * C))
+    want, ho, wo = _patches(x, *geometry)
+    cols = np.full((want.shape[0], want.shape[1] + 1), np.nan)
+    KC.im2col_batch(x, cols, *geometry, ho, wo)
+    np.testing.assert_array_equal(cols[:, :-1], want)
+    assert np.all(cols[:, -1] == 1.0)
+    one = np.full((ho * wo, want.shape[1]), np.nan)
+    KC.im2col(x, 2, one, *geometry, ho, wo)
+    np.testing.assert_array_equal(one, want[2 * ho * wo:])
+    Y = rng.standard_normal(cols.shape)
+    dx = np.full_like(x, np.nan)
+    KC.col2im_batch(Y, dx, *geometry, ho, wo)
+    assert abs(np.sum(want * Y[:, :-1]) - np.sum(x * dx)) < 1e-10 * np.abs(want * Y[:, :-1]).sum()
+    dx1 = np.full_like(x, np.nan)
+    KC.col2im(Y[ho * wo:2 * ho * wo], dx1, 1, *geometry, ho, wo)
+    np.testing.assert_array_equal(dx1[1], dx[1])
+
+
+def test_split_weight_grad_takes_the_bias_from_the_ones_column():
+    """dW.T (F, P + 1) = dout.T @ [cols, 1]: dW is the transpose of its first P columns, db the column sums of
+    dout (what the GEMM's ones column computes)."""
+    rng = np.random.default_rng(4)
+    dout, cols = rng.standard_normal((7, 3)), rng.standard_normal((7, 5))
+    dWT = dout.T @ np.hstack([cols, np.ones((7, 1))])
+    dW, db = np.zeros((5, 3)), np.zeros(3)
+    KC.split_weight_grad(dWT, dW, db)
+    np.testing.assert_allclose(dW, cols.T @ dout, rtol=1e-12)
+    np.testing.assert_allclose(db, dout.sum(axis=0), rtol=1e-12)
+
+
+@pytest.mark.parametrize("geometry", [(4, 6, 2, 2, 2, 2, 2, 2, 3), (5, 7, 3, 2, 2, 2, 2, 2, 3),
+                                      (1, 9, 2, 1, 3, 1, 3, 1, 3)])
+def test_tiled_maxpool_backward_equals_the_scatter(geometry):
+    """Windows that tile the input (stride = size; a row and a column left over in the second case): the one-write
+    backward gives the scatter's values bit for bit, -0.0 and NaN gradients included, and zeros the rest (an
+    extra row of dx included)."""
+    H, W, C, KH, KW, SH, SW, Ho, Wo = geometry
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((3, H * W * C))
+    x[0, 1] = np.nan
+    out, arg = np.zeros((3, Ho * Wo * C)), np.zeros((3, Ho * Wo * C), dtype=np.int64)
+    KP.maxpool_forward(x, out, arg, *geometry)
+    dout = rng.standard_normal(out.shape)
+    dout[1, :3] = -0.0
+    dout[2, 0] = np.nan
+    want, got = np.full((4, H * W * C), 7.0), np.full((4, H * W * C), 7.0)
+    KP.maxpool_backward(dout, arg, want)
+    KP.maxpool_backward_tiled(dout, arg, got, *geometry)
+    np.testing.assert_array_equal(got, want)
+    assert np.array_equal(np.signbit(got), np.signbit(want)) and np.count_nonzero(got) == np.count_nonzero(want)
 
 
 def test_maxpool_winners_change_only_across_a_tie():

@@ -79,7 +79,8 @@ BATCHED_COLUMNS = 16384  # im2col values per image up to which a convolution wor
 class _Conv(Layer):
     """Shared body of conv2d and conv1d; subclasses give the 2-D geometry (H, W, C, KH, KW, SH, SW, PH, PW)."""
 
-    kernels = (KC.im2col, KC.col2im, KC.channel_sums, K.gemm, K.transpose_into)
+    kernels = (KC.im2col, KC.im2col_batch, KC.col2im, KC.col2im_batch, KC.split_weight_grad, K.gemm,
+               K.transpose_into)
     dims = 2
 
     def output_shape(self, in_shape, num_classes, where):
@@ -121,70 +122,73 @@ class _Conv(Layer):
 
     def kept_floats(self):
         rows, patch, _ = self._sizes()
-        return rows * patch if self.batched() else 0
+        return rows * (patch + 1) if self.batched() else 0
 
     def scratch_floats(self):
         rows, patch, F = self._sizes()
-        return (0 if self.batched() else rows * patch) + F * patch  # one image's columns; W.T (dx) or dW.T (dW)
+        # one image's columns (per-image path); dW.T with the bias column, whose space later takes W.T (dx)
+        return (0 if self.batched() else rows * (patch + 1)) + F * (patch + 1)
 
     def _args(self):
         return ", ".join(str(a) for a in (*self.geometry(self.in_shape), self.ho, self.wo))
 
+    # Columns are (rows, P + 1): im2col sets the last one to 1, so the weight-gradient GEMM dout.T @ cols also
+    # sums dout per channel (the bias gradient) in the vector padding of its P columns; the other products use
+    # cols[:, :P] (a strided view, which gemm takes as A and as C).
     def forward(self, v):
         R, P, F = self._sizes()
         t = v.tag
         if self.batched():
             return "\n".join([
-                f"cols{t} = {v.kept}.reshape(n * {R}, {P})",
-                "for i in range(n):",
-                f"    im2col({v.x}, i, cols{t}[i * {R}:(i + 1) * {R}], {self._args()})",
-                f"gemm(cols{t}, {v.p['W']}.reshape({P}, {F}), {v.out}.reshape(n * {R}, {F}), {v.p['b']}, 0, True)",
+                f"cols{t} = {v.kept}.reshape(n * {R}, {P + 1})",
+                f"im2col_batch({v.x}, cols{t}, {self._args()})",
+                f"gemm(cols{t}[:, :{P}], {v.p['W']}.reshape({P}, {F}), {v.out}.reshape(n * {R}, {F}), {v.p['b']}, 0, "
+                "True)",
             ])
         return "\n".join([
-            f"cols{t} = {v.scratch}[:{R * P}].reshape({R}, {P})",
+            f"cols{t} = {v.scratch}[:{R * (P + 1)}].reshape({R}, {P + 1})",
             f"Wm{t} = {v.p['W']}.reshape({P}, {F})",
             "for i in range(n):",
             f"    im2col({v.x}, i, cols{t}, {self._args()})",
-            f"    gemm(cols{t}, Wm{t}, {v.out}[i].reshape({R}, {F}), {v.p['b']}, 0, True)",
+            f"    gemm(cols{t}[:, :{P}], Wm{t}, {v.out}[i].reshape({R}, {F}), {v.p['b']}, 0, True)",
         ])
 
     def backward(self, v):
-        # dW.T (F, P) += dout_i.T (F, R) @ cols (R, P): P (e.g. 147) is the GEMM's vector dimension, where F (32)
-        # would leave a third of its 3-vector tiles masked off; one transpose at the end
+        # dW.T (F, P + 1) = dout.T (F, R) @ cols (R, P + 1): P + 1 (e.g. 148) is the GEMM's vector dimension,
+        # where F (32) would leave a third of its 3-vector tiles masked off; then one split into dW and db
         R, P, F = self._sizes()
         t = v.tag
         if self.batched():
             lines = [
-                f"cols{t} = {v.kept}.reshape(n * {R}, {P})",
-                f"dWT{t} = {v.scratch}[:{F * P}].reshape({F}, {P})",
+                f"cols{t} = {v.kept}.reshape(n * {R}, {P + 1})",
+                f"dWT{t} = {v.scratch}[:{F * (P + 1)}].reshape({F}, {P + 1})",
                 f"gemm({v.dout}.reshape(n * {R}, {F}).T, cols{t}, dWT{t}, dWT{t}, 0, False)",
-                f"transpose_into(dWT{t}, {v.g['W']}.reshape({P}, {F}))",
-                f"channel_sums({v.dout}, {v.g['b']}, {F})",
+                f"split_weight_grad(dWT{t}, {v.g['W']}.reshape({P}, {F}), {v.g['b']})",
             ]
             if v.need_dx:
                 lines += [
-                    f"transpose_into({v.p['W']}.reshape({P}, {F}), dWT{t})",  # its space takes W.T now
-                    f"gemm({v.dout}.reshape(n * {R}, {F}), dWT{t}, cols{t}, cols{t}, 0, False)",  # dcols
-                    "for i in range(n):",
-                    f"    col2im(cols{t}[i * {R}:(i + 1) * {R}], {v.dx}, i, {self._args()})",
+                    f"WT{t} = {v.scratch}[:{F * P}].reshape({F}, {P})",  # dW.T is stored: its space takes W.T
+                    f"transpose_into({v.p['W']}.reshape({P}, {F}), WT{t})",
+                    f"gemm({v.dout}.reshape(n * {R}, {F}), WT{t}, cols{t}[:, :{P}], cols{t}, 0, False)",  # dcols
+                    f"col2im_batch(cols{t}, {v.dx}, {self._args()})",
                 ]
             return "\n".join(lines)
+        C1 = R * (P + 1)
         lines = [
-            f"cols{t} = {v.scratch}[:{R * P}].reshape({R}, {P})",
+            f"cols{t} = {v.scratch}[:{C1}].reshape({R}, {P + 1})",
             f"Wm{t} = {v.p['W']}.reshape({P}, {F})",
-            f"dWT{t} = {v.scratch}[{R * P}:{R * P + F * P}].reshape({F}, {P})",
+            f"dWT{t} = {v.scratch}[{C1}:{C1 + F * (P + 1)}].reshape({F}, {P + 1})",
             "for i in range(n):",
             f"    im2col({v.x}, i, cols{t}, {self._args()})",
-            f"    gemm({v.dout}[i].reshape({R}, {F}).T, cols{t}, dWT{t}, dWT{t}, {P}, i > 0)",
-            f"transpose_into(dWT{t}, {v.g['W']}.reshape({P}, {F}))",
-            f"channel_sums({v.dout}, {v.g['b']}, {F})",
+            f"    gemm({v.dout}[i].reshape({R}, {F}).T, cols{t}, dWT{t}, dWT{t}, {P + 1}, i > 0)",
+            f"split_weight_grad(dWT{t}, {v.g['W']}.reshape({P}, {F}), {v.g['b']})",
         ]
         if v.need_dx:
             lines += [
-                f"WT{t} = dWT{t}",  # dW.T is stored: its space takes W.T now
+                f"WT{t} = {v.scratch}[{C1}:{C1 + F * P}].reshape({F}, {P})",  # dW.T is stored: its space takes W.T
                 f"transpose_into(Wm{t}, WT{t})",
                 "for i in range(n):",
-                f"    gemm({v.dout}[i].reshape({R}, {F}), WT{t}, cols{t}, cols{t}, 0, False)",
+                f"    gemm({v.dout}[i].reshape({R}, {F}), WT{t}, cols{t}[:, :{P}], cols{t}, 0, False)",
                 f"    col2im(cols{t}, {v.dx}, i, {self._args()})",
             ]
         return "\n".join(lines)
@@ -256,7 +260,7 @@ class _Pool(Layer):
 class _MaxPool(_Pool):
     """Max pooling: the max of each window per channel; the winner's index is kept for the backward pass."""
 
-    kernels = (KP.maxpool_forward, KP.maxpool_backward)
+    kernels = (KP.maxpool_forward, KP.maxpool_backward, KP.maxpool_backward_tiled)
     kinks = True
 
     def ints_per_row(self):
@@ -266,6 +270,9 @@ class _MaxPool(_Pool):
         return f"maxpool_forward({v.x}, {v.out}, {v.ints}, {self._args()})"
 
     def backward(self, v):
+        H, W, C, KH, KW, SH, SW, Ho, Wo = self.geom
+        if (SH, SW) == (KH, KW):  # windows tile the input: one write per input, no zeroing pass or scatter
+            return f"maxpool_backward_tiled({v.dout}, {v.ints}, {v.dx}, {self._args()})"
         return f"maxpool_backward({v.dout}, {v.ints}, {v.dx})"
 
     def winners(self, x, out, ints):

@@ -1,13 +1,19 @@
-"""Convolution kernels: im2col / col2im of one image, channels last, for conv2d and conv1d (H = 1).
+"""Convolution kernels: im2col / col2im, channels last, for conv2d and conv1d (H = 1), and the split of the
+weight-gradient product into dW and db.
 
 Activations of a layered model are rows of (N, H*W*C) buffers with the channel index fastest (the layout of the
 project's datasets: (H, W) or (H, W, 3) images). A patch row of im2col is (KH, KW, C) in that order, so the
 convolution of one image is cols (Ho*Wo, KH*KW*C) @ W (KH*KW*C, F) = out (Ho*Wo, F): exactly the image's output
-row, with no transposes. The products are framework.kernels.dense.gemm, called from the generated step
-(framework.layers.step), never from here (the Numba cache rule of framework/kernels.py).
+row, with no transposes. A column matrix may be one column wider than the patch: im2col sets that column to 1, so
+the weight-gradient product dout.T @ cols also yields the bias gradient (the sums of dout per channel, in row
+order) in its last column, for free inside the GEMM's vector padding. The products are
+framework.kernels.dense.gemm, called from the generated step (framework.layers.step), never from here (the Numba
+cache rule of framework/kernels/dense.py).
 
 Every kernel checks the sizes it is given against the arrays and does nothing when they disagree, so no input
-(NaN and inf included: they only flow through the copies) makes it read or write out of bounds.
+(NaN and inf included: they only flow through the copies) makes it read or write out of bounds. Copies and sums
+run over 1-D views indexed from 0, the form LLVM vectorizes (an index it cannot prove non-negative keeps Numba's
+wraparound check in the loop, which blocks that).
 """
 from __future__ import annotations
 
@@ -25,83 +31,119 @@ def conv_out_size(size, kernel, stride, pad):
 
 
 @jit
-def _fits(x, i, cols, H, W, C, KH, KW, SH, SW, PH, PW, Ho, Wo):
-    """The sizes agree with the arrays: image i exists, its row holds H*W*C values, cols is (>= Ho*Wo, >= KH*KW*C)."""
-    return (0 <= i < x.shape[0] and x.shape[1] >= H * W * C and cols.shape[0] >= Ho * Wo
+def _fits(x, i0, i1, cols, H, W, C, KH, KW, SH, SW, PH, PW, Ho, Wo):
+    """The sizes agree with the arrays: images i0..i1-1 exist, each row of x holds H*W*C values, cols is
+    (>= (i1 - i0)*Ho*Wo, >= KH*KW*C)."""
+    return (0 <= i0 <= i1 <= x.shape[0] and x.shape[1] >= H * W * C and cols.shape[0] >= (i1 - i0) * Ho * Wo
             and cols.shape[1] >= KH * KW * C and Ho <= conv_out_size(H, KH, SH, PH)
-            and Wo <= conv_out_size(W, KW, SW, PW) and min(H, W, C, KH, KW, SH, SW) > 0 and min(PH, PW) >= 0)
+            and Wo <= conv_out_size(W, KW, SW, PW) and min(H, W, C, KH, KW, SH, SW) > 0 and min(PH, PW) >= 0
+            and min(Ho, Wo) >= 0)
+
+
+@jit
+def _im2col_range(x, i0, i1, cols, H, W, C, KH, KW, SH, SW, PH, PW, Ho, Wo):
+    """cols rows (i - i0)*Ho*Wo + oh*Wo + ow = the (KH, KW, C) patch of image i (i0 <= i < i1) of x (N, H*W*C)
+    whose corner is at (oh*SH - PH, ow*SW - PW); zeros where the patch leaves the image (zero padding); 1 in the
+    column after the patch when cols is wider. Channels last makes each kernel row of a patch one contiguous run
+    of KW*C inputs, copied as such."""
+    if not _fits(x, i0, i1, cols, H, W, C, KH, KW, SH, SW, PH, PW, Ho, Wo):
+        return
+    run = KW * C
+    patch = KH * run
+    ones = cols.shape[1] > patch
+    for i in range(i0, i1):
+        row = x[i]
+        for oh in range(Ho):
+            for ow in range(Wo):
+                dst = cols[(i - i0) * Ho * Wo + oh * Wo + ow]
+                if ones:
+                    dst[patch] = 1.0
+                w0 = ow * SW - PW
+                lo = max(0, -w0) * C  # first value of a kernel row inside the image
+                hi = max(lo, min(KW, W - w0) * C)  # one past the last
+                for kh in range(KH):
+                    h = oh * SH - PH + kh
+                    d = dst[kh * run:(kh + 1) * run]
+                    if h < 0 or h >= H:
+                        for j in range(run):
+                            d[j] = 0.0
+                        continue
+                    for j in range(lo):
+                        d[j] = 0.0
+                    start = (h * W + w0) * C + lo  # >= 0: lo skips the padding left of the image
+                    s = row[start:start + hi - lo]
+                    dd = d[lo:hi]
+                    for j in range(hi - lo):
+                        dd[j] = s[j]
+                    for j in range(hi, run):
+                        d[j] = 0.0
 
 
 @jit
 def im2col(x, i, cols, H, W, C, KH, KW, SH, SW, PH, PW, Ho, Wo):
-    """cols (Ho*Wo, KH*KW*C): row oh*Wo + ow is the (KH, KW, C) patch of image i of x (N, H*W*C) whose corner is
-    at (oh*SH - PH, ow*SW - PW); zeros where the patch leaves the image (zero padding). Channels last makes each
-    kernel row of a patch one contiguous run of KW*C inputs, copied as such."""
-    if not _fits(x, i, cols, H, W, C, KH, KW, SH, SW, PH, PW, Ho, Wo):
+    """cols (Ho*Wo, KH*KW*C [+ 1]): the patches of image i of x (N, H*W*C) (see _im2col_range)."""
+    _im2col_range(x, i, i + 1, cols, H, W, C, KH, KW, SH, SW, PH, PW, Ho, Wo)
+
+
+@jit
+def im2col_batch(x, cols, H, W, C, KH, KW, SH, SW, PH, PW, Ho, Wo):
+    """cols (N*Ho*Wo, KH*KW*C [+ 1]): the patches of every image of x (N, H*W*C), image after image, in one call
+    (a call per image costs more than the copy of a small image's patches)."""
+    _im2col_range(x, 0, x.shape[0], cols, H, W, C, KH, KW, SH, SW, PH, PW, Ho, Wo)
+
+
+@jit
+def _col2im_range(dcols, dx, i0, i1, H, W, C, KH, KW, SH, SW, PH, PW, Ho, Wo):
+    """The adjoint of _im2col_range: dx[i] (H*W*C,) = sum of the patch gradients of image i in dcols at their
+    places (padding positions and a column after the patch dropped), for i0 <= i < i1; overwrites those rows.
+    Each input sums its patches in (oh, ow, kh) order, one contribution per patch."""
+    if not _fits(dx, i0, i1, dcols, H, W, C, KH, KW, SH, SW, PH, PW, Ho, Wo):
         return
-    row = x[i]
-    flat = cols.ravel()
-    width = cols.shape[1]
     run = KW * C
-    for oh in range(Ho):
-        for ow in range(Wo):
-            w0 = ow * SW - PW
-            lo = max(0, -w0)  # first kw inside the image
-            hi = max(lo, min(KW, W - w0))  # one past the last
-            base0 = (oh * Wo + ow) * width
-            for kh in range(KH):
-                h = oh * SH - PH + kh
-                base = base0 + kh * run
-                if h < 0 or h >= H:
-                    for j in range(run):
-                        flat[base + j] = 0.0
-                    continue
-                # plain loops: a slice assignment per run of KW*C values costs more than the copy itself
-                for j in range(lo * C):
-                    flat[base + j] = 0.0
-                src = (h * W + w0) * C
-                for j in range(lo * C, hi * C):
-                    flat[base + j] = row[src + j]
-                for j in range(hi * C, run):
-                    flat[base + j] = 0.0
+    for i in range(i0, i1):
+        row = dx[i]
+        for j in range(H * W * C):
+            row[j] = 0.0
+        for oh in range(Ho):
+            for ow in range(Wo):
+                src = dcols[(i - i0) * Ho * Wo + oh * Wo + ow]
+                w0 = ow * SW - PW
+                lo = max(0, -w0) * C
+                hi = max(lo, min(KW, W - w0) * C)
+                for kh in range(KH):
+                    h = oh * SH - PH + kh
+                    if h < 0 or h >= H:
+                        continue
+                    start = (h * W + w0) * C + lo
+                    d = row[start:start + hi - lo]
+                    s = src[kh * run + lo:kh * run + hi]
+                    for j in range(hi - lo):
+                        d[j] += s[j]
 
 
 @jit
 def col2im(dcols, dx, i, H, W, C, KH, KW, SH, SW, PH, PW, Ho, Wo):
-    """The adjoint of im2col: dx[i] (H*W*C,) = sum of the patch gradients dcols (Ho*Wo, KH*KW*C) at their
-    places (padding positions dropped). Overwrites row i of dx (N, H*W*C)."""
-    if not _fits(dx, i, dcols, H, W, C, KH, KW, SH, SW, PH, PW, Ho, Wo):
-        return
-    row = dx[i]
-    for j in range(H * W * C):
-        row[j] = 0.0
-    for oh in range(Ho):
-        for ow in range(Wo):
-            r = oh * Wo + ow
-            for kh in range(KH):
-                h = oh * SH - PH + kh
-                if h < 0 or h >= H:
-                    continue
-                for kw in range(KW):
-                    w = ow * SW - PW + kw
-                    if w < 0 or w >= W:
-                        continue
-                    base = (kh * KW + kw) * C
-                    dst = (h * W + w) * C
-                    for c in range(C):
-                        row[dst + c] += dcols[r, base + c]
+    """The adjoint of im2col: dx[i] (H*W*C,) from the patch gradients dcols (Ho*Wo, KH*KW*C [+ 1]) of image i.
+    Overwrites row i of dx (N, H*W*C)."""
+    _col2im_range(dcols, dx, i, i + 1, H, W, C, KH, KW, SH, SW, PH, PW, Ho, Wo)
 
 
 @jit
-def channel_sums(dout, db, C):
-    """db (C,) = sums of dout (N, R*C) over the N rows and R positions (the bias gradient of a convolution),
-    in row order. Does nothing unless db holds C values and the rows a whole number of positions."""
-    n, width = dout.shape
-    if db.shape[0] != C or C <= 0 or width % C != 0:
+def col2im_batch(dcols, dx, H, W, C, KH, KW, SH, SW, PH, PW, Ho, Wo):
+    """The adjoint of im2col_batch: every row of dx (N, H*W*C) from dcols (N*Ho*Wo, KH*KW*C [+ 1])."""
+    _col2im_range(dcols, dx, 0, dx.shape[0], H, W, C, KH, KW, SH, SW, PH, PW, Ho, Wo)
+
+
+@jit
+def split_weight_grad(dWT, dW, db):
+    """dW (P, F) = dWT[:, :P].T and db (F,) = dWT[:, P] from the product dWT (F, P + 1) = dout.T @ cols of columns
+    with the ones column (see the module docstring). Does nothing unless the shapes agree."""
+    F, width = dWT.shape
+    P = width - 1
+    if P < 0 or dW.shape[0] != P or dW.shape[1] != F or db.shape[0] != F:
         return
-    for c in range(C):
-        db[c] = 0.0
-    for i in range(n):
-        for j in range(0, width, C):
-            for c in range(C):
-                db[c] += dout[i, j + c]
+    for f in range(F):
+        r = dWT[f]
+        for p in range(P):
+            dW[p, f] = r[p]
+        db[f] = r[P]

@@ -23,29 +23,33 @@ def _pool_fits(x, out, H, W, C, KH, KW, SH, SW, Ho, Wo):
 @jit
 def maxpool_forward(x, out, arg, H, W, C, KH, KW, SH, SW, Ho, Wo):
     """out (N, Ho*Wo*C) = max of each KH x KW window of x (N, H*W*C) per channel; arg (N, Ho*Wo*C) int64 gets the
-    index in the row of x of each window's first maximum."""
+    index in the row of x of each window's first maximum. The channel loops run over 1-D views without branches
+    (selects), which LLVM vectorizes across the C channels of a position."""
     if not _pool_fits(x, out, H, W, C, KH, KW, SH, SW, Ho, Wo) or arg.shape[0] < out.shape[0] \
             or arg.shape[1] < Ho * Wo * C:
         return
     for i in range(out.shape[0]):
+        xi, oi, ai = x[i], out[i], arg[i]
         for oh in range(Ho):
             for ow in range(Wo):
                 o = (oh * Wo + ow) * C
+                ov, av = oi[o:o + C], ai[o:o + C]
                 first = (oh * SH * W + ow * SW) * C
+                s = xi[first:first + C]
                 for c in range(C):
-                    out[i, o + c] = x[i, first + c]
-                    arg[i, o + c] = first + c
+                    ov[c] = s[c]
+                    av[c] = first + c
                 for kh in range(KH):
                     for kw in range(KW):
                         if kh == 0 and kw == 0:
                             continue
                         j = ((oh * SH + kh) * W + ow * SW + kw) * C
+                        s = xi[j:j + C]
                         for c in range(C):
-                            v = x[i, j + c]
-                            best = out[i, o + c]
-                            if v > best or (v != v and best == best):
-                                out[i, o + c] = v
-                                arg[i, o + c] = j + c
+                            v, best = s[c], ov[c]
+                            take = (v > best) | ((v != v) & (best == best))  # NaN wins, as in np.maximum
+                            ov[c] = v if take else best
+                            av[c] = j + c if take else av[c]
 
 
 @jit
@@ -55,13 +59,51 @@ def maxpool_backward(dout, arg, dx):
     m = min(dout.shape[1], arg.shape[1])
     width = dx.shape[1]
     for i in range(dx.shape[0]):
+        row = dx[i]
         for j in range(width):
-            dx[i, j] = 0.0
+            row[j] = 0.0
     for i in range(n):
+        row, d, a = dx[i], dout[i], arg[i]
         for j in range(m):
-            k = arg[i, j]
+            k = a[j]
             if 0 <= k < width:
-                dx[i, k] += dout[i, j]
+                row[k] += d[j]
+
+
+@jit
+def maxpool_backward_tiled(dout, arg, dx, H, W, C, KH, KW, SH, SW, Ho, Wo):
+    """maxpool_backward for windows that tile the input (SH = KH, SW = KW, the default stride): every input is
+    written once, 0 + dout where it won its window, else 0 (the same values as zeroing then adding), with no
+    zeroing pass and no scatter; inputs right of or below the last window get 0. Does nothing unless the sizes
+    agree with the arrays; a winner recorded outside its window is dropped."""
+    if not _pool_fits(dx, dout, H, W, C, KH, KW, SH, SW, Ho, Wo) or SH != KH or SW != KW \
+            or arg.shape[0] < dout.shape[0] or arg.shape[1] < Ho * Wo * C:
+        return
+    n = dout.shape[0]
+    for i in range(dx.shape[0]):
+        row = dx[i]
+        if i >= n:
+            for j in range(row.shape[0]):
+                row[j] = 0.0
+            continue
+        d, a = dout[i], arg[i]
+        for oh in range(Ho):
+            for ow in range(Wo):
+                o = (oh * Wo + ow) * C
+                dv, av = d[o:o + C], a[o:o + C]
+                for kh in range(KH):
+                    for kw in range(KW):
+                        j = ((oh * SH + kh) * W + ow * SW + kw) * C
+                        xv = row[j:j + C]
+                        for c in range(C):
+                            xv[c] = (0.0 + dv[c]) if av[c] == j + c else 0.0
+            for kh in range(KH):  # right of the last window
+                right = row[((oh * SH + kh) * W + Wo * SW) * C:(oh * SH + kh + 1) * W * C]
+                for j in range(right.shape[0]):
+                    right[j] = 0.0
+        below = row[Ho * SH * W * C:]  # below the last window, and any width past H*W*C
+        for j in range(below.shape[0]):
+            below[j] = 0.0
 
 
 @jit
