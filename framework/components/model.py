@@ -73,11 +73,11 @@ class Model:
 
     # --- derived ---
     def predict_proba(self, theta, X) -> np.ndarray:
-        """Softmax of the scores (N, C), float64."""
-        s = np.asarray(self.scores(theta, X), dtype=np.float64)
-        s = s - s.max(axis=1, keepdims=True)
-        e = np.exp(s)
-        return e / e.sum(axis=1, keepdims=True)
+        """The loss's probabilities of the scores (N, C), float64 (softmax for the built-in losses)."""
+        from framework.components.losses import LOSSES, softmax_probabilities
+
+        entry = LOSSES.get(self.loss_kind)
+        return (entry.probabilities if entry else softmax_probabilities)(self.scores(theta, X))
 
     def predict(self, theta, X) -> np.ndarray:
         return np.argmax(self.scores(theta, X), axis=1)

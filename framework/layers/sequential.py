@@ -9,11 +9,12 @@ import numpy as np
 from framework.core.errors import ConfigError
 from framework.engine.fused import GRAD, IDX, THETA, X, Y, FusedCall
 from framework.core.layout import Layout
+from framework.components.losses import LOSSES
 from framework.components.model import Model
 from framework.core.params import param
 from framework.core.registry import MODELS
 from .spec import infer_input_shape, infer_shapes, internal_shape, parse_layers
-from .step import LOSS_KERNELS, StepPlan, step_module
+from .step import StepPlan, step_module
 
 EVAL_CHUNK = 1024  # at most this many rows per eval forward pass...
 EVAL_FLOATS = 1 << 23  # ...and at most about this many scratch values (64 MB in float64; a 3x32x32 convnet row
@@ -34,7 +35,7 @@ class SequentialConfig:
                           {"type": "affine"}], LAYERS_HELP)
     input_shape: list[int] = param([], SHAPE_HELP, range="[1, inf)")
     loss: str = param("softmax", "softmax cross-entropy or Weston-Watkins multiclass SVM (margin 1)",
-                      choices=tuple(LOSS_KERNELS))
+                      choices=tuple(LOSSES))
 
 
 @dataclass
@@ -183,10 +184,9 @@ class Sequential(Model):
                 out = self.plan.activation(self._work, n, i + 1)
                 parts.append(np.asarray(layer.winners(x, out, self.plan.ints(self._iwork, n, i))).ravel()
                              .astype(np.int64))
-        if self.loss_kind == "svm":
+        if LOSSES[self.loss_kind].kinks:
             scores = self.plan.activation(self._work, n, len(self.layers))
-            correct = scores[np.arange(n), np.asarray(y)][:, None]
-            parts.append((scores - correct + 1.0 > 0).ravel().astype(np.int64))
+            parts.append(LOSSES[self.loss_kind].winners(scores, y).astype(np.int64))
         return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
 
     def activations(self, theta, X):
