@@ -170,3 +170,25 @@ def test_presets_are_layered_models_with_the_mlp_monitoring_names():
     np.testing.assert_allclose(acts["layer1"], np.tanh(X @ W1 + b1), rtol=1e-12)
     assert model.activation_units() == {"layer1": ("tanh", 0), "layer2": ("tanh", 0)}
     assert model.first_filters(theta) is None  # the first_layer image, as for any MLP
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+def test_a_diverged_mlp_step_reads_as_not_finite(value):
+    """NaN/inf weights or inputs (a diverged run) give a non-finite loss, never a crash or a finite number."""
+    model = build(hidden_sizes=[5], activation="leaky_relu", keep_prob=0.5)
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((9, 6)), rng.integers(0, 3, 9)
+    theta = model.init_params(rng)
+    theta[3] = value
+    grad = np.empty_like(theta)
+    noise = model.sample_noise(rng, 9)
+    assert not np.isfinite(model.loss_grad(theta, grad, X, y, None, noise))
+    X[2, 1] = value
+    assert not np.isfinite(model.loss_grad(model.init_params(rng), grad, X, y))
+
+
+def test_distillation_is_part_of_the_model_interface():
+    from framework.components.model import Model
+
+    assert build().can_distill() and build("svm").can_distill()
+    assert not Model(None).can_distill()
