@@ -14,6 +14,7 @@ from framework.components.losses import LOSSES
 from framework.components.model import Model
 from framework.core.params import param
 from framework.core.registry import MODELS
+from .builtin import Affine
 from .spec import infer_input_shape, infer_shapes, internal_shape, parse_layers
 from .step import StepPlan, step_module
 
@@ -92,9 +93,10 @@ class Sequential(Model):
         self.layout = Layout(blocks)
         self.plan = StepPlan(self.layers, self.layout, prefixes, self.loss_kind)
         # [D, H1, ..., C] of a list of affine layers between elementwise ones: its GEMMs are the ones
-        # gemm_choice measures for an MLP (threads.uses_blas); None for any other list
-        widths = [layer.out_size for layer in self.layers if layer.name == "affine"]
-        self.sizes = np.array([self.layers[0].in_size, *widths], dtype=np.int64) if self.plan.threadable else None
+        # gemm_choice measures for an MLP (threads.uses_blas); None for any other list (no wide step)
+        mlp_like = self.plan.threadable and all(isinstance(layer, Affine) for layer in self.layers if layer.blocks())
+        widths = [layer.out_size for layer in self.layers if isinstance(layer, Affine)]
+        self.sizes = np.array([self.layers[0].in_size, *widths], dtype=np.int64) if mlp_like else None
         self._module = None
         self._capacity = 0
         self._empty = np.empty(0, dtype=self.dtype)
