@@ -329,16 +329,17 @@ class Flatten(Layer):
 class ReLU(Layer):
     """out = max(0, x) elementwise; kink at 0 (the sign of x is the winners record)."""
 
-    kernels = (KE.relu_forward, KE.relu_backward)
+    kernels = (KE.relu_inplace, KE.relu_backward_inplace)
     threadable = True
+    inplace = True
     kind = "relu"
     kinks = True
 
     def forward(self, v):
-        return f"relu_forward({v.x}, {v.out})"
+        return f"relu_inplace({v.out})"
 
     def backward(self, v):
-        return f"relu_backward({v.dout}, {v.x}, {v.dx})"
+        return f"relu_backward_inplace({v.dout}, {v.out})"
 
     def winners(self, x, out, ints):
         return (x > 0).ravel()
@@ -353,16 +354,17 @@ class LeakyReLUConfig:
 class LeakyReLU(Layer):
     """out = x for x > 0, slope * x otherwise; kink at 0."""
 
-    kernels = (KE.leaky_relu_forward, KE.leaky_relu_backward)
+    kernels = (KE.leaky_relu_inplace, KE.leaky_relu_backward_inplace)
     threadable = True
+    inplace = True
     kind = "leaky_relu"
     kinks = True
 
     def forward(self, v):
-        return f"leaky_relu_forward({v.x}, {v.out}, {float(self.cfg.slope)!r})"
+        return f"leaky_relu_inplace({v.out}, {float(self.cfg.slope)!r})"
 
     def backward(self, v):
-        return f"leaky_relu_backward({v.dout}, {v.x}, {v.dx}, {float(self.cfg.slope)!r})"
+        return f"leaky_relu_backward_inplace({v.dout}, {v.out}, {float(self.cfg.slope)!r})"
 
     def winners(self, x, out, ints):
         return (x > 0).ravel()
@@ -372,15 +374,16 @@ class LeakyReLU(Layer):
 class Tanh(Layer):
     """out = tanh(x) elementwise (smooth: no kinks)."""
 
-    kernels = (KE.tanh_forward, KE.tanh_backward)
+    kernels = (KE.tanh_inplace, KE.tanh_backward_inplace)
     threadable = True
+    inplace = True
     kind = "tanh"
 
     def forward(self, v):
-        return f"tanh_forward({v.x}, {v.out})"
+        return f"tanh_inplace({v.out})"
 
     def backward(self, v):
-        return f"tanh_backward({v.dout}, {v.out}, {v.dx})"
+        return f"tanh_backward_inplace({v.dout}, {v.out})"
 
 
 @dataclass

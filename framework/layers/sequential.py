@@ -116,6 +116,7 @@ class Sequential(Model):
         self._work = np.empty(self.plan.work_size(n), dtype=self.dtype)
         self._iwork = np.zeros(self.plan.int_size(n), dtype=np.int64)
         self._ybatch = np.empty(n, dtype=np.int64)
+        self._uniform = np.empty(n * self.plan.row_noise, dtype=self.dtype)  # dropout draws (sample_noise)
         self._capacity = n
 
     def init_params(self, rng, small=False):
@@ -129,7 +130,8 @@ class Sequential(Model):
     def sample_noise(self, rng, n):
         if not self._dropout:
             return None
-        u = np.empty(n * self.plan.row_noise, dtype=self.dtype)
+        self._reserve(n)
+        u = self._uniform[:n * self.plan.row_noise]  # reused: the hot loop allocates nothing
         rng.random(out=u, dtype=self.dtype.type)
         for i, layer in enumerate(self.layers):
             k = layer.noise_per_row()

@@ -91,6 +91,9 @@ class Layer:
 
     kernels: tuple = ()  # @njit(cache=True) functions the emitted source calls by their __name__
     alias = False  # output is the input buffer itself (flatten): no kernels, no copy
+    # output overwrites the input buffer, and dx the dout buffer (activations: forward a = f(a), backward from
+    # the output); the layer's lines then see x == out and dx == dout
+    inplace = False
     kind = None  # "relu" | "leaky_relu" | "tanh" for activation layers (monitoring, dead units)
     kinks = False  # forward takes a max somewhere (winners() records its outcome)
     # its lines may run from Python in the wide step (a few kernel calls on whole buffers, no per-row loops):

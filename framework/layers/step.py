@@ -59,11 +59,11 @@ class StepPlan:
         # activation buffer of each depth (a flatten shares its input's), and the gradient ones
         act = [0]
         for i, layer in enumerate(layers):
-            act.append(act[-1] if layer.alias else i + 1)
+            act.append(act[-1] if layer.alias or layer.inplace else i + 1)
         grad = [None] * (L + 1)
         grad[L] = L
         for i in range(L - 1, -1, -1):
-            grad[i] = grad[i + 1] if layers[i].alias else i
+            grad[i] = grad[i + 1] if layers[i].alias or layers[i].inplace else i
         # backward of layer i is needed when something before it has parameters
         has_params = [bool(layer.blocks()) for layer in layers]
         self.need_dx = [any(has_params[:i]) for i in range(L)]
