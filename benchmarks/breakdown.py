@@ -118,7 +118,7 @@ def profile_step(run, number: int) -> dict:
     # dispatch: a no-op jitted call with the argument count of each kernel the step calls (the optimizer's from
     # its public fused_update description; None when it has no single kernel)
     update = probe_opt.fused_update(probe_state, lr, mom)
-    kernels = [K.mlp_loss_grad, K.l2_penalty_grad if run.regularizer.active else None,
+    kernels = [model.module.loss_grad, K.l2_penalty_grad if run.regularizer.active else None,
                update.kernel if update is not None else None, K.ema_update if run.ema is not None else None]
     calls = [arity(k) for k in kernels if k is not None]
     out["dispatch"] = sum(best_call_time(lambda k=k: noop_kernel(k)(*([theta] * k)), number * 10) for k in calls)

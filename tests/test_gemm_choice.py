@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-import plugins.models as models_module
+from framework.layers import sequential as sequential_module
 from framework.kernels import gemm_choice as G
 from framework.kernels import dense as K
 from framework.engine import threads
@@ -159,7 +159,7 @@ def test_each_forced_path_matches_numpy_and_ignores_the_thread_count(fresh, monk
 
 
 def fit(tmp_path, parts, *overrides, monkeypatch):
-    monkeypatch.setattr(models_module, "WIDE_MIN_WORK", 0)
+    monkeypatch.setattr(sequential_module, "WIDE_MIN_WORK", 0)
     monkeypatch.setattr(threads, "PARALLEL_MIN_WORK", 0)
     monkeypatch.setattr(threads, "threads", lambda: parts)
     run = Run(compose_config(*FAST, "epochs=2", "model.hidden_sizes=[40,24]", *overrides), tmp_path / str(parts))

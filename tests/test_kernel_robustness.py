@@ -74,19 +74,7 @@ class Buffers:
 
 
 N, D, H, C = 5, 6, 7, 3
-SIZES = [D, H, C]
 P = D * H + H + H * C + C
-
-
-def _mlp_inputs(b, dropout):
-    theta = b.floats((P,), -0.5, 0.5)
-    X = b.floats((9, D))
-    y = b.ints(np.arange(9) % C)
-    idx = b.ints([8, 0, 3, 3, 5])
-    sizes = b.ints(SIZES)
-    masks = b.floats((N * H,), 0.0, 2.0) if dropout else b.out((0,))
-    work = b.out((K.mlp_work_size(N, SIZES, dropout),))
-    return theta, X, y, idx, sizes, masks, work
 
 
 # One case per kernel: name -> function(buffers) returning (the call's result, the expected result shape or None
@@ -131,26 +119,6 @@ def case_affine_backward(b):
     return K.affine_backward(*args, True, b.out((D * H,))), None
 
 
-def case_activation_inplace(b):
-    for kind in (K.ACT_RELU, K.ACT_LEAKY_RELU, K.ACT_TANH):
-        K.activation_inplace(b.floats((N, H)), kind, b.scalar(0.01))
-    return None, None
-
-
-def case_activation_grad_inplace(b):
-    for kind in (K.ACT_RELU, K.ACT_LEAKY_RELU, K.ACT_TANH):
-        K.activation_grad_inplace(b.floats((N, H)), b.floats((N, H)), kind, b.scalar(0.01))
-    return None, None
-
-
-def case_dropout_mask(b):
-    return K.dropout_mask(b.floats((N, H), 0.0, 1.0), b.scalar(0.5)), None
-
-
-def case_dropout_forward(b):
-    return K.dropout_forward(b.floats((N, H)), b.floats((N, H)), b.out((N, H))), None
-
-
 def case_exp_nonpositive_f32(b):
     if b.dtype != np.float32:
         pytest.skip("float32 only")
@@ -178,38 +146,6 @@ def case_gather_rows(b):
     return K.gather_rows(b.floats((9, D)), b.ints([8, 0, 3]), b.out((3, D))), None
 
 
-def case_mlp_forward(b):
-    theta, X, _, idx, sizes, masks, work = _mlp_inputs(b, True)
-    return K.mlp_forward(theta, X, idx, sizes, K.ACT_RELU, b.scalar(0.01), masks, work), (N, C)
-
-
-def case_mlp_dscores(b):
-    return K.mlp_dscores(b.out((K.mlp_work_size(N, SIZES, True),)), N, b.ints(SIZES), True), (N, C)
-
-
-def case_mlp_backward(b):
-    theta, X, _, idx, sizes, masks, work = _mlp_inputs(b, True)
-    K.mlp_forward(theta, X, idx, sizes, K.ACT_TANH, 0.01, masks, work)
-    dscores = K.mlp_dscores(work, N, sizes, True)
-    dscores[...] = b.floats((N, C))
-    return K.mlp_backward(theta, b.out((P,)), sizes, K.ACT_TANH, b.scalar(0.01), masks, work, N), None
-
-
-def case_mlp_loss_grad(b):
-    theta, X, y, idx, sizes, masks, work = _mlp_inputs(b, True)
-    for loss_kind in (K.LOSS_SOFTMAX, K.LOSS_SVM):
-        K.mlp_loss_grad(theta, b.out((P,)), X, y, idx, sizes, K.ACT_LEAKY_RELU, b.scalar(0.01), loss_kind, masks,
-                        work, b.ints(np.zeros(N)))
-    theta, X, y, idx, sizes, masks, work = _mlp_inputs(b, False)
-    return K.mlp_loss_grad(theta, b.out((P,)), X, y, idx, sizes, K.ACT_RELU, 0.0, K.LOSS_SOFTMAX, masks, work,
-                           b.ints(np.zeros(N))), ()
-
-
-def case_mlp_scores(b):
-    theta, X, _, _, sizes, _, _ = _mlp_inputs(b, False)
-    return K.mlp_scores(theta, X, sizes, K.ACT_RELU, b.scalar(0.0), b.out((9, C)), b.out((9 * H,))), None
-
-
 def case_ema_update(b):
     return K.ema_update(b.floats((P,)), b.floats((P,)), b.scalar(0.99)), None
 
@@ -228,17 +164,9 @@ def case_soft_target_loss(b):
                               b.scalar(2.0), 0.5, b.out((N, C))), ()
 
 
-def case_mlp_distill_loss_grad(b):
-    theta, X, y, idx, sizes, masks, work = _mlp_inputs(b, True)
-    soft = b.floats((9, C), 0.0, 1.0)
-    return K.mlp_distill_loss_grad(theta, b.out((P,)), X, y, soft, idx, sizes, K.ACT_RELU, 0.01, masks, work,
-                                   b.scalar(3.0), 0.5), ()
-
-
 CASES = {name[len("case_"):]: f for name, f in globals().items() if name.startswith("case_")}
 # Helpers with no float input, or reached only through the cases above (raw pointers, inlined strips)
-COVERED_BY = {"_gemm_blocks": "gemm", "_gemm_strip": "gemm", "_forward_size": "mlp_dscores",
-              "_max_width": "mlp_backward"}
+COVERED_BY = {"_gemm_blocks": "gemm", "_gemm_strip": "gemm"}
 
 
 def test_every_kernel_has_a_case():

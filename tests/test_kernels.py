@@ -84,35 +84,6 @@ def test_affine_forward_backward(rng):
     assert rel_err(dx, numerical_grad(f, x)) < 1e-7
 
 
-@pytest.mark.parametrize("kind,ref", [
-    (K.ACT_RELU, lambda z: np.maximum(z, 0)),
-    (K.ACT_LEAKY_RELU, lambda z: np.where(z > 0, z, 0.1 * z)),
-    (K.ACT_TANH, np.tanh),
-])
-def test_activations(rng, kind, ref):
-    z = rng.standard_normal((6, 5))
-    z[np.abs(z) < 0.05] = 0.3  # keep away from the kink at 0 for the numerical check
-    a = z.copy()
-    K.activation_inplace(a, kind, 0.1)
-    np.testing.assert_allclose(a, ref(z), rtol=1e-14)
-    dout = rng.standard_normal(z.shape)
-    dz = dout.copy()
-    K.activation_grad_inplace(dz, a, kind, 0.1)
-    num = numerical_grad(lambda: float(np.sum(ref(z) * dout)), z)
-    assert rel_err(dz, num) < 1e-7
-
-
-def test_dropout_mask_is_inverted_dropout(rng):
-    u = rng.random(200_000)
-    K.dropout_mask(u, 0.8)
-    assert set(np.unique(u)) == {0.0, 1.25}
-    assert abs(np.mean(u > 0) - 0.8) < 0.005
-    assert abs(u.mean() - 1.0) < 0.01  # expectation preserved: no rescale needed at test time
-    a, out = rng.standard_normal(u.size), np.empty(u.size)
-    K.dropout_forward(a, u, out)
-    np.testing.assert_array_equal(out, a * u)
-
-
 def softmax_ref(s, y):
     p = np.exp(s - s.max(axis=1, keepdims=True))
     p /= p.sum(axis=1, keepdims=True)
@@ -156,85 +127,6 @@ def test_l2_penalty_grad(rng):
     pen = K.l2_penalty_grad(theta, mask, 0.3, grad)
     assert pen == pytest.approx(0.5 * 0.3 * np.sum(mask * theta ** 2), rel=1e-14)
     np.testing.assert_allclose(grad, 1 + 0.3 * mask * theta, rtol=1e-14)
-
-
-def mlp_ref(theta, X, y, sizes, act, masks, loss):
-    """Plain NumPy MLP in the CS231n style: forward with caches, then backward."""
-    f = {"relu": (lambda z: np.maximum(z, 0), lambda a: (a > 0) * 1.0),
-         "tanh": (np.tanh, lambda a: 1 - a ** 2)}[act]
-    params, p = [], 0
-    for i in range(len(sizes) - 1):
-        W = theta[p:p + sizes[i] * sizes[i + 1]].reshape(sizes[i], sizes[i + 1])
-        p += W.size
-        b = theta[p:p + sizes[i + 1]]
-        p += b.size
-        params.append((W, b))
-    hs, acts = [X], []
-    for i, (W, b) in enumerate(params[:-1]):
-        a = f[0](hs[-1] @ W + b)
-        acts.append(a)
-        hs.append(a * masks[i] if masks else a)
-    scores = hs[-1] @ params[-1][0] + params[-1][1]
-    value, d = (softmax_ref if loss == "softmax" else svm_ref)(scores, y)
-    grads = []
-    for i in range(len(params) - 1, -1, -1):
-        W, b = params[i]
-        grads.append((hs[i].T @ d, d.sum(axis=0)))
-        if i > 0:
-            dh = d @ W.T
-            if masks:
-                dh = dh * masks[i - 1]
-            d = dh * f[1](acts[i - 1])
-    flat = np.concatenate([np.concatenate([dW.ravel(), db]) for dW, db in reversed(grads)])
-    return value, flat
-
-
-@pytest.mark.parametrize("act", ["relu", "tanh"])
-@pytest.mark.parametrize("loss", ["softmax", "svm"])
-@pytest.mark.parametrize("dropout", [False, True])
-def test_mlp_loss_grad_matches_numpy_reference(rng, act, loss, dropout):
-    sizes = np.array([6, 5, 4, 3], dtype=np.int64)
-    P = sum(int(sizes[i] * sizes[i + 1] + sizes[i + 1]) for i in range(3))
-    theta = rng.standard_normal(P) * 0.5
-    X, y = rng.standard_normal((20, 6)), rng.integers(0, 3, 20)
-    idx = rng.permutation(20)[:8].astype(np.int64)
-    masks = []
-    if dropout:
-        masks = [(rng.random((8, h)) < 0.7) / 0.7 for h in (5, 4)]
-    flat_masks = np.concatenate([m.ravel() for m in masks]) if masks else np.empty(0)
-    work = np.empty(K.mlp_work_size(8, list(sizes), dropout))
-    grad = np.empty(P)
-    act_code = {"relu": K.ACT_RELU, "tanh": K.ACT_TANH}[act]
-    loss_code = {"softmax": K.LOSS_SOFTMAX, "svm": K.LOSS_SVM}[loss]
-    value = K.mlp_loss_grad(theta, grad, X, y, idx, sizes, act_code, 0.01, loss_code, flat_masks, work,
-                            np.empty(8, dtype=np.int64))
-    ref_value, ref_grad = mlp_ref(theta, X[idx], y[idx], list(sizes), act, masks, loss)
-    assert abs(value - ref_value) <= 1e-12 * abs(ref_value)
-    np.testing.assert_allclose(grad, ref_grad, rtol=1e-10, atol=1e-14)
-
-    def f():
-        return K.mlp_loss_grad(theta, np.empty(P), X, y, idx, sizes, act_code, 0.01, loss_code, flat_masks,
-                               work, np.empty(8, dtype=np.int64))
-
-    num = numerical_grad(f, theta)
-    # ReLU and hinge kinks can be crossed by the step; compare on the coordinates far from any kink
-    close = np.abs(grad - num) <= 1e-6 * np.maximum(1.0, np.abs(num))
-    assert close.mean() > 0.97
-
-
-def test_mlp_scores_and_float32(rng):
-    sizes = np.array([4, 8, 3], dtype=np.int64)
-    P = 4 * 8 + 8 + 8 * 3 + 3
-    theta, X = rng.standard_normal(P), rng.standard_normal((10, 4))
-    out = np.empty((10, 3))
-    K.mlp_scores(theta, X, sizes, K.ACT_RELU, 0.01, out, np.empty(10 * 8))
-    W1, b1 = theta[:32].reshape(4, 8), theta[32:40]
-    W2, b2 = theta[40:64].reshape(8, 3), theta[64:]
-    np.testing.assert_allclose(out, np.maximum(X @ W1 + b1, 0) @ W2 + b2, rtol=1e-13)
-    out32 = np.empty((10, 3), dtype=np.float32)
-    K.mlp_scores(theta.astype(np.float32), X.astype(np.float32), sizes, K.ACT_RELU, 0.01, out32,
-                 np.empty(80, dtype=np.float32))
-    np.testing.assert_allclose(out32, out, rtol=1e-4, atol=1e-4)
 
 
 def test_ema_and_norm_kernels(rng):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import framework
-import plugins.models as models_module
+from framework.layers import sequential as sequential_module
 from framework.kernels import dense as K
 from framework.engine import threads
 from framework.engine.run import Run
@@ -16,7 +16,7 @@ def fit(tmp_path, parts, *overrides, monkeypatch):
     """Train with every product split over `parts` threads (thresholds lowered so the small digits MLP
     qualifies), on the own GEMM (the one threads split; gemm_choice's tests cover BLAS)."""
     monkeypatch.setenv("FRAMEWORK_GEMM", "own")
-    monkeypatch.setattr(models_module, "WIDE_MIN_WORK", 0)
+    monkeypatch.setattr(sequential_module, "WIDE_MIN_WORK", 0)
     monkeypatch.setattr(threads, "PARALLEL_MIN_WORK", 0)
     monkeypatch.setattr(threads, "threads", lambda: parts)
     cfg = compose_config(*FAST, "epochs=2", "model.hidden_sizes=[40,24]", *overrides)
@@ -83,7 +83,7 @@ def test_small_models_and_dropout_keep_the_fused_path(tmp_path):
 def test_kink_detection_reads_the_threaded_forward_pass(tmp_path, monkeypatch):
     """winners() reads the activations loss_grad left in the model's scratch: the threaded path must leave them
     where the fused kernel does."""
-    monkeypatch.setattr(models_module, "WIDE_MIN_WORK", 0)
+    monkeypatch.setattr(sequential_module, "WIDE_MIN_WORK", 0)
     monkeypatch.setattr(threads, "PARALLEL_MIN_WORK", 0)
     run = Run(compose_config(*FAST, "epochs=1", "model.hidden_sizes=[40,24]"), tmp_path)
     X, y = run.data.X_train[:32], run.data.y_train[:32]

@@ -35,6 +35,7 @@ import time
 
 import numpy as np
 
+from framework.components.losses import LOSSES
 from framework.checks.gradcheck_report import (Attempt, BlockResult, CoordResult, GradCheckOptions, GradCheckReport,
                                                PartResult, ROUNDOFF_ULPS, make_options, relative_error)
 
@@ -84,8 +85,9 @@ def has_penalty(regularizer) -> bool:
 
 def declares_kinks(model) -> bool:
     """Whether the model says its objective has max/hinge kinks (ReLU-family activation or SVM loss)."""
+    kind = getattr(model, "loss_kind", None)
     return getattr(model, "activation_kind", None) in ("relu", "leaky_relu") or \
-        getattr(model, "loss_kind", None) == "svm"
+        (isinstance(kind, str) and kind in LOSSES and LOSSES[kind].kinks)
 
 
 def sample_coordinates(layout, per_block: int, rng) -> dict[str, np.ndarray]:

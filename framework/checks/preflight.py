@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from framework.components.losses import LOSSES
 from framework.core.errors import CheckFailed, FrameworkError
 from framework.checks.gradcheck import check_gradients, has_penalty, run_steps, with_strength
 from framework.checks.gradcheck_report import GradCheckReport, make_options
@@ -175,12 +176,10 @@ class PreflightReport:
 
 # --- the checks ----------------------------------------------------------------------------------------------
 def expected_chance_loss(loss_kind: str, num_classes: int) -> float | None:
-    """Loss with all scores equal (notes 2.1): -ln(1/C) for softmax, C - 1 for the margin-1 SVM."""
-    if loss_kind == "softmax":
-        return -math.log(1.0 / num_classes)
-    if loss_kind == "svm":
-        return float(num_classes - 1)
-    return None
+    """Loss with all scores equal (notes 2.1): -ln(1/C) for softmax, C - 1 for the margin-1 SVM (the losses'
+    table, components/losses.py); None for a loss kind it does not hold."""
+    entry = LOSSES.get(loss_kind) if isinstance(loss_kind, str) else None
+    return None if entry is None else entry.chance(num_classes)
 
 
 def check_data(data, model, theta) -> CheckResult:

@@ -11,7 +11,8 @@ from framework.core.layout import Layout
 
 class Model:
     """Base class for models. Subclasses set `self.layout` in `setup` and implement `init_params`,
-    `loss_grad` and `scores`; `sample_noise` and `winners` are optional (dropout, kink detection)."""
+    `loss_grad` and `scores`; `sample_noise`, `winners` and `distill_loss_grad` are optional (dropout, kink
+    detection, distillation students)."""
 
     loss_kind = "softmax"  # "softmax" or "svm": which chance loss the pre-flight expects
     layout: Layout
@@ -69,6 +70,17 @@ class Model:
         """Threads a training step on `batch` rows may use (framework.engine.threads); 1 (default) keeps it serial."""
         return 1
 
+    def distill_loss_grad(self, theta, grad, X, y, soft, idx=None, T=1.0, alpha=0.0, noise=None) -> float:
+        """Distillation loss (framework.components.losses.SOFT_TARGET) on rows `idx` of X (all if None) against
+        the teacher's probabilities soft (rows of X, C) at temperature T, the hard labels y weighted by alpha;
+        writes grad (P,), returns the mean loss. Needed only of a distillation student (`can_distill`); the
+        layered models (sequential, convnet, cnn1d, mlp, softmax, svm) have it from their generated step."""
+        raise NotImplementedError(f"{type(self).__name__} has no distill_loss_grad")
+
+    def can_distill(self) -> bool:
+        """Whether this model implements distill_loss_grad (can be a distillation student)."""
+        return type(self).distill_loss_grad is not Model.distill_loss_grad
+
     def fused_loss(self, batch: int):
         """The loss_grad of a noise-free training step as one kernel call, for fused steps (framework.engine.fused):
         a FusedCall whose kernel returns the mean data loss and overwrites grad, with slots THETA, GRAD, X, Y,
@@ -77,11 +89,11 @@ class Model:
 
     # --- derived ---
     def predict_proba(self, theta, X) -> np.ndarray:
-        """Softmax of the scores (N, C), float64."""
-        s = np.asarray(self.scores(theta, X), dtype=np.float64)
-        s = s - s.max(axis=1, keepdims=True)
-        e = np.exp(s)
-        return e / e.sum(axis=1, keepdims=True)
+        """The loss's probabilities of the scores (N, C), float64 (softmax for the built-in losses)."""
+        from framework.components.losses import LOSSES, softmax_probabilities
+
+        entry = LOSSES.get(self.loss_kind)
+        return (entry.probabilities if entry else softmax_probabilities)(self.scores(theta, X))
 
     def predict(self, theta, X) -> np.ndarray:
         return np.argmax(self.scores(theta, X), axis=1)

@@ -145,11 +145,13 @@ def chunk_function(loss: FusedCall, penalty: FusedCall | None, update: FusedCall
     return generated_module("framework_fused", text, kernels).run_chunk
 
 
-def generated_module(prefix: str, text: str, kernels):
+def generated_module(prefix: str, text: str, kernels, folder: pathlib.Path | None = None):
     """The module of generated source `text` that calls `kernels`: written once to the cache folder as
     `<prefix>_<hash>.py`, the hash covering the text and the source files of the kernels (and kernels/dense.py),
-    so a changed kernel file gives a new module instead of a stale compile; imported once per process."""
-    key = (str(cache_dir()), text)
+    so a changed kernel file gives a new module instead of a stale compile; imported once per process.
+    folder: another folder than cache_dir() (OSError when the folder cannot be written)."""
+    folder = cache_dir() if folder is None else folder
+    key = (str(folder), text)
     if key in _modules:  # hashing the source files once per process is enough
         return _modules[key]
     digest = hashlib.sha1(text.encode())
@@ -158,7 +160,7 @@ def generated_module(prefix: str, text: str, kernels):
     for path in sorted(sources):
         digest.update(pathlib.Path(path).read_bytes())
     name = f"{prefix}_{digest.hexdigest()[:16]}"
-    path = cache_dir() / f"{name}.py"
+    path = folder / f"{name}.py"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         write_text_atomic(path, text)

@@ -52,6 +52,23 @@ def gemm(A, B, C, Z, ldz: int, init: bool, parts: int) -> None:
         gemm_own(A, B, C, Z, ldz, init, parts)
 
 
+def affine_forward_threads(x, W, b, out, parts: int) -> None:
+    """kernels.affine_forward with its GEMM through gemm(): out (N, H) = x (N, D) @ W (D, H) + b (H,)."""
+    gemm(x, W, out, b, 0, True, parts)
+
+
+def affine_backward_threads(dout, x, W, dx, dW, db, need_dx: bool, wt, parts: int) -> None:
+    """kernels.affine_backward's calls in its order, each GEMM through gemm(): dW = x.T @ dout, db, and with
+    need_dx dx = dout @ W.T through wt (>= D*H,), which takes W.T."""
+    gemm(x.T, dout, dW, dW, 0, False, parts)
+    K.bias_grad(dout, db)
+    if need_dx:
+        d, h = W.shape
+        WT = wt[:h * d].reshape(h, d)
+        K.transpose_into(W, WT)
+        gemm(dout, WT, dx, dx, 0, False, parts)
+
+
 _paths: dict[tuple, str] = {}  # (mode, product) -> path, so a call looks its choice up once
 
 

@@ -7,8 +7,8 @@ scores divided by T before they are combined). A higher T exposes how the teache
 factor keeps the soft term's gradient, which shrinks as 1/T^2, on the scale of the hard term. (KL and the
 cross-entropy with q_T differ by q_T's entropy, a constant: same gradient, but the soft term reads 0 at a match.)
 
-A student is any registered model whose object offers `distill_loss_grad(theta, grad, X, y, soft, idx, T, alpha,
-noise)` (the built-in mlp, softmax and svm models do, on the fused kernel `kernels.mlp_distill_loss_grad`). It
+A student is any registered model that implements Model.distill_loss_grad(theta, grad, X, y, soft, idx, T, alpha,
+noise) (`can_distill`; every layered model does, on its generated step: mlp, softmax, svm, sequential...). It
 trains in the framework's own `Run` (optimizer, schedule, regularizer, EMA, checkpoints, TensorBoard): only the
 loss changes, through `SoftTargetModel`. The student keeps the first member's config (data, optimizer, schedule)
 except the keys of `distill` (model, epochs, lr, seed); its run folder holds the usual summary.json and
@@ -57,11 +57,11 @@ class SoftTargetModel(Model):
     (scores, init, dropout noise, activations) is the student's own."""
 
     def __init__(self, inner: Model, soft: np.ndarray, T: float, alpha: float):
-        if not callable(getattr(inner, "distill_loss_grad", None)):
+        if not inner.can_distill():
             raise DistillError(
                 f"The student model {type(inner).__name__} cannot be distilled: it has no method "
                 "distill_loss_grad(theta, grad, X, y, soft, idx, T, alpha, noise). The built-in mlp, softmax and "
-                "svm models have one (plugins/models.py); add it to your model or choose one of those.")
+                "svm models (every layered model) have one; add it to your model or choose one of those.")
         soft = np.ascontiguousarray(soft, dtype=inner.dtype)
         if soft.ndim != 2 or soft.shape[1] != inner.num_classes or not np.all(np.isfinite(soft)):
             raise DistillError(f"Soft targets must be finite (N, {inner.num_classes}) probabilities, got shape "

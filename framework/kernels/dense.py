@@ -18,8 +18,6 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-ACT_RELU, ACT_LEAKY_RELU, ACT_TANH = 0, 1, 2
-LOSS_SOFTMAX, LOSS_SVM = 0, 1
 jit = njit(cache=True, error_model="numpy", nogil=True)
 # For kernels that return a float64 sum: `reassoc` lets LLVM split the sum into vector lanes (3-5x faster on a
 # (P,) vector). Only the order of that sum changes (last-bit differences); elementwise outputs stay bitwise equal.
@@ -325,58 +323,6 @@ def affine_backward(dout, x, W, dx, dW, db, need_dx, wt):
         gemm(dout, WT, dx, dx, 0, False)
 
 
-@jit
-def activation_inplace(a, kind, alpha):
-    """a = f(a) elementwise: relu, leaky relu (slope alpha) or tanh. One array, so LLVM vectorizes the loop
-    (an aliased input/output pair fails its runtime overlap check and runs scalar, 5-9x slower)."""
-    flat = a.ravel()
-    if kind == ACT_TANH:
-        for i in range(flat.size):
-            flat[i] = np.tanh(flat[i])
-    elif kind == ACT_LEAKY_RELU:
-        for i in range(flat.size):
-            v = flat[i]
-            flat[i] = v if v > 0 else alpha * v
-    else:
-        for i in range(flat.size):
-            v = flat[i]
-            flat[i] = v if v > 0 else 0.0
-
-
-@jit
-def activation_grad_inplace(d, a, kind, alpha):
-    """d = d * f'(z), from the activation output a = f(z) (d and a distinct arrays, same shape)."""
-    fd, fa = d.ravel(), a.ravel()
-    if kind == ACT_TANH:
-        for i in range(fd.size):
-            fd[i] = fd[i] * (1.0 - fa[i] * fa[i])
-    elif kind == ACT_LEAKY_RELU:
-        for i in range(fd.size):
-            g = fd[i]
-            fd[i] = g if fa[i] > 0 else alpha * g
-    else:
-        for i in range(fd.size):
-            g = fd[i]  # loaded unconditionally so the loop is a select, not a branch
-            fd[i] = g if fa[i] > 0 else 0.0
-
-
-@jit
-def dropout_mask(uniform, keep_prob):
-    """Turn uniform draws in [0, 1) into an inverted-dropout mask in place: 1/p where kept, else 0."""
-    flat = uniform.ravel()
-    scale = 1.0 / keep_prob
-    for i in range(flat.size):
-        flat[i] = scale if flat[i] < keep_prob else 0.0
-
-
-@jit
-def dropout_forward(a, mask, out):
-    """out = a * mask (inverted dropout: the mask already holds 1/p)."""
-    fa, fm, fo = a.ravel(), mask.ravel(), out.ravel()
-    for i in range(fa.size):
-        fo[i] = fa[i] * fm[i]
-
-
 # exp of float32 values <= 0 as a polynomial, so the loop vectorizes (LLVM calls libm's scalar expf otherwise;
 # Numba has a vector exp only with Intel's SVML): 2^-k table, Cody-Waite split of ln 2, Taylor to degree 7 on
 # |r| <= ln2/2; at most 1.8 ulp from expf, and inputs below -87 give ~2^-126 instead of a denormal or 0.
@@ -497,165 +443,6 @@ def gather_rows(X, idx, out):
             out[k, j] = X[r, j]
 
 
-@jit_inline
-def mlp_forward(theta, X, idx, sizes, act, alpha, masks, work):
-    """Training-mode forward pass of an MLP (0 or more hidden layers) on the rows `idx` of X.
-
-    theta: (P,) flat parameters W1 (D, H1), b1 (H1,), ..., WL (H_{L-1}, C), bL (C,).
-    sizes: (L+1,) int64 [D, H1, ..., C]. masks: flat dropout masks, one (N, H_l) block per hidden layer, or an
-    empty array for no dropout. work: flat scratch of size mlp_work_size(...), laid out as
-    [h_0 | a_1 | (h_1) | ... | a_{L-1} | (h_{L-1}) | scores | dscores ping | pong | W_l.T] (h_l only with
-    dropout; W_l.T sized for the largest weight past the first layer, which backward transposes).
-    Returns the scores (N, C) view; `mlp_dscores(work, ...)` is where a loss writes dL/dscores.
-    """
-    n = idx.size
-    layers = sizes.size - 1
-    h0 = work[:n * sizes[0]].reshape(n, sizes[0])
-    pos = n * sizes[0]
-    gather_rows(X, idx, h0)
-    use_dropout = masks.size > 0
-    h_prev = h0
-    p = 0
-    mpos = 0
-    for l in range(layers):
-        d_in, d_out = sizes[l], sizes[l + 1]
-        W = theta[p:p + d_in * d_out].reshape(d_in, d_out)
-        b = theta[p + d_in * d_out:p + d_in * d_out + d_out]
-        p += d_in * d_out + d_out
-        a = work[pos:pos + n * d_out].reshape(n, d_out)
-        pos += n * d_out
-        affine_forward(h_prev, W, b, a)
-        h_prev = a
-        if l < layers - 1:
-            activation_inplace(a, act, alpha)
-            if use_dropout:
-                h = work[pos:pos + n * d_out].reshape(n, d_out)
-                pos += n * d_out
-                dropout_forward(a, masks[mpos:mpos + n * d_out].reshape(n, d_out), h)
-                mpos += n * d_out
-                h_prev = h
-    return h_prev
-
-
-@jit
-def _forward_size(n, sizes, use_dropout):
-    """Length of the forward part of the scratch (inputs, activations, scores) for n rows."""
-    total = n * sizes[0]
-    for l in range(1, sizes.size):
-        total += n * sizes[l]
-        if use_dropout and l < sizes.size - 1:
-            total += n * sizes[l]
-    return total
-
-
-@jit
-def _max_width(sizes):
-    width = 0
-    for l in range(1, sizes.size):
-        width = max(width, sizes[l])
-    return width
-
-
-@jit
-def mlp_dscores(work, n, sizes, use_dropout):
-    """The (N, C) view of the scratch where a loss writes dL/dscores for mlp_backward."""
-    pos = _forward_size(n, sizes, use_dropout)
-    c = sizes[sizes.size - 1]
-    return work[pos:pos + n * c].reshape(n, c)
-
-
-@jit_inline
-def mlp_backward(theta, grad, sizes, act, alpha, masks, work, n):
-    """Backward pass after mlp_forward and a loss that filled mlp_dscores: overwrites grad (P,)."""
-    layers = sizes.size - 1
-    use_dropout = masks.size > 0
-    c = sizes[layers]
-    pos = _forward_size(n, sizes, use_dropout)
-    width = _max_width(sizes)
-    ping = work[pos:pos + n * width]
-    pong = work[pos + n * width:pos + 2 * n * width]
-    wt = work[pos + 2 * n * width:]  # W.T of the layer being back-propagated through (mlp_work_size)
-    dcur = ping[:n * c].reshape(n, c)
-    h0 = work[:n * sizes[0]].reshape(n, sizes[0])
-    back = pos - n * c  # walk the scratch from the end: the input of layer l sits just before `back`
-    mback = masks.size
-    p_end = theta.size
-    for l in range(layers - 1, -1, -1):
-        d_in, d_out = sizes[l], sizes[l + 1]
-        p_w = p_end - d_in * d_out - d_out
-        W = theta[p_w:p_w + d_in * d_out].reshape(d_in, d_out)
-        dW = grad[p_w:p_w + d_in * d_out].reshape(d_in, d_out)
-        db = grad[p_w + d_in * d_out:p_end]
-        p_end = p_w
-        if l > 0:
-            h_in = work[back - n * d_in:back].reshape(n, d_in)
-            if use_dropout:
-                a_in = work[back - 2 * n * d_in:back - n * d_in].reshape(n, d_in)
-                back -= 2 * n * d_in
-            else:
-                a_in = h_in
-                back -= n * d_in
-            dnext = (pong if (layers - 1 - l) % 2 == 0 else ping)[:n * d_in].reshape(n, d_in)
-            affine_backward(dcur, h_in, W, dnext, dW, db, True, wt)
-            if use_dropout:
-                dropout_forward(dnext, masks[mback - n * d_in:mback].reshape(n, d_in), dnext)
-                mback -= n * d_in
-            activation_grad_inplace(dnext, a_in, act, alpha)
-            dcur = dnext
-        else:
-            affine_backward(dcur, h0, W, dcur, dW, db, False, wt)
-
-
-@jit
-def mlp_loss_grad(theta, grad, X, y, idx, sizes, act, alpha, loss_kind, masks, work, ybatch):
-    """Forward, softmax or SVM loss, and backward of an MLP on the rows `idx` of X (see mlp_forward for the
-    arguments; ybatch: (>= N,) int64 scratch for the batch labels). Returns the mean data loss (float64, no
-    regularization); grad (P,) is overwritten."""
-    n = idx.size
-    scores = mlp_forward(theta, X, idx, sizes, act, alpha, masks, work)
-    yb = ybatch[:n]
-    for k in range(n):
-        yb[k] = y[idx[k]]
-    dscores = mlp_dscores(work, n, sizes, masks.size > 0)
-    if loss_kind == LOSS_SVM:
-        loss = svm_loss(scores, yb, dscores)
-    else:
-        loss = softmax_loss(scores, yb, dscores)
-    mlp_backward(theta, grad, sizes, act, alpha, masks, work, n)
-    return loss
-
-
-def mlp_work_size(n: int, sizes, dropout: bool) -> int:
-    """Scratch length for mlp_loss_grad at batch size n."""
-    hidden = sum(sizes[1:-1])
-    width = max(sizes[1:])
-    transposed = max([sizes[l] * sizes[l + 1] for l in range(1, len(sizes) - 1)], default=0)
-    return n * (sizes[0] + hidden * (2 if dropout else 1) + sizes[-1] + 2 * width) + transposed
-
-
-@jit
-def mlp_scores(theta, X, sizes, act, alpha, out, work):
-    """Eval-mode scores (N, C) into out; no dropout (inverted dropout needs no rescale at test time)."""
-    n = X.shape[0]
-    layers = sizes.size - 1
-    p = 0
-    h_prev = X
-    pos = 0
-    for l in range(layers):
-        d_in, d_out = sizes[l], sizes[l + 1]
-        W = theta[p:p + d_in * d_out].reshape(d_in, d_out)
-        b = theta[p + d_in * d_out:p + d_in * d_out + d_out]
-        p += d_in * d_out + d_out
-        if l == layers - 1:
-            affine_forward(h_prev, W, b, out)
-        else:
-            a = work[pos:pos + n * d_out].reshape(n, d_out)
-            pos += n * d_out
-            affine_forward(h_prev, W, b, a)
-            activation_inplace(a, act, alpha)
-            h_prev = a
-
-
 @jit
 def ema_update(ema, theta, decay):
     """ema = decay * ema + (1 - decay) * theta, in place."""
@@ -729,15 +516,3 @@ def soft_target_loss(scores, y, soft, idx, T, alpha, dscores):
         dscores[i, y[r]] -= alpha / n
     return loss / n
 
-
-@jit
-def mlp_distill_loss_grad(theta, grad, X, y, soft, idx, sizes, act, slope, masks, work, T, alpha):
-    """Forward, soft_target_loss and backward of an MLP on the rows `idx` of X (arguments as mlp_loss_grad;
-    slope: leaky_relu slope; soft (rows of X, C) teacher probabilities at temperature T; alpha: weight of the
-    hard labels). Returns the mean distillation loss (float64); grad (P,) is overwritten."""
-    n = idx.size
-    scores = mlp_forward(theta, X, idx, sizes, act, slope, masks, work)
-    dscores = mlp_dscores(work, n, sizes, masks.size > 0)
-    loss = soft_target_loss(scores, y, soft, idx, T, alpha, dscores)
-    mlp_backward(theta, grad, sizes, act, slope, masks, work, n)
-    return loss

@@ -14,6 +14,7 @@ from framework.kernels import dense as K
 from framework.core.errors import ConfigError
 from framework.core.params import param
 from framework.core.registry import LAYERS
+from framework.engine import threads as T
 from . import kernels_conv as KC
 from . import kernels_elementwise as KE
 from . import kernels_norm as KN
@@ -36,7 +37,9 @@ class AffineConfig:
 class Affine(Layer):
     """Fully connected: out (N, H) = x (N, D) @ W (D, H) + b (H,); any input shape is flattened (channels last)."""
 
-    kernels = (K.affine_forward, K.affine_backward)
+    kernels = (K.affine_forward, K.affine_backward, T.affine_forward_threads, T.affine_backward_threads)
+    threadable = True
+    small_std = 0.01  # std of init "small" (times init_scale) and of the chance-loss check's weights
 
     def output_shape(self, in_shape, num_classes, where):
         return (self.cfg.units or num_classes,)
@@ -45,18 +48,21 @@ class Affine(Layer):
         return [("W", (self.in_size, self.out_size), True), ("b", (self.out_size,), False)]
 
     def init(self, rng, views, small):
-        init_weights(views["W"], rng, self.in_size, self.cfg.init, self.cfg.init_scale, small)
+        init_weights(views["W"], rng, self.in_size, self.cfg.init, self.cfg.init_scale, small, self.small_std)
 
     def scratch_floats(self):
         return self.in_size * self.out_size  # W.T for dx (affine_backward)
 
     def forward(self, v):
+        if v.wide:  # the same GEMM calls, each split over `parts` threads or on BLAS (engine.threads)
+            return f"affine_forward_threads({v.x}, {v.p['W']}, {v.p['b']}, {v.out}, parts)"
         return f"affine_forward({v.x}, {v.p['W']}, {v.p['b']}, {v.out})"
 
     def backward(self, v):
         dx = v.dx if v.need_dx else v.dout
-        return (f"affine_backward({v.dout}, {v.x}, {v.p['W']}, {dx}, {v.g['W']}, {v.g['b']}, {v.need_dx}, "
-                f"{v.scratch})")
+        name, extra = ("affine_backward_threads", ", parts") if v.wide else ("affine_backward", "")
+        return (f"{name}({v.dout}, {v.x}, {v.p['W']}, {dx}, {v.g['W']}, {v.g['b']}, {v.need_dx}, "
+                f"{v.scratch}{extra})")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -314,6 +320,7 @@ class Flatten(Layer):
     """(N, ...) -> (N, D): the same buffer (rows are already flat, channels last); no kernels, no copy."""
 
     alias = True
+    threadable = True
 
     def output_shape(self, in_shape, num_classes, where):
         return (int(np.prod(in_shape)),)
@@ -329,15 +336,17 @@ class Flatten(Layer):
 class ReLU(Layer):
     """out = max(0, x) elementwise; kink at 0 (the sign of x is the winners record)."""
 
-    kernels = (KE.relu_forward, KE.relu_backward)
+    kernels = (KE.relu_inplace, KE.relu_backward_inplace)
+    threadable = True
+    inplace = True
     kind = "relu"
     kinks = True
 
     def forward(self, v):
-        return f"relu_forward({v.x}, {v.out})"
+        return f"relu_inplace({v.out})"
 
     def backward(self, v):
-        return f"relu_backward({v.dout}, {v.x}, {v.dx})"
+        return f"relu_backward_inplace({v.dout}, {v.out})"
 
     def winners(self, x, out, ints):
         return (x > 0).ravel()
@@ -352,15 +361,17 @@ class LeakyReLUConfig:
 class LeakyReLU(Layer):
     """out = x for x > 0, slope * x otherwise; kink at 0."""
 
-    kernels = (KE.leaky_relu_forward, KE.leaky_relu_backward)
+    kernels = (KE.leaky_relu_inplace, KE.leaky_relu_backward_inplace)
+    threadable = True
+    inplace = True
     kind = "leaky_relu"
     kinks = True
 
     def forward(self, v):
-        return f"leaky_relu_forward({v.x}, {v.out}, {float(self.cfg.slope)!r})"
+        return f"leaky_relu_inplace({v.out}, {float(self.cfg.slope)!r})"
 
     def backward(self, v):
-        return f"leaky_relu_backward({v.dout}, {v.x}, {v.dx}, {float(self.cfg.slope)!r})"
+        return f"leaky_relu_backward_inplace({v.dout}, {v.out}, {float(self.cfg.slope)!r})"
 
     def winners(self, x, out, ints):
         return (x > 0).ravel()
@@ -370,14 +381,16 @@ class LeakyReLU(Layer):
 class Tanh(Layer):
     """out = tanh(x) elementwise (smooth: no kinks)."""
 
-    kernels = (KE.tanh_forward, KE.tanh_backward)
+    kernels = (KE.tanh_inplace, KE.tanh_backward_inplace)
+    threadable = True
+    inplace = True
     kind = "tanh"
 
     def forward(self, v):
-        return f"tanh_forward({v.x}, {v.out})"
+        return f"tanh_inplace({v.out})"
 
     def backward(self, v):
-        return f"tanh_backward({v.dout}, {v.out}, {v.dx})"
+        return f"tanh_backward_inplace({v.dout}, {v.out})"
 
 
 @dataclass
@@ -392,6 +405,7 @@ class Dropout(Layer):
     eval mode (and in fused steps, which the model turns off when it has dropout)."""
 
     kernels = (KE.scale_by_mask,)
+    threadable = True
 
     def noise_per_row(self):
         return self.in_size if self.cfg.keep_prob < 1.0 else 0

@@ -7,14 +7,18 @@ from dataclasses import dataclass
 import numpy as np
 
 from framework.core.errors import ConfigError
+from framework.engine import threads
 from framework.engine.fused import GRAD, IDX, THETA, X, Y, FusedCall
 from framework.core.layout import Layout
+from framework.components.losses import LOSSES
 from framework.components.model import Model
 from framework.core.params import param
 from framework.core.registry import MODELS
+from .builtin import Affine
 from .spec import infer_input_shape, infer_shapes, internal_shape, parse_layers
-from .step import LOSS_KERNELS, StepPlan, step_module
+from .step import StepPlan, step_module
 
+WIDE_MIN_WORK = 1 << 25  # batch x parameters above which a step splits its GEMMs over threads (W2: 7.9e7)
 EVAL_CHUNK = 1024  # at most this many rows per eval forward pass...
 EVAL_FLOATS = 1 << 23  # ...and at most about this many scratch values (64 MB in float64; a 3x32x32 convnet row
 #                        holds ~150k: activations and gradients of every layer)
@@ -35,7 +39,7 @@ class SequentialConfig:
                           {"type": "affine"}], LAYERS_HELP)
     input_shape: list[int] = param([], SHAPE_HELP, range="[1, inf)")
     loss: str = param("softmax", "softmax cross-entropy or Weston-Watkins multiclass SVM (margin 1)",
-                      choices=tuple(LOSS_KERNELS))
+                      choices=tuple(LOSSES))
 
 
 @dataclass
@@ -93,7 +97,7 @@ class Sequential(Model):
     def __init__(self, cfg: SequentialConfig):
         super().__init__(cfg)
         self.loss_kind = cfg.loss
-        self.layers = parse_layers(cfg.layers)
+        self.layers = self.make_layers()
         kinds = [layer.kind for layer in self.layers if layer.kind]
         # gradient checks read kinks from activation_kind: a max pool is a kink like ReLU's
         self.activation_kind = kinds[0] if kinds else None
@@ -101,11 +105,15 @@ class Sequential(Model):
             self.activation_kind = "relu"
         self._dropout = any(layer.noise_per_row() for layer in self.layers)
 
+    def make_layers(self) -> list:
+        """Fresh, unbuilt layers of this model: model.layers parsed (a preset builds its own list)."""
+        return parse_layers(self.cfg.layers)
+
     def setup(self, input_dim, num_classes, dtype=np.float64):
         super().setup(input_dim, num_classes, dtype)
-        shape = input_shape_for(self.cfg.input_shape, self.data_shape, self.input_dim, self.layers)
+        shape = input_shape_for(getattr(self.cfg, "input_shape", ()), self.data_shape, self.input_dim, self.layers)
         self.input_shape = internal_shape(shape)
-        self.layers = parse_layers(self.cfg.layers)  # fresh layers: setup may run on copies (with_dtype)
+        self.layers = self.make_layers()  # fresh layers: setup may run on copies (with_dtype)
         infer_shapes(self.layers, self.input_shape, self.num_classes)
         blocks, prefixes, k = [], [], 0
         for layer in self.layers:
@@ -116,6 +124,11 @@ class Sequential(Model):
             prefixes.append(k if own else None)
         self.layout = Layout(blocks)
         self.plan = StepPlan(self.layers, self.layout, prefixes, self.loss_kind)
+        # [D, H1, ..., C] of a list of affine layers between elementwise ones: its GEMMs are the ones
+        # gemm_choice measures for an MLP (threads.uses_blas); None for any other list (no wide step)
+        mlp_like = self.plan.threadable and all(isinstance(layer, Affine) for layer in self.layers if layer.blocks())
+        widths = [layer.out_size for layer in self.layers if isinstance(layer, Affine)]
+        self.sizes = np.array([self.layers[0].in_size, *widths], dtype=np.int64) if mlp_like else None
         self._module = None
         self._capacity = 0
         self._empty = np.empty(0, dtype=self.dtype)
@@ -135,6 +148,7 @@ class Sequential(Model):
         self._work = np.empty(self.plan.work_size(n), dtype=self.dtype)
         self._iwork = np.zeros(self.plan.int_size(n), dtype=np.int64)
         self._ybatch = np.empty(n, dtype=np.int64)
+        self._uniform = np.empty(n * self.plan.row_noise, dtype=self.dtype)  # dropout draws (sample_noise)
         self._capacity = n
 
     def init_params(self, rng, small=False):
@@ -148,7 +162,8 @@ class Sequential(Model):
     def sample_noise(self, rng, n):
         if not self._dropout:
             return None
-        u = np.empty(n * self.plan.row_noise, dtype=self.dtype)
+        self._reserve(n)
+        u = self._uniform[:n * self.plan.row_noise]  # reused: the hot loop allocates nothing
         rng.random(out=u, dtype=self.dtype.type)
         for i, layer in enumerate(self.layers):
             k = layer.noise_per_row()
@@ -161,12 +176,31 @@ class Sequential(Model):
             idx = np.arange(X.shape[0], dtype=np.int64)
         return np.ascontiguousarray(X, dtype=self.dtype), np.asarray(idx, dtype=np.int64)
 
+    def step_threads(self, n: int) -> int:
+        """Threads for a step on n rows: > 1 when its products are wide enough to split (engine.threads; lists of
+        affine and elementwise layers without dropout); the optimizer update and the EMA then split too."""
+        if self.sizes is None or self._dropout or n * int(self.layout.size) < WIDE_MIN_WORK:
+            return 1
+        return threads.threads()
+
+    def _wide(self, n: int) -> int:
+        """Threads of the Python-driven step on n noise-free rows, 0 for the one-kernel step: > 0 when the step
+        splits its GEMMs or this machine's measured choice puts one of its products on BLAS."""
+        if self.sizes is None:
+            return 0
+        parts = self.step_threads(n)
+        return parts if parts > 1 or threads.uses_blas(self.sizes, n, self.dtype) else 0
+
     def loss_grad(self, theta, grad, X, y, idx=None, noise=None):
         X, idx = self._rows(X, idx)
         self._reserve(idx.size)
+        y = np.asarray(y, dtype=np.int64)
+        parts = 0 if noise is not None else self._wide(idx.size)
+        if parts:
+            return self.module.loss_grad_wide(theta, grad, X, y, idx, self._empty, self._work, self._iwork,
+                                              self._ybatch, parts)
         masks = self._empty if noise is None else noise
-        return self.module.loss_grad(theta, grad, X, np.asarray(y, dtype=np.int64), idx, masks, self._work,
-                                     self._iwork, self._ybatch)
+        return self.module.loss_grad(theta, grad, X, y, idx, masks, self._work, self._iwork, self._ybatch)
 
     def distill_loss_grad(self, theta, grad, X, y, soft, idx=None, T=1.0, alpha=0.0, noise=None):
         """Distillation loss against soft targets soft (rows of X, C) at temperature T, hard labels weighted by
@@ -179,6 +213,8 @@ class Sequential(Model):
 
     def fused_loss(self, batch):
         if self._dropout:  # masks come from a NumPy Generator per step
+            return None
+        if self._wide(batch):  # GEMMs split over threads or on BLAS: driven from Python (loss_grad)
             return None
         self._reserve(batch)
         return FusedCall(self.module.loss_grad, (THETA, GRAD, X, Y, IDX, self._empty, self._work, self._iwork,
@@ -215,10 +251,9 @@ class Sequential(Model):
                 out = self.plan.activation(self._work, n, i + 1)
                 parts.append(np.asarray(layer.winners(x, out, self.plan.ints(self._iwork, n, i))).ravel()
                              .astype(np.int64))
-        if self.loss_kind == "svm":
+        if LOSSES[self.loss_kind].kinks:
             scores = self.plan.activation(self._work, n, len(self.layers))
-            correct = scores[np.arange(n), np.asarray(y)][:, None]
-            parts.append((scores - correct + 1.0 > 0).ravel().astype(np.int64))
+            parts.append(LOSSES[self.loss_kind].winners(scores, y).astype(np.int64))
         return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
 
     def activations(self, theta, X):

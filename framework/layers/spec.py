@@ -67,7 +67,8 @@ class Names:
     and gradient views by block suffix, shaped as in blocks(); scratch: a 1-D float work area of at least
     scratch_floats() values (shared by all layers); ints: an (N, ints_per_row()) int64 view kept from forward to
     backward; mask: the (N, S_in) dropout mask, 0 rows in eval mode; tag: a suffix for local names; kept: a 1-D
-    float view of N * kept_floats() values kept from forward to backward."""
+    float view of N * kept_floats() values kept from forward to backward; wide: the lines go into the step
+    driven from Python (StepPlan.source's loss_grad_wide), where a layer may call framework.engine.threads."""
 
     x: str
     out: str
@@ -81,6 +82,7 @@ class Names:
     mask: str = ""
     tag: str = ""
     kept: str = ""
+    wide: bool = False
 
 
 class Layer:
@@ -89,8 +91,14 @@ class Layer:
 
     kernels: tuple = ()  # @njit(cache=True) functions the emitted source calls by their __name__
     alias = False  # output is the input buffer itself (flatten): no kernels, no copy
+    # output overwrites the input buffer, and dx the dout buffer (activations: forward a = f(a), backward from
+    # the output); the layer's lines then see x == out and dx == dout
+    inplace = False
     kind = None  # "relu" | "leaky_relu" | "tanh" for activation layers (monitoring, dead units)
     kinks = False  # forward takes a max somewhere (winners() records its outcome)
+    # its lines may run from Python in the wide step (a few kernel calls on whole buffers, no per-row loops):
+    # a list of only such layers gets the threaded / BLAS step for wide layers (framework.engine.threads)
+    threadable = False
 
     def __init__(self, cfg):
         self.cfg = cfg
@@ -156,12 +164,13 @@ class Layer:
         return None
 
 
-def init_weights(view: np.ndarray, rng, fan_in: int, init: str, scale: float, small: bool) -> None:
-    """Gaussian weights: std 0.01 * scale (small), sqrt(1/fan_in) * scale (xavier) or sqrt(2/fan_in) * scale
-    (he); small=True (the chance-loss check) always 0.01. One standard_normal draw of the block's size, as
-    the MLP draws its blocks."""
+def init_weights(view: np.ndarray, rng, fan_in: int, init: str, scale: float, small: bool,
+                 small_std: float = 0.01) -> None:
+    """Gaussian weights: std small_std * scale (small), sqrt(1/fan_in) * scale (xavier) or sqrt(2/fan_in) * scale
+    (he); small=True (the chance-loss check) always small_std (0.01; the linear presets' 0.001). One
+    standard_normal draw of the block's size."""
     if small or init == "small":
-        std = 0.01 * (1.0 if small else scale)
+        std = small_std * (1.0 if small else scale)
     else:
         std = scale * np.sqrt((2.0 if init == "he" else 1.0) / fan_in)
     view[...] = (rng.standard_normal(view.size) * std).reshape(view.shape)
