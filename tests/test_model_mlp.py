@@ -192,3 +192,21 @@ def test_distillation_is_part_of_the_model_interface():
 
     assert build().can_distill() and build("svm").can_distill()
     assert not Model(None).can_distill()
+
+
+def test_one_compiled_step_serves_every_width_of_the_same_layer_types():
+    """The generated source names sizes only through its `c` argument: MLPs of other widths (and inputs, classes)
+    share one module text, hence one compile, and still compute their own numbers (checked against NumPy)."""
+    a, b = build(D=6, C=3, hidden_sizes=[5]), build(D=9, C=4, hidden_sizes=[7])
+    assert a.plan.source() == b.plan.source()
+    assert not np.array_equal(a.dims, b.dims)
+    assert build(hidden_sizes=[5, 5]).plan.source() != a.plan.source()  # another depth is another step
+    rng = np.random.default_rng(3)
+    for model, D, C in ((a, 6, 3), (b, 9, 4)):
+        theta = model.init_params(rng)
+        X, y = rng.standard_normal((8, D)), rng.integers(0, C, 8)
+        W1, b1 = model.layout.view(theta, "W1"), model.layout.view(theta, "b1")
+        W2, b2 = model.layout.view(theta, "W2"), model.layout.view(theta, "b2")
+        expected, _ = softmax_ref(np.maximum(X @ W1 + b1, 0) @ W2 + b2, y)
+        grad = np.empty_like(theta)
+        assert model.loss_grad(theta, grad, X, y) == pytest.approx(expected, rel=1e-12)

@@ -73,7 +73,7 @@ def recompute_batchnorm(model, theta: np.ndarray, X: np.ndarray, batch_size: int
     sums = {i: np.zeros((2, C)) for i, _, C in found}  # per layer: sum of batch means, of batch variances
     for b in range(batches):
         idx = np.arange(b * batch, (b + 1) * batch, dtype=np.int64)
-        model.module.forward(scratch, X, idx, no_dropout, work, iwork, True)
+        model.module.forward(scratch, X, idx, no_dropout, work, iwork, True, model.dims)
         for i, _, C in found:
             values = plan.activation(work, batch, i).reshape(-1, C).astype(np.float64)  # layer i's input
             sums[i][0] += values.mean(axis=0)

@@ -124,6 +124,7 @@ class Sequential(Model):
             prefixes.append(k if own else None)
         self.layout = Layout(blocks)
         self.plan = StepPlan(self.layers, self.layout, prefixes, self.loss_kind)
+        self.dims = self.plan.dims  # the sizes the generated functions read (their last argument)
         # [D, H1, ..., C] of a list of affine layers between elementwise ones: its GEMMs are the ones
         # gemm_choice measures for an MLP (threads.uses_blas); None for any other list (no wide step)
         mlp_like = self.plan.threadable and all(isinstance(layer, Affine) for layer in self.layers if layer.blocks())
@@ -198,9 +199,10 @@ class Sequential(Model):
         parts = 0 if noise is not None else self._wide(idx.size)
         if parts:
             return self.module.loss_grad_wide(theta, grad, X, y, idx, self._empty, self._work, self._iwork,
-                                              self._ybatch, parts)
+                                              self._ybatch, parts, self.dims)
         masks = self._empty if noise is None else noise
-        return self.module.loss_grad(theta, grad, X, y, idx, masks, self._work, self._iwork, self._ybatch)
+        return self.module.loss_grad(theta, grad, X, y, idx, masks, self._work, self._iwork, self._ybatch,
+                                     self.dims)
 
     def distill_loss_grad(self, theta, grad, X, y, soft, idx=None, T=1.0, alpha=0.0, noise=None):
         """Distillation loss against soft targets soft (rows of X, C) at temperature T, hard labels weighted by
@@ -209,7 +211,7 @@ class Sequential(Model):
         self._reserve(idx.size)
         masks = self._empty if noise is None else noise
         return self.module.distill_loss_grad(theta, grad, X, np.asarray(y, dtype=np.int64), soft, idx, float(T),
-                                             float(alpha), masks, self._work, self._iwork)
+                                             float(alpha), masks, self._work, self._iwork, self.dims)
 
     def fused_loss(self, batch):
         if self._dropout:  # masks come from a NumPy Generator per step
@@ -218,13 +220,13 @@ class Sequential(Model):
             return None
         self._reserve(batch)
         return FusedCall(self.module.loss_grad, (THETA, GRAD, X, Y, IDX, self._empty, self._work, self._iwork,
-                                                 self._ybatch))
+                                                 self._ybatch, self.dims))
 
     def _forward(self, theta, X, start, stop):
         """Eval-mode forward of rows start..stop of X into this model's scratch; returns n."""
         idx = np.arange(start, stop, dtype=np.int64)
         self._reserve(idx.size)
-        return self.module.forward(theta, X, idx, self._empty, self._work, self._iwork, False)
+        return self.module.forward(theta, X, idx, self._empty, self._work, self._iwork, False, self.dims)
 
     def eval_chunk(self) -> int:
         """Rows per eval forward pass: EVAL_CHUNK, fewer for wide models (bounds the scratch memory)."""

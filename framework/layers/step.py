@@ -8,12 +8,13 @@ text and from the source files of every kernel it calls (Numba's disk cache trac
 own file), then imported: one compile per architecture, reused from disk by later runs.
 
 Generated signatures (X (rows, D), y (rows,) int64, idx (N,) int64 rows of the batch, masks (N * noise,) or
-empty for eval mode, work / iwork from `work_size` / `int_size`, ybatch (>= N,) int64):
-  forward(theta, X, idx, masks, work, iwork, train) -> N; the scores are rows of `work` (see `view`); train:
+empty for eval mode, work / iwork from `work_size` / `int_size`, ybatch (>= N,) int64, c = `StepPlan.dims`, the
+sizes and offsets of this plan, so one compiled module serves every width of the same layer types):
+  forward(theta, X, idx, masks, work, iwork, train, c) -> N; the scores are rows of `work` (see `view`); train:
     batch statistics (batchnorm, which then updates its running statistics inside theta)
-  loss_grad(theta, grad, X, y, idx, masks, work, iwork, ybatch) -> mean data loss; overwrites grad (P,)
-  distill_loss_grad(theta, grad, X, y, soft, idx, T, alpha, masks, work, iwork) -> mean distillation loss
-  loss_grad_wide(theta, grad, X, y, idx, masks, work, iwork, ybatch, parts) -> loss_grad's numbers, driven from
+  loss_grad(theta, grad, X, y, idx, masks, work, iwork, ybatch, c) -> mean data loss; overwrites grad (P,)
+  distill_loss_grad(theta, grad, X, y, soft, idx, T, alpha, masks, work, iwork, c) -> mean distillation loss
+  loss_grad_wide(theta, grad, X, y, idx, masks, work, iwork, ybatch, parts, c) -> loss_grad's numbers, driven from
     Python with every GEMM through framework.engine.threads (only for lists of `threadable` layers: affine,
     activations, dropout, flatten)
 """
@@ -93,6 +94,22 @@ class StepPlan:
             npos += layer.noise_per_row()
         self.row_ints, self.row_noise = ipos, npos
         self.sizes = sizes
+        self._slots: list[int] = []
+
+    def _c(self, value: int) -> str:
+        """`c[k]`: the generated functions read the sizes and offsets of this plan from their last argument
+        (`dims`), so their text, and the compiled module cached under its hash, depend on the layer types only:
+        an MLP of any widths reuses one compiled step."""
+        self._slots.append(int(value))
+        return f"c[{len(self._slots) - 1}]"
+
+    @property
+    def dims(self) -> np.ndarray:
+        """(K,) int64: the values of the `c[k]` slots of the generated source (the last argument of each of its
+        functions)."""
+        if not self._slots:
+            self.source()
+        return np.array(self._slots, dtype=np.int64)
 
     # --- sizes and views (Python side) ---
     def work_size(self, n: int) -> int:
@@ -133,21 +150,21 @@ class StepPlan:
         lines = []
         for name, (pos, size) in self.row_pos.items():
             if name.startswith("a") or grads:
-                lines.append(f"{name} = work[n * {pos}:n * {pos + size}].reshape(n, {size})")
-        lines.append(f"scratch = work[n * {self.row_floats}:]")
+                lines.append(self._view_line(name))
+        lines.append(f"scratch = work[n * {self._c(self.row_floats)}:]")
         lines.append("no_mask = masks[:0].reshape(0, 1)")
         for i, layer in enumerate(self.layers):
             if layer.kept_floats():
                 lo, k = self.kept_pos[i], layer.kept_floats()
-                lines.append(f"k{i} = work[n * {lo}:n * {lo + k}]")
+                lines.append(f"k{i} = work[n * {self._c(lo)}:n * {self._c(lo + k)}]")
             if layer.ints_per_row():
                 lo, k = self.int_pos[i], layer.ints_per_row()
-                lines.append(f"q{i} = iwork[n * {lo}:n * {lo + k}].reshape(n, {k})")
+                lines.append(f"q{i} = iwork[n * {self._c(lo)}:n * {self._c(lo + k)}].reshape(n, {self._c(k)})")
             if layer.noise_per_row():
                 lo, k = self.noise_pos[i], layer.noise_per_row()
-                lines += [f"m{i} = masks[:0].reshape(0, {k})",
+                lines += [f"m{i} = masks[:0].reshape(0, {self._c(k)})",
                           "if masks.size > 0:",
-                          f"    m{i} = masks[n * {lo}:n * {lo + k}].reshape(n, {k})"]
+                          f"    m{i} = masks[n * {self._c(lo)}:n * {self._c(lo + k)}].reshape(n, {self._c(k)})"]
         return lines
 
     def _params(self, grads: bool) -> list[str]:
@@ -156,17 +173,26 @@ class StepPlan:
             k = self.prefixes[i]
             for suffix, shape, _ in layer.blocks():
                 b = self.layout[f"{suffix}{k}"]
-                lines.append(f"p_{suffix}{k} = theta[{b.offset}:{b.stop}].reshape({tuple(shape)!r})")
+                lines.append(f"p_{suffix}{k} = theta{self._block(b, shape)}")
                 if grads:
-                    lines.append(f"g_{suffix}{k} = grad[{b.offset}:{b.stop}].reshape({tuple(shape)!r})")
+                    lines.append(f"g_{suffix}{k} = grad{self._block(b, shape)}")
         return lines
+
+    def _view_line(self, name: str) -> str:
+        pos, size = self.row_pos[name]
+        return f"{name} = work[n * {self._c(pos)}:n * {self._c(pos + size)}].reshape(n, {self._c(size)})"
+
+    def _block(self, b, shape) -> str:
+        """`[offset:stop].reshape((...))` of parameter block b, its numbers as slots."""
+        dims = ", ".join(self._c(s) for s in shape) + ("," if len(shape) == 1 else "")
+        return f"[{self._c(b.offset)}:{self._c(b.stop)}].reshape(({dims}))"
 
     def _forward(self, wide: bool = False) -> list[str]:
         lines = []
         for i, layer in enumerate(self.layers):
             body = layer.forward(self._names(i, wide))
             if body:
-                lines += [f"# {layer.name} forward: {layer.in_shape} -> {layer.out_shape}"] + body.splitlines()
+                lines += [f"# {layer.name} forward"] + body.splitlines()
         return lines
 
     def _backward(self, wide: bool = False) -> list[str]:
@@ -192,6 +218,7 @@ class StepPlan:
         return list(found.values())
 
     def source(self) -> str:
+        self._slots = []  # refilled in the same order on every call
         imports = []
         for kernel in self.kernels():
             func = getattr(kernel, "py_func", kernel)
@@ -204,16 +231,12 @@ class StepPlan:
         def block(lines):
             return textwrap.indent("\n".join(lines), "    ")
 
-        def view_line(name):
-            pos, size = self.row_pos[name]
-            return f"{name} = work[n * {pos}:n * {pos + size}].reshape(n, {size})"
-
-        score_views = [view_line(scores), view_line(dscores)]
+        score_views = [self._view_line(scores), self._view_line(dscores)]
         jit = '@njit(cache=True, error_model="numpy", nogil=True)'
         text = HEADER.format(summary=summary, imports="\n".join(imports))
         text += f'''
 {jit}
-def forward(theta, X, idx, masks, work, iwork, train):
+def forward(theta, X, idx, masks, work, iwork, train, c):
     """Forward pass on the rows idx of X; dropout when masks is not empty, batch statistics when train."""
     n = idx.size
 {block(self._params(False) + self._buffers(False))}
@@ -223,7 +246,7 @@ def forward(theta, X, idx, masks, work, iwork, train):
 
 
 {jit}
-def backward(theta, grad, X, idx, masks, work, iwork):
+def backward(theta, grad, X, idx, masks, work, iwork, c):
     """Backward pass after forward and a loss that filled {dscores}; overwrites grad."""
     n = idx.size
 {block(self._params(True) + self._buffers(True))}
@@ -231,29 +254,29 @@ def backward(theta, grad, X, idx, masks, work, iwork):
 
 
 {jit}
-def loss_grad(theta, grad, X, y, idx, masks, work, iwork, ybatch):
-    n = forward(theta, X, idx, masks, work, iwork, True)
+def loss_grad(theta, grad, X, y, idx, masks, work, iwork, ybatch, c):
+    n = forward(theta, X, idx, masks, work, iwork, True, c)
 {block(score_views)}
     for k in range(n):
         ybatch[k] = y[idx[k]]
     loss = {LOSSES[self.loss].kernel.__name__}({scores}, ybatch[:n], {dscores})
-    backward(theta, grad, X, idx, masks, work, iwork)
+    backward(theta, grad, X, idx, masks, work, iwork, c)
     return loss
 
 
 {jit}
-def distill_loss_grad(theta, grad, X, y, soft, idx, T, alpha, masks, work, iwork):
-    n = forward(theta, X, idx, masks, work, iwork, True)
+def distill_loss_grad(theta, grad, X, y, soft, idx, T, alpha, masks, work, iwork, c):
+    n = forward(theta, X, idx, masks, work, iwork, True, c)
 {block(score_views)}
     loss = {SOFT_TARGET.__name__}({scores}, y, soft, idx, T, alpha, {dscores})
-    backward(theta, grad, X, idx, masks, work, iwork)
+    backward(theta, grad, X, idx, masks, work, iwork, c)
     return loss
 '''
         if self.threadable:
             loss_name = LOSSES[self.loss].kernel.__name__
             text += f'''
 
-def loss_grad_wide(theta, grad, X, y, idx, masks, work, iwork, ybatch, parts):
+def loss_grad_wide(theta, grad, X, y, idx, masks, work, iwork, ybatch, parts, c):
     """loss_grad driven from Python for wide layers: the same kernel calls in the same order on the same
     buffers, each GEMM through framework.engine.threads (split over `parts` threads, or on BLAS where this
     machine's measured choice says so)."""
