@@ -6,7 +6,7 @@ import pickle
 import numpy as np
 import pytest
 
-from conftest import assert_clean_failure
+from conftest import assert_clean_failure, fake_cifar_folder
 
 CASES = {
     "unknown optimizer": (["optimizer=adamm"], ["adamm", "adam", "sgd"]),
@@ -94,13 +94,8 @@ def test_genuine_cifar_layout_loads(tmp_path):
     """A file in the real CIFAR-10 format (dict of bytes keys, uint8 array, list of labels) passes."""
     from framework import DATASETS
 
-    folder = tmp_path / "cifar"
-    folder.mkdir()
     rng = np.random.default_rng(0)
-    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        with open(folder / name, "wb") as f:
-            pickle.dump({b"data": rng.integers(0, 256, (20, 3072), dtype=np.uint8),
-                         b"labels": list(rng.integers(0, 10, 20)), b"batch_label": b"x"}, f, protocol=2)
+    folder = fake_cifar_folder(tmp_path / "cifar", rng, **{b"batch_label": b"x"})
     raw = DATASETS.build("cifar10", path=str(folder)).load(rng)
     assert raw.X.shape == (100, 3072) and raw.image_shape == (3, 32, 32)  # (C, H, W)
     assert raw.splits["test"][0].shape == (20, 3072)

@@ -4,7 +4,6 @@ checkpoint records it so load, evaluate and ensembles rebuild the same model."""
 from __future__ import annotations
 
 import pathlib
-import pickle
 
 import numpy as np
 import pytest
@@ -19,7 +18,7 @@ from framework.ensemble.sources import resolve_sources
 from framework.ensemble.timing import TimingConfig
 from framework.io.checkpoint import legacy_image_shape
 
-from conftest import FAST, FAST_BASE, assert_clean_failure, compose_config
+from conftest import FAST, FAST_BASE, assert_clean_failure, compose_config, fake_cifar_folder
 
 # 2 channels of 4x8 images: D = 64, which inference from D alone reads as one 8x8 channel, a different network
 SHAPE = [2, 4, 8]
@@ -47,13 +46,7 @@ def splits(name="npz", **options):
 def test_builtin_datasets_declare_their_shapes(tmp_path):
     assert splits("digits").image_shape == (1, 8, 8)
     assert splits("spiral").image_shape is None and splits("spiral").row_shape == (2,)
-    folder = tmp_path / "cifar"
-    folder.mkdir()
-    rng = np.random.default_rng(0)
-    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        with open(folder / name, "wb") as f:
-            pickle.dump({b"data": rng.integers(0, 256, (20, 3072), dtype=np.uint8),
-                         b"labels": list(rng.integers(0, 10, 20))}, f, protocol=2)
+    folder = fake_cifar_folder(tmp_path / "cifar", np.random.default_rng(0))
     cifar = splits("cifar10", path=str(folder))
     assert cifar.image_shape == (3, 32, 32) and cifar.tile_shape == (32, 32, 3)
     assert splits("digits").tile_shape == (8, 8)  # the TensorBoard first_layer image, as before
