@@ -49,14 +49,14 @@ def cli(tmp_path):
     return run
 
 
-def fake_cifar_folder(folder, rng, **extra):
+def fake_cifar_folder(folder, rng, extra=None):
     """A CIFAR-10 folder in the real format (pickled dicts of bytes keys, uint8 (20, 3072) data, a list of
-    labels; `extra` adds keys) with 20 random images per batch file; returns the folder."""
+    labels; `extra`, a dict, adds keys) with 20 random images per batch file; returns the folder."""
     import pickle
 
     folder.mkdir()
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
         with open(folder / name, "wb") as f:
             pickle.dump({b"data": rng.integers(0, 256, (20, 3072), dtype=np.uint8),
-                         b"labels": list(rng.integers(0, 10, 20)), **extra}, f, protocol=2)
+                         b"labels": list(rng.integers(0, 10, 20)), **(extra or {})}, f, protocol=2)
     return folder

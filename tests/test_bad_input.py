@@ -95,7 +95,7 @@ def test_genuine_cifar_layout_loads(tmp_path):
     from framework import DATASETS
 
     rng = np.random.default_rng(0)
-    folder = fake_cifar_folder(tmp_path / "cifar", rng, **{b"batch_label": b"x"})
+    folder = fake_cifar_folder(tmp_path / "cifar", rng, {b"batch_label": b"x"})
     raw = DATASETS.build("cifar10", path=str(folder)).load(rng)
     assert raw.X.shape == (100, 3072) and raw.image_shape == (3, 32, 32)  # (C, H, W)
     assert raw.splits["test"][0].shape == (20, 3072)
