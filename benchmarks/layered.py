@@ -13,9 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 
 import framework
-from framework import Splits
 
 from benchmarks.reference_steps import ReferenceSteps, hyperparameters
+from benchmarks.workloads import random_splits
 
 
 @dataclass(frozen=True)
@@ -43,15 +43,6 @@ LAYERED = {
 }
 
 
-def layered_splits(workload: LayeredWorkload, dtype, rows: int, seed: int = 0) -> Splits:
-    """Standard-normal inputs (rows, D), channels last as the datasets store them, and uniform labels."""
-    rng = np.random.default_rng(seed)
-    X = rng.standard_normal((rows, workload.D)).astype(dtype)
-    y = rng.integers(0, workload.C, rows).astype(np.int64)
-    D = workload.D
-    return Splits(X, y, X[:8], y[:8], X[:8], y[:8], workload.C, None, np.zeros(D), np.ones(D))
-
-
 def make_layered_run(workload: LayeredWorkload, dtype: str, steps_per_epoch: int, run_dir: str, ema_decay=0.0,
                      seed: int = 0, data=None) -> framework.Run:
     """A framework Run of the workload's model on `steps_per_epoch` full batches of random data."""
@@ -60,7 +51,7 @@ def make_layered_run(workload: LayeredWorkload, dtype: str, steps_per_epoch: int
                  f"dtype={dtype}", f"ema.decay={ema_decay}", f"seed={seed}"]
     if workload.layers:
         overrides.append(f"model.layers=[{','.join(workload.layers)}]")
-    data = data if data is not None else layered_splits(workload, dtype, steps_per_epoch * workload.batch, seed)
+    data = data if data is not None else random_splits(workload, dtype, steps_per_epoch * workload.batch, seed)
     run = framework.Run(framework.config(overrides), run_dir, data=data)
     if run.steps_per_epoch != steps_per_epoch:
         raise ValueError(f"data gives {run.steps_per_epoch} steps per epoch, wanted {steps_per_epoch}")
@@ -134,10 +125,7 @@ class TorchLayeredSteps(ReferenceSteps):
         shape = run.model.input_shape  # channels last (H, W, C) or (L, C)
         self.X = X.reshape(len(X), *shape).movedim(-1, 1).contiguous() if len(shape) > 1 else X
         self.y = torch.from_numpy(run.data.y_train)
-        self.batch = run.settings.batch_size
-        self.gen = np.random.default_rng(1)
-        self.perm = torch.from_numpy(self.gen.permutation(len(run.data.y_train)))
-        self.cursor = 0
+        self.start_order(run, torch.from_numpy)
 
     def step(self, idx):
         torch = self.torch
@@ -150,9 +138,6 @@ class TorchLayeredSteps(ReferenceSteps):
         loss.backward()
         self.opt.step()
         return loss
-
-    def new_order(self):
-        return self.torch.from_numpy(self.gen.permutation(len(self.y)))
 
 
 class JaxLayeredSteps(ReferenceSteps):
@@ -220,10 +205,7 @@ class JaxLayeredSteps(ReferenceSteps):
 
         self._step = jax.jit(step)
         self.X, self.y = jnp.asarray(run.data.X_train), jnp.asarray(run.data.y_train)
-        self.batch = run.settings.batch_size
-        self.gen = np.random.default_rng(1)
-        self.perm = self.gen.permutation(len(run.data.y_train))
-        self.cursor = 0
+        self.start_order(run)
 
     def step(self, idx):
         self.params, self.state, loss = self._step(self.params, self.state, self.X, self.y, self.jnp.asarray(idx))
@@ -234,5 +216,3 @@ class JaxLayeredSteps(ReferenceSteps):
         self.jax.block_until_ready(self.params)
         return out
 
-    def new_order(self):
-        return self.gen.permutation(len(self.y))

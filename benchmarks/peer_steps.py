@@ -56,10 +56,7 @@ class TorchSteps(ReferenceSteps):
         self.ema_count = 0
         self.X = torch.from_numpy(run.data.X_train)
         self.y = torch.from_numpy(run.data.y_train)
-        self.batch = run.settings.batch_size
-        self.gen = np.random.default_rng(1)
-        self.perm = torch.from_numpy(self.gen.permutation(len(run.data.y_train)))
-        self.cursor = 0
+        self.start_order(run, torch.from_numpy)
 
     def step(self, idx):
         torch = self.torch
@@ -74,9 +71,6 @@ class TorchSteps(ReferenceSteps):
                 torch._foreach_lerp_(self.ema, [p.detach() for p in self.param_list], 1.0 - decay)
             self.ema_count += 1
         return loss
-
-    def new_order(self):
-        return self.torch.from_numpy(self.gen.permutation(len(self.y)))
 
     def flat(self, which="params") -> np.ndarray:
         src = self.param_list if which == "params" else self.ema
@@ -118,10 +112,7 @@ class JaxSteps(ReferenceSteps):
         self.opt = optax.adam(hp["lr"], b1=hp["beta1"], b2=hp["beta2"], eps=hp["eps"])
         self.state = self.opt.init(self.params)
         self.X, self.y = jnp.asarray(run.data.X_train), jnp.asarray(run.data.y_train)
-        self.batch = run.settings.batch_size
-        self.gen = np.random.default_rng(1)
-        self.perm = self.gen.permutation(len(run.data.y_train))
-        self.cursor = 0
+        self.start_order(run)
         self.scan, self.chunk = scan, max(1, min(chunk, len(self.perm) // self.batch))
         reg, opt = hp["reg"], self.opt
 
@@ -171,5 +162,3 @@ class JaxSteps(ReferenceSteps):
         self.jax.block_until_ready(self.params)
         return done
 
-    def new_order(self):
-        return self.gen.permutation(len(self.y))

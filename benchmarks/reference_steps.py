@@ -70,6 +70,18 @@ class ReferenceSteps:
 
     pool = "numpy-blas"  # the thread pool its heavy work runs on (benchmarks.timing.interleaved)
 
+    def start_order(self, run, as_index=None) -> None:
+        """The run's batch size and the first order of the training rows (self.y must be set): every
+        implementation draws its orders from the same seed, `as_index` turns one into its framework's type."""
+        self.batch = run.settings.batch_size
+        self.as_index = as_index
+        self.gen = np.random.default_rng(1)
+        self.perm, self.cursor = self.new_order(), 0
+
+    def new_order(self):
+        order = self.gen.permutation(len(self.y))
+        return order if self.as_index is None else self.as_index(order)
+
     def run_steps(self, n: int) -> int:
         B = self.batch
         per_epoch = len(self.y) // B
@@ -97,10 +109,7 @@ class NumpySteps(ReferenceSteps):
         self.ema_count = 0
         self.layers = len(self.names) // 2
         self.X, self.y = run.data.X_train, run.data.y_train
-        self.batch = run.settings.batch_size
-        self.rng = np.random.default_rng(1)
-        self.perm = self.rng.permutation(len(self.y))
-        self.cursor = 0
+        self.start_order(run)
 
     def step(self, idx) -> float:
         p, reg = self.params, self.hp["reg"]
@@ -131,9 +140,6 @@ class NumpySteps(ReferenceSteps):
                 self.ema[k] = decay * self.ema[k] + (1.0 - decay) * p[k]
             self.ema_count += 1
         return loss
-
-    def new_order(self):
-        return self.rng.permutation(len(self.y))
 
     def flat(self, which="params") -> np.ndarray:
         """Parameters (or the EMA) as one (P,) vector in the framework's layout."""

@@ -55,8 +55,9 @@ WORKLOADS = {
 }
 
 
-def random_splits(workload: Workload, dtype, rows: int, seed: int = 0) -> Splits:
-    """Standard-normal features (rows, D) and uniform labels; tiny val/test splits (unused by the step)."""
+def random_splits(workload, dtype, rows: int, seed: int = 0) -> Splits:
+    """Standard-normal features (rows, D) and uniform labels; tiny val/test splits (unused by the step). Any
+    workload with D and C: the MLP ones here and the layered ones (benchmarks.layered, channels last)."""
     rng = np.random.default_rng(seed)
     X = rng.standard_normal((rows, workload.D)).astype(dtype)
     y = rng.integers(0, workload.C, rows).astype(np.int64)
