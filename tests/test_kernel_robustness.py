@@ -150,6 +150,10 @@ def case_ema_update(b):
     return K.ema_update(b.floats((P,)), b.floats((P,)), b.scalar(0.99)), None
 
 
+def case_ema_decay(b):
+    return K.ema_decay(b.scalar(0.99), True, 3), ()
+
+
 def case_block_norms(b):
     return K.block_norms(b.floats((P,)), b.ints([[0, D * H], [D * H, P]]), b.out((2,))), None
 

@@ -142,6 +142,14 @@ def test_ema_and_norm_kernels(rng):
     np.testing.assert_allclose(out, [np.linalg.norm((a - b)[:10]), np.linalg.norm((a - b)[10:])], rtol=1e-14)
 
 
+def test_ema_decay_warms_up_then_holds():
+    # the first update averages with weight 1/10 on the old value (the init), the 1000th near 0.991; never above decay
+    assert K.ema_decay(0.999, True, 0) == 0.1
+    assert K.ema_decay(0.999, True, 1000) == 1001.0 / 1010.0
+    assert K.ema_decay(0.9, True, 1000) == 0.9
+    assert K.ema_decay(0.999, False, 0) == 0.999
+
+
 def test_float32_exp_is_within_two_ulp_of_libm():
     x = np.concatenate([-np.linspace(0, 87, 20001), [-0.0, -1e-30, -1e-7]]).astype(np.float32)
     got = x.copy()

@@ -77,7 +77,7 @@ import sys
 import numpy as np
 from numba import njit
 
-from framework.kernels.dense import block_diff_norms, block_norms, ema_update
+from framework.kernels.dense import block_diff_norms, block_norms, ema_decay, ema_update
 
 loss_kernel = getattr(sys.modules[{loss_module!r}], {loss_name!r})
 penalty_kernel = getattr(sys.modules[{penalty_module!r}], {penalty_name!r})
@@ -85,7 +85,7 @@ update_kernel = getattr(sys.modules[{update_module!r}], {update_name!r})
 
 
 @njit(cache=True, error_model="numpy", nogil=True)
-def run_chunk(theta, grad, X, y, perm, batch, b0, b1, lp, pp, up, ema, ema_decay, ema_warmup, ema_count,
+def run_chunk(theta, grad, X, y, perm, batch, b0, b1, lp, pp, up, ema, decay, ema_warmup, ema_count,
               losses, limit, grace, step0, monitor_last, mon):
     """Steps b0..b1-1 of an epoch (batches perm[b*batch:(b+1)*batch]); returns (steps done, last loss). Stops
     before the update of a step whose loss is not finite or exceeds limit (inf: off) after grace steps. With
@@ -106,9 +106,7 @@ def run_chunk(theta, grad, X, y, perm, batch, b0, b1, lp, pp, up, ema, ema_decay
                 prev[i] = theta[i]
         {update_call}
         if ema.size > 0:
-            n = ema_count + b - b0
-            decay = min(ema_decay, (1.0 + n) / (10.0 + n)) if ema_warmup else ema_decay
-            ema_update(ema, theta, decay)
+            ema_update(ema, theta, ema_decay(decay, ema_warmup, ema_count + b - b0))
         if watch:
             block_diff_norms(theta, mon[0], mon[1], mon[2])
             block_norms(theta, mon[1], mon[3])

@@ -288,10 +288,9 @@ class Run(Bookkeeping):
             progress.set_postfix(loss=f"{loss:.4f}", refresh=False)
 
     def _update_ema(self, parts: int = 1) -> None:
-        """ema <- d*ema + (1-d)*theta, with d warmed up as min(decay, (1+n)/(10+n)) over n updates."""
+        """ema <- d*ema + (1-d)*theta, d from kernels.ema_decay (warmed up over the first updates)."""
         s, n = self.settings, self.ema_count
-        decay = min(s.ema_decay, (1.0 + n) / (10.0 + n)) if s.ema_warmup else s.ema_decay
-        threads.ema_update(self.ema, self.theta, decay, parts)
+        threads.ema_update(self.ema, self.theta, K.ema_decay(s.ema_decay, s.ema_warmup, n), parts)
         self.ema_count = n + 1
 
     @property

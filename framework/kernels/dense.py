@@ -444,6 +444,13 @@ def gather_rows(X, idx, out):
 
 
 @jit
+def ema_decay(decay, warmup, n):
+    """The EMA decay of the update after n earlier ones: min(decay, (1+n)/(10+n)) when warmup (early averages
+    are then not dominated by the init), else decay. The one place of the rule: the plain and fused steps call it."""
+    return min(decay, (1.0 + n) / (10.0 + n)) if warmup else decay
+
+
+@jit
 def ema_update(ema, theta, decay):
     """ema = decay * ema + (1 - decay) * theta, in place."""
     f = theta.dtype.type
