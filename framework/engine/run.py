@@ -36,6 +36,27 @@ PROGRESS_SPAN = 256  # fused steps between progress-bar updates (bounds the Pyth
 TRAIN_EVAL_ROWS = 1000  # train accuracy is measured on this fixed prefix of the training split
 
 
+class StepNumerics:
+    """The numeric calls of a training step: the one seam between train_epoch's own Python (the loop, chunk
+    planning, counters, callbacks) and the kernels. A Run calls them through `run.numerics`; the benchmarks give
+    one run a no-op subclass (engine.stubs) to time that Python alone."""
+
+    def chunk(self, fused: FusedSteps, b0: int, b1: int, monitor_last: bool) -> tuple[int, float]:
+        return fused.steps(b0, b1, monitor_last)
+
+    def loss_grad(self, model, theta, grad, X, y, idx=None, noise=None) -> float:
+        return model.loss_grad(theta, grad, X, y, idx, noise)
+
+    def penalty_grad(self, regularizer, theta, grad, mask) -> float:
+        return regularizer.penalty_grad(theta, grad, mask)
+
+    def apply_update(self, optimizer, theta, grad, state, lr, momentum, parts: int) -> None:
+        threads.apply_update(optimizer, theta, grad, state, lr, momentum, parts)
+
+    def ema_update(self, ema, theta, decay: float, parts: int) -> None:
+        threads.ema_update(ema, theta, decay, parts)
+
+
 class Run(Bookkeeping):
     """Everything a training run holds. Callbacks and checkpoints read (and on resume restore) these fields. The
     end of an epoch and of the run (history, best epoch, hopeless check, console lines, summary.json) are
@@ -105,6 +126,7 @@ class Run(Bookkeeping):
         self._config_yaml: str | None = None  # made on first use (config_yaml)
         self._fused_key: tuple | None = None  # the conditions the fused plan was made for
         self._fused: FusedSteps | None = None
+        self.numerics = StepNumerics()
 
     @classmethod
     def from_config(cls, cfg, run_dir: pathlib.Path | str, *, model=None, splits: Splits | None = None) -> "Run":
@@ -180,9 +202,9 @@ class Run(Bookkeeping):
 
     def _full_batch_loss_grad(self, theta, grad) -> float:
         d = self.data
-        loss = self.model.loss_grad(theta, grad, d.X_train, d.y_train)
+        loss = self.numerics.loss_grad(self.model, theta, grad, d.X_train, d.y_train)
         if self.regularizer.active:
-            loss += self.regularizer.penalty_grad(theta, grad, self.reg_mask)
+            loss += self.numerics.penalty_grad(self.regularizer, theta, grad, self.reg_mask)
         return float(loss)
 
     def train_epoch(self, progress=None) -> None:
@@ -219,7 +241,7 @@ class Run(Bookkeeping):
                     span = max(tick, PROGRESS_SPAN)
                     stop = min(stop, (b // span + 1) * span)
                 monitor_last = watch == stop - 1
-                done, loss = fused.steps(b, stop, monitor_last)
+                done, loss = self.numerics.chunk(fused, b, stop, monitor_last)
                 self.step += done
                 self.cursor = b + done
                 if b + done < stop:
@@ -257,16 +279,17 @@ class Run(Bookkeeping):
             self.refresh_hyperparameters()
         idx = perm[b * B:(b + 1) * B]
         noise = model.sample_noise(rng, idx.size)
-        loss = model.loss_grad(theta, grad, X, y, idx, noise)
+        numerics = self.numerics
+        loss = numerics.loss_grad(model, theta, grad, X, y, idx, noise)
         if reg_active:
-            loss += self.regularizer.penalty_grad(theta, grad, mask)
+            loss += numerics.penalty_grad(self.regularizer, theta, grad, mask)
         self._check_loss(loss)
         self.epoch_losses[b] = loss
         monitor = every and self.step % every == 0
         if monitor:
             np.copyto(self.prev_theta, theta)
         parts = self.model.step_threads(idx.size)  # a wide model: the update and EMA split over its threads too
-        threads.apply_update(opt, theta, grad, state, self.lr, self.momentum, parts)
+        numerics.apply_update(opt, theta, grad, state, self.lr, self.momentum, parts)
         if self.has_projection:
             self.regularizer.project(theta, self.layout)
         if self.ema is not None:
@@ -290,7 +313,7 @@ class Run(Bookkeeping):
     def _update_ema(self, parts: int = 1) -> None:
         """ema <- d*ema + (1-d)*theta, d from kernels.ema_decay (warmed up over the first updates)."""
         s, n = self.settings, self.ema_count
-        threads.ema_update(self.ema, self.theta, K.ema_decay(s.ema_decay, s.ema_warmup, n), parts)
+        self.numerics.ema_update(self.ema, self.theta, K.ema_decay(s.ema_decay, s.ema_warmup, n), parts)
         self.ema_count = n + 1
 
     @property

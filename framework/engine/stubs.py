@@ -1,13 +1,13 @@
 """`kernels_stubbed(run)`: a hook for timing the training loop's own Python (the benchmarks' "python" column).
 
 Within the block, `Run.train_epoch` runs everything it runs in Python (the loop, the fused-chunk planning, counters,
-the monitor bookkeeping, the callbacks) while the numeric work of a step does nothing: the fused chunk
-(`FusedSteps.steps` reports its steps done with loss 1.0), the model's `loss_grad` (loss 1.0), the regularizer's
-`penalty_grad` (0.0), the optimizer update and the EMA update (framework.engine.threads). On exit the engine's own
-call targets are back and so is the run's training state (parameters, optimizer state, EMA, counters, data order,
-loss record, random streams), so training continues bit for bit as if the block had never run. The hook lives in
-the engine beside the calls it replaces, so a change of those call sites shows up in the engine's tests rather
-than as a silently wrong benchmark. Not thread-safe: for one benchmark process, never inside training.
+the monitor bookkeeping, the callbacks) while the numeric work of a step does nothing: the run's `numerics` (the
+engine's one seam between that Python and the kernels, `run.StepNumerics`) is a no-op subclass whose fused chunk
+reports its steps done with loss 1.0, whose `loss_grad` returns 1.0 and `penalty_grad` 0.0, and whose optimizer
+and EMA updates change nothing. Only this run is touched: no module or class attribute is swapped. On exit the
+run's own numerics are back and so is its training state (parameters, optimizer state, EMA, counters, data order,
+loss record, random streams), so training continues bit for bit as if the block had never run. For one benchmark
+process, never inside training.
 """
 from __future__ import annotations
 
@@ -16,33 +16,26 @@ import copy
 
 import numpy as np
 
-from framework.engine import threads
-from framework.engine.fused import FusedSteps
-
-_MISSING = object()
+from framework.engine.run import StepNumerics
 
 
-def _stub_chunk(self, b0: int, b1: int, monitor_last: bool = False) -> tuple[int, float]:
-    """FusedSteps.steps without its kernel: all of batches b0..b1-1 'done', last loss 1.0."""
-    return b1 - b0, 1.0
+class NoNumerics(StepNumerics):
+    """StepNumerics without their kernels: every call returns at once, arrays untouched."""
 
+    def chunk(self, fused, b0, b1, monitor_last):
+        return b1 - b0, 1.0
 
-def _no_update(*args) -> None:
-    """threads.apply_update / threads.ema_update without their kernels."""
+    def loss_grad(self, model, theta, grad, X, y, idx=None, noise=None):
+        return 1.0
 
+    def penalty_grad(self, regularizer, theta, grad, mask):
+        return 0.0
 
-@contextlib.contextmanager
-def _replaced(obj, name: str, value):
-    """obj.name = value for the block; the attribute obj had (its own, or none) is back afterwards."""
-    own = vars(obj).get(name, _MISSING)
-    setattr(obj, name, value)
-    try:
-        yield
-    finally:
-        if own is _MISSING:
-            delattr(obj, name)
-        else:
-            setattr(obj, name, own)
+    def apply_update(self, optimizer, theta, grad, state, lr, momentum, parts):
+        pass
+
+    def ema_update(self, ema, theta, decay, parts):
+        pass
 
 
 def _training_state(run) -> dict:
@@ -69,13 +62,11 @@ def _restore(run, saved: dict) -> None:
 @contextlib.contextmanager
 def kernels_stubbed(run):
     """Run.train_epoch of `run` with the numeric kernels of a step replaced by no-ops, for the block; the run's
-    training state is restored on exit (see the module docstring)."""
-    saved = _training_state(run)
-    with contextlib.ExitStack() as stack:
-        stack.enter_context(_replaced(FusedSteps, "steps", _stub_chunk))
-        stack.enter_context(_replaced(threads, "apply_update", _no_update))
-        stack.enter_context(_replaced(threads, "ema_update", _no_update))
-        stack.enter_context(_replaced(run.model, "loss_grad", lambda *args: 1.0))
-        stack.enter_context(_replaced(run.regularizer, "penalty_grad", lambda *args: 0.0))
-        stack.callback(_restore, run, saved)
+    numerics and training state are restored on exit (see the module docstring)."""
+    saved, own = _training_state(run), run.numerics
+    run.numerics = NoNumerics()
+    try:
         yield run
+    finally:
+        run.numerics = own
+        _restore(run, saved)
