@@ -242,9 +242,10 @@ def gemm(A, B, C, Z, ldz, init):
     m, kdim = A.shape
     n = B.shape[1]
     size = A.itemsize
+    # np.int64(): callers pass constants, and a Literal argument would compile _gemm_blocks once per value
     _gemm_blocks(_address(A), _address(B), _address(C), _address(Z), m, n, kdim, A.strides[0] // size,
-                 A.strides[1] // size, B.strides[0] // size, C.strides[0] // size, ldz, 1 if init else 0,
-                 VECTOR_BITS // (8 * size))
+                 A.strides[1] // size, B.strides[0] // size, C.strides[0] // size, np.int64(ldz),
+                 np.int64(1 if init else 0), VECTOR_BITS // (8 * size))
 
 
 @jit
@@ -266,10 +267,10 @@ def gemm_repeat(A, B, C, reps, blas):
     """C = A @ B `reps` times through gemm, or gemm_blas with blas: timing from inside compiled code, as the
     step calls them (a call from Python adds ~1 us of dispatch, as much as a small product takes)."""
     for _ in range(reps):
-        if blas:
-            gemm_blas(A, B, C, C, 0, False)
+        if blas:  # typed int64 and bool, as the step's calls are: no extra Literal compile
+            gemm_blas(A, B, C, C, np.int64(0), np.bool_(False))
         else:
-            gemm(A, B, C, C, 0, False)
+            gemm(A, B, C, C, np.int64(0), np.bool_(False))
 
 
 @jit

@@ -255,7 +255,7 @@ def backward(theta, grad, X, idx, masks, work, iwork, c):
 
 {jit}
 def loss_grad(theta, grad, X, y, idx, masks, work, iwork, ybatch, c):
-    n = forward(theta, X, idx, masks, work, iwork, True, c)
+    n = forward(theta, X, idx, masks, work, iwork, np.bool_(True), c)  # bool, not Literal[bool]: one compile
 {block(score_views)}
     for k in range(n):
         ybatch[k] = y[idx[k]]
@@ -266,7 +266,7 @@ def loss_grad(theta, grad, X, y, idx, masks, work, iwork, ybatch, c):
 
 {jit}
 def distill_loss_grad(theta, grad, X, y, soft, idx, T, alpha, masks, work, iwork, c):
-    n = forward(theta, X, idx, masks, work, iwork, True, c)
+    n = forward(theta, X, idx, masks, work, iwork, np.bool_(True), c)  # bool, not Literal[bool]: one compile
 {block(score_views)}
     loss = {SOFT_TARGET.__name__}({scores}, y, soft, idx, T, alpha, {dscores})
     backward(theta, grad, X, idx, masks, work, iwork, c)
