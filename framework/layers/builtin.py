@@ -80,13 +80,14 @@ class ConvConfig:
 
 
 BATCHED_COLUMNS = 16384  # im2col values per image up to which a convolution works on the whole batch at once
+SMALL_PATCH = 8  # kept im2col columns of a patch smaller than this (a whole GEMM tile of weight-gradient rows)
 
 
 class _Conv(Layer):
     """Shared body of conv2d and conv1d; subclasses give the 2-D geometry (H, W, C, KH, KW, SH, SW, PH, PW)."""
 
-    kernels = (KC.im2col, KC.im2col_batch, KC.col2im, KC.col2im_batch, KC.split_weight_grad, K.gemm,
-               K.transpose_into)
+    kernels = (KC.im2col, KC.im2col_batch, KC.im2col_1d_batch, KC.col2im, KC.col2im_batch, KC.split_weight_grad,
+               KC.split_weight_rows, K.gemm, K.transpose_into)
     dims = 2
 
     def output_shape(self, in_shape, num_classes, where):
@@ -126,17 +127,30 @@ class _Conv(Layer):
         rows, patch, _ = self._sizes()
         return rows * patch <= BATCHED_COLUMNS
 
+    def _width(self) -> int:
+        """Columns of the kept im2col matrix: the patch, the ones column, and for patches of fewer than
+        SMALL_PATCH values (a first layer on 1-3 channels) zeros up to SMALL_PATCH (see backward)."""
+        rows, patch, _ = self._sizes()
+        return SMALL_PATCH if self.batched() and patch + 1 < SMALL_PATCH else patch + 1
+
     def kept_floats(self):
         rows, patch, _ = self._sizes()
-        return rows * (patch + 1) if self.batched() else 0
+        return rows * self._width() if self.batched() else 0
 
     def scratch_floats(self):
         rows, patch, F = self._sizes()
         # one image's columns (per-image path); dW.T with the bias column, whose space later takes W.T (dx)
-        return (0 if self.batched() else rows * (patch + 1)) + F * (patch + 1)
+        return (0 if self.batched() else rows * (patch + 1)) + F * self._width()
 
     def _args(self):
         return ", ".join(str(a) for a in (*self.geometry(self.in_shape), self.ho, self.wo))
+
+    def _im2col_batch(self, arrays: str) -> str:
+        """The im2col_batch call of `arrays` ("x, cols"): conv1d's own 1-D kernel, else the 2-D one."""
+        if self.dims == 2:
+            H, W, C, KH, KW, SH, SW, PH, PW = self.geometry(self.in_shape)
+            return f"im2col_1d_batch({arrays}, {W}, {C}, {KW}, {SW}, {PW}, {self.wo})"
+        return f"im2col_batch({arrays}, {self._args()})"
 
     # Columns are (rows, P + 1): im2col sets the last one to 1, so the weight-gradient GEMM dout.T @ cols also
     # sums dout per channel (the bias gradient) in the vector padding of its P columns; the other products use
@@ -145,9 +159,10 @@ class _Conv(Layer):
         R, P, F = self._sizes()
         t = v.tag
         if self.batched():
+            Wc = self._width()
             return "\n".join([
-                f"cols{t} = {v.kept}.reshape(n * {R}, {P + 1})",
-                f"im2col_batch({v.x}, cols{t}, {self._args()})",
+                f"cols{t} = {v.kept}.reshape(n * {R}, {Wc})",
+                self._im2col_batch(f"{v.x}, cols{t}"),
                 f"gemm(cols{t}[:, :{P}], {v.p['W']}.reshape({P}, {F}), {v.out}.reshape(n * {R}, {F}), {v.p['b']}, 0, "
                 "True)",
             ])
@@ -161,16 +176,27 @@ class _Conv(Layer):
 
     def backward(self, v):
         # dW.T (F, P + 1) = dout.T (F, R) @ cols (R, P + 1): P + 1 (e.g. 148) is the GEMM's vector dimension,
-        # where F (32) would leave a third of its 3-vector tiles masked off; then one split into dW and db
+        # where F (32) would leave a third of its 3-vector tiles masked off; then one split into dW and db. A small
+        # patch (P + 1 < SMALL_PATCH, e.g. 5 + 1 for conv1d k5 on one channel) would fill 6 of 16 lanes: there
+        # dW (SMALL_PATCH, F) = cols.T @ dout runs along F instead, over whole 8-row tiles (the zero columns
+        # give zero rows), 2x faster.
         R, P, F = self._sizes()
         t = v.tag
         if self.batched():
-            lines = [
-                f"cols{t} = {v.kept}.reshape(n * {R}, {P + 1})",
-                f"dWT{t} = {v.scratch}[:{F * (P + 1)}].reshape({F}, {P + 1})",
-                f"gemm({v.dout}.reshape(n * {R}, {F}).T, cols{t}, dWT{t}, dWT{t}, 0, False)",
-                f"split_weight_grad(dWT{t}, {v.g['W']}.reshape({P}, {F}), {v.g['b']})",
-            ]
+            Wc = self._width()
+            lines = [f"cols{t} = {v.kept}.reshape(n * {R}, {Wc})"]
+            if Wc > P + 1:
+                lines += [
+                    f"dWp{t} = {v.scratch}[:{Wc * F}].reshape({Wc}, {F})",
+                    f"gemm(cols{t}.T, {v.dout}.reshape(n * {R}, {F}), dWp{t}, dWp{t}, 0, False)",
+                    f"split_weight_rows(dWp{t}, {v.g['W']}.reshape({P}, {F}), {v.g['b']})",
+                ]
+            else:
+                lines += [
+                    f"dWT{t} = {v.scratch}[:{F * Wc}].reshape({F}, {Wc})",
+                    f"gemm({v.dout}.reshape(n * {R}, {F}).T, cols{t}, dWT{t}, dWT{t}, 0, False)",
+                    f"split_weight_grad(dWT{t}, {v.g['W']}.reshape({P}, {F}), {v.g['b']})",
+                ]
             if v.need_dx:
                 lines += [
                     f"WT{t} = {v.scratch}[:{F * P}].reshape({F}, {P})",  # dW.T is stored: its space takes W.T
