@@ -45,7 +45,8 @@ class RandomShiftConfig:
 @LAYERS.register("random_shift", config=RandomShiftConfig)
 class RandomShift(_Augment):
     """Random translation, what zero padding by `pixels` and a random crop back to the size do: out (N, H, W, C)
-    = x shifted by (dy, dx) per example, zeros where the shift vacates; identity in eval. Backward: dout
+    = x shifted by (dy, dx) per example, zeros where the shift vacates (in the data's preprocessed units: the
+    training mean of that pixel, near the background on MNIST's empty borders); identity in eval. Backward: dout
     shifted back by (-dy, -dx). Draws: (N, 2) rows (dy, dx) for images, (N, 1) rows (dx,) for signals."""
 
     kernels = (KA.shift_rows,)
