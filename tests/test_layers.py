@@ -12,7 +12,7 @@ import pytest
 
 from framework import LAYERS, MODELS, load_plugins
 from framework.core.errors import ConfigError
-from framework.layers import builtin
+from framework.layers import augment, builtin
 from framework.layers import kernels_conv as KC
 from framework.layers import kernels_elementwise as KE
 from framework.layers import kernels_pool as KP
@@ -38,6 +38,8 @@ CASES = {
     "tanh": ((2, 3, 4), {}, (2, 3, 4)),
     "dropout": ((2, 3, 4), {"keep_prob": 0.6}, (2, 3, 4)),
     "batchnorm": ((2, 3, 4), {"momentum": 0.8}, (2, 3, 4)),
+    "random_shift": ((2, 4, 5), {"pixels": 1}, (2, 4, 5)),  # training draws: the gradient check's fixed noise
+    "random_flip": ((2, 3, 4), {"p": 0.5}, (2, 3, 4)),
 }
 DEFAULT_CASE = ((2, 4, 5), {}, None)
 CLASSES = 3
@@ -153,12 +155,12 @@ def _reference(name, layer, params, x):
         return np.tanh(x)
     if name == "batchnorm":  # eval mode: the running statistics
         return params["gamma"] * (x - params["mean"]) / np.sqrt(params["var"] + cfg.eps) + params["beta"]
-    if name in ("flatten", "dropout"):
+    if name in ("flatten", "dropout", "random_shift", "random_flip"):  # the last three: identity in eval mode
         return x.reshape(n, -1) if name == "flatten" else x
     raise KeyError(name)
 
 
-BUILTIN = sorted(n for n in LAYERS.names() if LAYERS.get(n).module == builtin.__name__)
+BUILTIN = sorted(n for n in LAYERS.names() if LAYERS.get(n).module in (builtin.__name__, augment.__name__))
 
 
 def test_every_builtin_layer_has_a_case():

@@ -4,6 +4,7 @@ specs and shape inference (spec.py), the generated forward/loss/backward step (s
 `@LAYERS.register(name, config=...)` like any plugin."""
 from framework.core.registry import LAYERS
 from . import builtin  # noqa: F401  (registers the built-in layers)
+from . import augment  # noqa: F401  (registers random_shift and random_flip)
 from .sequential import Sequential, SequentialConfig
 from .spec import Layer, Names, init_weights
 
