@@ -77,11 +77,6 @@ LOSSES: dict[str, Loss] = {
 SOFT_TARGET = K.soft_target_loss  # distillation: (scores, y, soft, idx, T, alpha, dscores) -> mean loss
 
 
-def loss(kind: str) -> Loss:
-    """The table entry of a loss kind (KeyError for an unknown one; configs restrict the choice to LOSSES)."""
-    return LOSSES[kind]
-
-
 def loss_from_scores(scores: np.ndarray, y: np.ndarray, kind: str) -> float:
     """Mean loss of kind `kind` of scores (N, C) against y (N,), in float64; NaN for no rows."""
     if len(y) == 0:

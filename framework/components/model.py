@@ -6,6 +6,7 @@ import copy
 
 import numpy as np
 
+from framework.components.losses import LOSSES, softmax_probabilities
 from framework.core.layout import Layout
 
 
@@ -90,8 +91,6 @@ class Model:
     # --- derived ---
     def predict_proba(self, theta, X) -> np.ndarray:
         """The loss's probabilities of the scores (N, C), float64 (softmax for the built-in losses)."""
-        from framework.components.losses import LOSSES, softmax_probabilities
-
         entry = LOSSES.get(self.loss_kind)
         return (entry.probabilities if entry else softmax_probabilities)(self.scores(theta, X))
 
