@@ -87,6 +87,14 @@ def case_gemm(b):
     return K.gemm(b.floats((13, 9)).T, B, Cout, Cout, 0, False), None
 
 
+def case_gemm_rows(b):
+    a, B, z = b.floats((40,)), b.floats((9, 6)), b.floats((6,))
+    c = b.out((60,))
+    K.gemm_rows(a, 1, 4, 8, B, c, 0, 7, z, True)  # overlapping windows, strided C rows
+    K.gemm_rows(a, 0, 4, 8, B[:], c, 12, 6, z, False)  # a's last window ends at its last value (28 + 9 = 37)
+    return K.gemm_rows(a, 0, 5, 4, B[:0], c, 3, 9, z, True), None  # no taps: rows = z
+
+
 def case_gemm_blas(b):
     A, B = b.floats((9, 13)), b.floats((13, 19))
     Cout, bias = b.out((9, 19)), b.floats((19,))

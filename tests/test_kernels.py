@@ -56,6 +56,46 @@ def test_gemm_matches_numpy(rng, dtype, m, k, n):
     assert np.all(np.abs(C - (ref + Z)) <= tol * (scale + np.abs(Z)))
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("m,sa,k,n,sc", [(37, 50, 75, 25, 25), (9, 3, 7, 19, 40), (20, 2, 5, 25, 25), (5, 4, 0, 6, 9)])
+def test_gemm_rows_reads_overlapping_windows_and_writes_strided_rows(rng, dtype, m, sa, k, n, sc):
+    """Row i of A is the window a[a0 + i sa : + k] (windows overlap when sa < k), row i of C c[c0 + i sc : + n];
+    with init a row z seeds every sum; k = 0 writes zeros (or z). Nothing between or around C's rows changes."""
+    tol = 1e-4 if dtype == np.float32 else 1e-12
+    a0, c0 = 3, 2
+    a = rng.standard_normal(a0 + (m - 1) * sa + k + 4).astype(dtype)
+    B = rng.standard_normal((k, n)).astype(dtype)
+    z = rng.standard_normal(n).astype(dtype)
+    A = np.stack([a[a0 + i * sa:a0 + i * sa + k] for i in range(m)]).astype(np.float64)
+    ref = A @ B.astype(np.float64)
+    scale = np.abs(A) @ np.abs(B).astype(np.float64) + 1.0
+    for init, want in ((False, ref), (True, ref + z)):
+        c = np.full(c0 + (m - 1) * sc + n + 3, 7.0, dtype=dtype)
+        K.gemm_rows(a, a0, sa, m, B, c, c0, sc, z, init)
+        got = np.stack([c[c0 + i * sc:c0 + i * sc + n] for i in range(m)])
+        assert np.all(np.abs(got - want) <= tol * (scale + np.abs(z)))
+        written = np.zeros(c.size, bool)
+        for i in range(m):
+            written[c0 + i * sc:c0 + i * sc + n] = True
+        assert np.all(c[~written] == 7.0)
+
+
+def test_gemm_rows_ignores_rows_outside_its_arrays(rng):
+    """A row past the end of a or c, overlapping C rows (sc < n) or a short seed row: nothing is written."""
+    a, B, z = rng.standard_normal(30), rng.standard_normal((5, 4)), rng.standard_normal(4)
+    c = np.full(20, 7.0)
+    K.gemm_rows(a, 0, 6, 5, B, c, 0, 4, z, False)  # the 5th window ends at 29 < 30: fine
+    assert np.count_nonzero(c != 7.0) == 20
+    for args in ((a, 2, 6, 5, B, c, 0, 4, z, False),  # window 5 would end at 31 > 30
+                 (a, 0, 6, 5, B, c, 1, 4, z, False),  # C row 5 would end at 21
+                 (a, 0, 6, 5, B, c, 0, 3, z, False),  # C rows overlap
+                 (a, -1, 6, 2, B, c, 0, 4, z, False),
+                 (a, 0, 6, 2, B, c, 0, 4, z[:3], True)):  # seed row shorter than a C row
+        c[...] = 7.0
+        K.gemm_rows(*args)
+        assert np.all(c == 7.0)
+
+
 def test_gemm_is_deterministic(rng):
     A, B = rng.standard_normal((33, 700)), rng.standard_normal((700, 21))
     C1, C2 = np.empty((33, 21)), np.empty((33, 21))

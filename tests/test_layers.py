@@ -28,7 +28,8 @@ load_plugins([PLUGIN_DIR])  # the user layer joins every parametrized test below
 CASES = {
     "affine": ((2, 4, 5), {"units": 6}, (6,)),
     "conv2d": ((2, 5, 6), {"filters": 3, "size": 3, "stride": 2, "pad": 1}, (3, 3, 3)),
-    "conv1d": ((2, 9), {"filters": 3, "size": 3, "stride": 2, "pad": 1}, (3, 5)),
+    # L = Lo * stride with a 9-value patch: the in-place path (windows read where they are, dx by phases)
+    "conv1d": ((3, 10), {"filters": 3, "size": 3, "stride": 2, "pad": 1}, (3, 5)),
     "maxpool2d": ((2, 4, 6), {"size": 2}, (2, 2, 3)),
     "maxpool1d": ((3, 8), {"size": 3, "stride": 2}, (3, 3)),  # overlapping windows
     "avgpool": ((2, 4, 6), {"size": 2, "stride": 1}, (2, 3, 5)),
@@ -240,6 +241,10 @@ def test_kernels_ignore_sizes_that_disagree_with_their_arrays():
     KC.im2col_1d_batch(x, cols, 13, 2, 2, 1, 0, 12)  # L = 13 steps of 2 channels > the row's 24 values
     KC.im2col_1d_batch(x, cols[:11], 12, 2, 2, 2, 0, 6)  # 2 signals of 6 windows: 12 rows > 11
     KC.im2col_1d_batch(x, cols, 12, 2, 2, 2, 0, 7)  # Lo = 7 > the 6 windows that fit
+    taps, tb = guarded(np.zeros((4, 2)))
+    KC.stack_taps(np.ones((3, 2, 2)), taps, 1, 2, 2)  # taps 1 and 3 of a 3-tap kernel
+    KC.stack_taps(np.ones((3, 2, 2)), taps, 0, 1, 3)  # 3 taps need (6, 2)
+    assert untouched(tb) and np.all(taps == 0)
     assert all(untouched(b) for b in (xb, cb, ob, dbb, dWb)) and untouched(ab, -99)
     assert np.all(cols == 0) and np.all(out == 1) and np.all(db == 0) and np.all(dW == 0)
     assert x[1, 23] == 6.0 and np.count_nonzero(x) == 1  # six windows routed to input 23 of row 1, nothing else
@@ -316,6 +321,57 @@ def test_im2col_1d_batch_equals_the_2d_kernel(geometry, extra):
     tail = np.zeros(extra)
     tail[:1] = 1.0
     assert np.all(cols[:, want.shape[1]:] == tail)
+
+
+def test_stack_taps_stacks_a_phase_last_tap_first():
+    """Block b of the output is tap first + (count - 1 - b) step of W (K, C, F), transposed to (F, C)."""
+    W = np.arange(5 * 2 * 3, dtype=float).reshape(5, 2, 3)
+    out = np.zeros((3 * 3, 2))
+    KC.stack_taps(W, out, 0, 2, 3)  # taps 4, 2, 0
+    np.testing.assert_array_equal(out, np.vstack([W[4].T, W[2].T, W[0].T]))
+    KC.stack_taps(W, out[:3], 3, 2, 1)
+    np.testing.assert_array_equal(out[:3], W[3].T)
+
+
+def _conv1d_net(L, C, K, S, pad, F):
+    layers = [{"type": "conv1d", "filters": C, "size": 1}, {"type": "conv1d", "filters": F, "size": K, "stride": S,
+                                                           "pad": pad}, {"type": "affine"}]
+    model = Sequential(SequentialConfig(layers=layers, input_shape=[C, L], loss="softmax"))
+    model.setup(C * L, CLASSES, np.float64)
+    rng = np.random.default_rng(2)
+    theta = model.init_params(rng)
+    theta += 0.1 * rng.standard_normal(theta.size)
+    X = rng.standard_normal((ROWS + 1, C * L))
+    X.ravel()[::7] = 3.0  # plateaus: equal values on both sides of a window's edge
+    return model, theta, X, rng.integers(0, CLASSES, ROWS + 1)
+
+
+# (L, C, K, S, pad, F): cnn1d's second layer, taps that miss a phase (K < S), a kernel longer than 2 S, stride 1
+# with 'same' padding, an even kernel, and windows that all cross an edge (no interior position: im2col forward)
+IN_PLACE_GEOMETRIES = [(20, 25, 3, 2, 1, 25), (12, 3, 1, 2, 0, 2), (12, 2, 7, 3, 3, 3), (10, 3, 5, 1, 2, 4),
+                       (8, 3, 4, 2, 1, 2), (4, 2, 7, 1, 3, 2)]
+
+
+@pytest.mark.parametrize("geometry", IN_PLACE_GEOMETRIES)
+def test_conv1d_in_place_equals_im2col(geometry, monkeypatch):
+    """conv1d with L = Lo * stride reads its windows where they are: the forward is bit for bit the im2col
+    product's (the skipped padding taps only added zeros), and the loss gradient (dW by output position, dx by
+    phases) agrees with im2col and col2im to round-off."""
+    L, C, K, S, pad, F = geometry
+    model, theta, X, y = _conv1d_net(*geometry)
+    source = model.plan.source()
+    backward = source.split("def backward")[1].split("def loss_grad")[0]
+    assert "gemm_rows(dof" in backward and "col2im" not in backward
+    grad = np.zeros_like(theta)
+    loss = model.loss_grad(theta, grad, X, y)
+    scores = model.scores(theta, X)
+    monkeypatch.setattr(builtin, "IN_PLACE", False)
+    reference, *_ = _conv1d_net(*geometry)
+    assert "gemm_rows(" not in reference.plan.source()
+    grad2 = np.zeros_like(theta)
+    assert reference.loss_grad(theta, grad2, X, y) == loss
+    np.testing.assert_array_equal(reference.scores(theta, X), scores)
+    np.testing.assert_allclose(grad, grad2, rtol=1e-12, atol=1e-14)
 
 
 def test_split_weight_rows_takes_the_bias_from_the_ones_row():

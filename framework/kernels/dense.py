@@ -253,6 +253,30 @@ def gemm(A, B, C, Z, ldz, init):
                  np.int64(1 if init else 0), VECTOR_BITS // (8 * size))
 
 
+@jit_inline
+def gemm_rows(a, a0, sa, m, B, c, c0, sc, z, init):
+    """Rows of C laid out inside flat arrays: c[c0 + i*sc : + n] = [z[:n] +] a[a0 + i*sa : + k] @ B (k, n) for
+    i < m; with init every row's sums start from z (e.g. a bias), else from 0.
+
+    A's rows may overlap (sa < k: the windows of a signal, as in a convolution's backward without col2im) and C's
+    may be strided (every S-th position of an output). a, c: 1-D, unit stride; B: rows with unit column stride;
+    z: 1-D (>= n,), read only with init; k = 0 writes zeros (or z). Does nothing unless every row lies inside a
+    and c and rows of C do not overlap (sc >= n).
+    Each C element is one FMA chain over k in order, as in gemm."""
+    kdim, n = B.shape
+    size = B.itemsize
+    if (m <= 0 or a0 < 0 or sa < 0 or c0 < 0 or sc < n or a.strides[0] != size or c.strides[0] != size
+            or (kdim > 0 and B.strides[1] != size) or a0 + (m - 1) * sa + kdim > a.size
+            or c0 + (m - 1) * sc + n > c.size
+            or (init and (z.ndim != 1 or z.size < n or z.strides[0] != size))):
+        return
+    zp = _address(z) if init else _address(c[c0:])
+    _gemm_blocks(_address(a[a0:]), _address(B), _address(c[c0:]), zp, np.int64(m),
+                 np.int64(n), np.int64(kdim), np.int64(sa), np.int64(1), np.int64(B.strides[0] // size),
+                 np.int64(sc), np.int64(0 if init else sc), np.int64(1 if init else 0),
+                 np.int64(VECTOR_BITS // (8 * size)))
+
+
 @jit
 def gemm_blas(A, B, C, Z, ldz, init):
     """gemm's contract through BLAS (np.dot inside njit: SciPy's OpenBLAS, with its own threads): C (M, N) =

@@ -8,9 +8,11 @@ row, with no transposes. A column matrix may be one column wider than the patch:
 the weight-gradient product dout.T @ cols also yields the bias gradient (the sums of dout per channel, in row
 order) in its last column, for free inside the GEMM's vector padding. A small patch's matrix is wider still (zeros
 after the ones column, framework.layers.builtin.SMALL_PATCH): its product is cols.T @ dout, split by
-split_weight_rows. conv1d has its own im2col_1d_batch (one copy per window inside the signal). The products are
-framework.kernels.dense.gemm, called from the generated step (framework.layers.step), never from here (the Numba
-cache rule of framework/kernels/dense.py).
+split_weight_rows. conv1d has its own im2col_1d_batch (one copy per window inside the signal); a conv1d whose
+windows sit at a fixed step across the batch (L = Lo * stride) needs no im2col at all: its products read the
+windows in place (framework.kernels.dense.gemm_rows) and stack_taps lays out the taps its dx takes per phase.
+The products are framework.kernels.dense.gemm, called from the generated step (framework.layers.step), never
+from here (the Numba cache rule of framework/kernels/dense.py).
 
 Every kernel checks the sizes it is given against the arrays and does nothing when they disagree, so no input
 (NaN and inf included: they only flow through the copies) makes it read or write out of bounds. Copies and sums
@@ -198,3 +200,21 @@ def split_weight_rows(dWp, dW, db):
     last = dWp[P]
     for f in range(F):
         db[f] = last[f]
+
+
+@jit
+def stack_taps(W, out, first, step, count):
+    """out (count*F, C): block b (rows b*F..b*F+F-1) = W[first + (count - 1 - b)*step].T for W (K, C, F): the taps
+    first, first + step, ... of a conv1d kernel, last tap first, transposed. With the windows of dout (N*Lo, F)
+    that end at output position q as rows, out is what a whole phase of dx needs in one product (see
+    framework.layers.builtin.Conv1d.backward). Does nothing unless every tap exists and out is that shape."""
+    K, C, F = W.shape
+    if (count < 0 or first < 0 or step <= 0 or (count > 0 and first + (count - 1) * step >= K)
+            or out.shape[0] != count * F or out.shape[1] != C):
+        return
+    for b in range(count):
+        tap = W[first + (count - 1 - b) * step]
+        for f in range(F):
+            row = out[b * F + f]
+            for ch in range(C):
+                row[ch] = tap[ch, f]
