@@ -295,7 +295,6 @@ class _Conv(Layer):
             ]
         return "\n".join(lines)
 
-
     def _phase_dx(self, v) -> list[str] | None:
         """conv1d's dx without dcols and col2im, when L = Lo * S (stride S; e.g. 20 -> 10 with k3 s2 pad 1):
         positions p = q S + r - pad of one phase r take dout at o = q - j through tap r + j S, so with the J taps
@@ -303,9 +302,9 @@ class _Conv(Layer):
         Rows of A are overlapping windows of dout and rows of C every S-th position of dx, both at a fixed step
         across the whole batch (L = Lo S): one gemm_rows per phase. It also fills the few positions whose windows
         cross a signal's edge (garbage from the neighbouring signal), which one gemm_rows per such q then
-        overwrites from the taps that exist (none: zeros). Every position is written once, no col2im pass, and
-        the products fill the vector lanes with C (25 filters: the (N Lo, 25) @ (25, 75) dcols product and
-        col2im took 46 us, the phases 34 us on cnn1d's second layer). None when the shapes do not allow it."""
+        overwrites from the taps that exist (none: zeros). Every position is written once and there is no col2im
+        pass (cnn1d's second layer: the (N Lo, 25) @ (25, 75) dcols product and col2im took 46 us, the phases 34
+        us). None when the shapes do not allow it."""
         H, L, C, KH, K, SH, S, PH, pad = self.geometry(self.in_shape)
         Lo, F, t = self.wo, self.cfg.filters, v.tag
         if self.dims != 2 or not IN_PLACE or L != Lo * S:
