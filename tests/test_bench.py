@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import test_numba_cache_rule as cache_rule
-from benchmarks import breakdown, layered, peer_steps, reference_steps, report, suite
+from benchmarks import breakdown, layer_profile, layered, peer_steps, reference_steps, report, suite
 from framework.engine.fused import FusedSteps
 from framework.engine.stubs import kernels_stubbed
 from benchmarks.framework_runner import make_run
@@ -237,6 +237,19 @@ def test_layered_bench_smoke_on_tiny_sizes(tmp_path):
     text = report.report(result)
     assert "W4 convnet 3x8x8 batch 4" in text and "W5 cnn1d 2x12 batch 4" in text
     json.dumps(result)
+
+
+@pytest.mark.slow
+def test_layer_profile_times_every_layer_of_the_step():
+    """benchmarks.layer_profile on the tiny cnn1d: one forward and one backward section per layer that has lines
+    (flatten has none), in the generated step's order, each a positive time, their sum the size of loss_grad's."""
+    rows = dict(layer_profile.profile(TINY_LAYERED[1], "float64", reps=5, steps_per_epoch=3))
+    names = [title.split(" ", 1)[1] for title in rows if title[0].isdigit()]
+    layers = ["conv1d", "relu"] * 3 + ["affine"]
+    assert names == [f"{layer} forward" for layer in layers] + [f"{layer} backward" for layer in reversed(layers)]
+    assert all(np.isfinite(t) and t > 0 for t in rows.values())
+    whole = rows["loss_grad (forward, loss, backward)"]
+    assert 0.3 * whole < rows["sections' sum"] < 3 * whole
 
 
 def test_layered_workloads_are_the_issues():
