@@ -15,12 +15,12 @@ import re
 import sys
 import tempfile
 import textwrap
-import time
 
 import numpy as np
 from numba import njit
 
 from benchmarks.layered import LAYERED, LayeredWorkload, make_layered_run
+from benchmarks.timing import best_call_time
 
 ROUNDS = 7
 
@@ -57,13 +57,9 @@ def timing_source(setup: list[str], lines: list[str], name: str) -> str:
 
 
 def best_us(fn, *args, reps: int) -> float:
+    """us per rep of fn(*args, reps), a compiled loop of reps calls: the best of ROUNDS timed calls."""
     fn(*args, 2)
-    times = []
-    for _ in range(ROUNDS):
-        t = time.perf_counter()
-        fn(*args, reps)
-        times.append((time.perf_counter() - t) / reps)
-    return min(times) * 1e6
+    return best_call_time(lambda: fn(*args, reps), 1, ROUNDS) / reps * 1e6
 
 
 def profile(workload: LayeredWorkload, dtype: str = "float32", reps: int = 200,
@@ -103,14 +99,13 @@ def profile(workload: LayeredWorkload, dtype: str = "float32", reps: int = 200,
                                         np.bool_(True), model.dims, reps=reps)))
         total = sum(t for _, t in rows)
         whole = best_us(namespace["whole"], theta, grad, X, y, idx, masks, work, iwork, ybatch, model.dims, reps=reps)
-        epochs = []
-        for _ in range(ROUNDS):
+        def epoch():
             run.cursor = 0
-            t = time.perf_counter()
             run.train_epoch()
-            epochs.append((time.perf_counter() - t) / steps_per_epoch)
+
+        step = best_call_time(epoch, 1, ROUNDS) / steps_per_epoch * 1e6
     return rows + [("sections' sum", total), ("loss_grad (forward, loss, backward)", whole),
-                   ("train_epoch per step (update, L2, batch order included)", min(epochs) * 1e6)]
+                   ("train_epoch per step (update, L2, batch order included)", step)]
 
 
 def main(argv: list[str]) -> int:
