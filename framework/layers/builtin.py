@@ -148,10 +148,15 @@ class _Conv(Layer):
         dW; in place 34.2 and 27.5 (float32, one core)."""
         H, L, C, KH, K, SH, S, PH, pad = self.geometry(self.in_shape)
         rows, patch, _ = self._sizes()
-        if self.dims != 2 or not IN_PLACE or not self.batched() or patch + 1 < SMALL_PATCH or L != self.wo * S:
+        if not self._fixed_step() or not self.batched() or patch + 1 < SMALL_PATCH:
             return None
         o_a, o_b = -(-pad // S), min(self.wo, (L + pad - K) // S + 1)
         return (o_a, o_b) if o_a < o_b else None
+
+    def _fixed_step(self) -> bool:
+        """conv1d (with IN_PLACE) whose windows sit at a fixed step across the batch: L = Lo * S."""
+        H, L, C, KH, K, SH, S, PH, pad = self.geometry(self.in_shape)
+        return self.dims == 2 and IN_PLACE and L == self.wo * S
 
     def _edge_taps(self, o: int) -> tuple[int, int, int]:
         """(p0, kk_lo, kk_hi): output position o's window starts at p0 = o S - pad; taps kk_lo <= kk < kk_hi fall
@@ -228,22 +233,23 @@ class _Conv(Layer):
             # taps they have
             H, L, C, KH, K, SH, S, PH, pad = self.geometry(self.in_shape)
             Lo, (o_a, o_b) = self.wo, windows
-            dWT, x2, d2 = f"dWT{t}", f"{v.x}", f"{v.dout}"
+            dWT = f"dWT{t}"
 
-            def product(o, lo, hi, init):
-                p0 = o * S - pad
+            def product(o, init):
+                p0, lo, hi = self._edge_taps(o)
                 cw = f"{dWT}[:, {lo * C}:{hi * C}]" if (lo, hi) != (0, K) else dWT
-                return (f"gemm({d2}[:, {o * F}:{o * F + F}].T, {x2}[:, {(p0 + lo) * C}:{(p0 + hi) * C}], {cw}, {cw}, "
-                        f"{P}, {init})")
-            lines = [f"{dWT} = {v.scratch}[:{F * P}].reshape({F}, {P})", product(o_a, 0, K, False)]
-            if o_b > o_a + 1:
+                return (f"gemm({v.dout}[:, {o * F}:{o * F + F}].T, {v.x}[:, {(p0 + lo) * C}:{(p0 + hi) * C}], {cw}, "
+                        f"{cw}, {P}, {init})")
+            lines = [f"{dWT} = {v.scratch}[:{F * P}].reshape({F}, {P})", product(o_a, False)]
+            if o_b > o_a + 1:  # a loop in the step, not one line per position: long signals stay short source
                 lines += [f"for o in range({o_a + 1}, {o_b}):",
                           f"    w0 = (o * {S} - {pad}) * {C}",
-                          f"    gemm({d2}[:, o * {F}:o * {F} + {F}].T, {x2}[:, w0:w0 + {P}], {dWT}, {dWT}, {P}, True)"]
+                          f"    gemm({v.dout}[:, o * {F}:o * {F} + {F}].T, {v.x}[:, w0:w0 + {P}], {dWT}, {dWT}, {P}, "
+                          "True)"]
             for o in [*range(o_a), *range(o_b, Lo)]:
                 p0, lo, hi = self._edge_taps(o)
                 if lo < hi:
-                    lines.append(product(o, lo, hi, True))
+                    lines.append(product(o, True))
             lines += [f"bias_grad({v.dout}.reshape(n * {Lo}, {F}), {v.g['b']})",
                       f"transpose_into({dWT}, {v.g['W']}.reshape({P}, {F}))"]
             if v.need_dx:
@@ -305,10 +311,10 @@ class _Conv(Layer):
         overwrites from the taps that exist (none: zeros). Every position is written once and there is no col2im
         pass (cnn1d's second layer: the (N Lo, 25) @ (25, 75) dcols product and col2im took 46 us, the phases 34
         us). None when the shapes do not allow it."""
+        if not self._fixed_step():
+            return None
         H, L, C, KH, K, SH, S, PH, pad = self.geometry(self.in_shape)
         Lo, F, t = self.wo, self.cfg.filters, v.tag
-        if self.dims != 2 or not IN_PLACE or L != Lo * S:
-            return None
         lines = [f"Wk{t} = {v.p['W']}.reshape({K}, {C}, {F})", f"dof{t} = {v.dout}.reshape(n * {Lo * F})",
                  f"dxf{t} = {v.dx}.reshape(n * {L * C})"]
         for r in range(S):
