@@ -84,6 +84,8 @@ def case_gemm(b):
     Cout, bias = b.out((9, 19)), b.floats((19,))
     K.gemm(A, B, Cout, Cout, 0, False)
     K.gemm(A, B, Cout, bias, 0, True)
+    K.gemm(A, B, Cout, bias, 0, True, True)  # relu at the stores
+    K.gemm(A, B, Cout, bias, 0, True, False, b.floats((9, 19)))  # gated stores
     return K.gemm(b.floats((13, 9)).T, B, Cout, Cout, 0, False), None
 
 
@@ -92,6 +94,8 @@ def case_gemm_rows(b):
     c = b.out((60,))
     K.gemm_rows(a, 1, 4, 8, B, c, 0, 7, z, True)  # overlapping windows, strided C rows
     K.gemm_rows(a, 0, 4, 8, B[:], c, 12, 6, z, False)  # a's last window ends at its last value (28 + 9 = 37)
+    K.gemm_rows(a, 0, 4, 8, B, c, 12, 6, z, False, True)  # relu at the stores
+    K.gemm_rows(a, 0, 4, 8, B, c, 12, 6, z, True, False, b.floats((60,)))  # gated stores
     return K.gemm_rows(a, 0, 5, 4, B[:0], c, 3, 9, z, True), None  # no taps: rows = z
 
 

@@ -96,6 +96,63 @@ def test_gemm_rows_ignores_rows_outside_its_arrays(rng):
         assert np.all(c == 7.0)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("m,k,n", [(9, 3, 17), (17, 300, 49), (100, 75, 25), (3, 0, 5)])
+def test_gemm_stores_relu_and_gate_as_the_separate_kernels_would(rng, dtype, m, k, n):
+    """relu=True leaves what relu_inplace leaves after a plain gemm, and gate= what relu_backward_inplace does,
+    bit for bit, NaN, inf and -0.0 included; with K beyond K_BLOCK (300) the partial sums of the first block are
+    not clipped. gemm_rows the same on strided rows; a gate of another layout writes nothing."""
+    from framework.layers import kernels_elementwise as KE
+    A = rng.standard_normal((m, k)).astype(dtype)
+    A[0, :1] = np.nan if k else 0
+    B = rng.standard_normal((k, n)).astype(dtype)
+    z = rng.standard_normal(n).astype(dtype)
+    z[:3] = (np.inf, -np.inf, -0.0)
+    plain = np.empty((m, n), dtype)
+    K.gemm(A, B, plain, z, 0, True)
+    want = plain.copy()
+    KE.relu_inplace(want)
+    got = np.full((m, n), 7.0, dtype)
+    K.gemm(A, B, got, z, 0, True, True)
+    assert np.array_equal(got, want, equal_nan=True) and np.array_equal(np.signbit(got), np.signbit(want))
+    gate = rng.standard_normal((m, n)).astype(dtype)
+    gate[0, :4] = (np.nan, 0.0, -0.0, np.inf)
+    want = plain.copy()
+    KE.relu_backward_inplace(want, gate)
+    K.gemm(A, B, got, z, 0, True, False, gate)
+    assert np.array_equal(got, want, equal_nan=True) and np.array_equal(np.signbit(got), np.signbit(want))
+    got[...] = 7.0
+    K.gemm(A, B, got, z, 0, True, False, gate.T.copy().T)  # column-major gate: refused
+    assert np.all(got == 7.0)
+    # the same on rows of flat arrays, C rows strided (n + 3 apart), the gate read at C's offsets
+    flat_a = A.ravel()
+    c = np.full(2 + m * (n + 3), 7.0, dtype)
+    flat_gate = np.full(c.size, -1.0, dtype)
+    for i in range(m):
+        flat_gate[2 + i * (n + 3):2 + i * (n + 3) + n] = gate[i]
+    for relu, g in ((True, None), (False, flat_gate)):
+        K.gemm_rows(flat_a, 0, k, m, B, c, 2, n + 3, z, True, relu, g)
+        rows = np.stack([c[2 + i * (n + 3):2 + i * (n + 3) + n] for i in range(m)])
+        want = plain.copy()
+        KE.relu_inplace(want) if relu else KE.relu_backward_inplace(want, gate)
+        assert np.array_equal(rows, want, equal_nan=True) and np.array_equal(np.signbit(rows), np.signbit(want))
+        assert c[0] == 7.0 and c[1] == 7.0
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n,h", [(1000, 25), (7, 1), (0, 5), (300, 100)])
+def test_bias_grad_sums_columns_in_row_order(rng, dtype, n, h):
+    """The column sums of every row in order (a float64-free sequential sum, so bitwise equal to np.add's
+    accumulate), also for a transposed (strided) dout."""
+    d = rng.standard_normal((n, h)).astype(dtype)
+    want = np.add.accumulate(d, axis=0)[-1] if n else np.zeros(h, dtype)
+    db = np.full(h, 7.0, dtype)
+    K.bias_grad(d, db)
+    assert np.array_equal(db, want)
+    K.bias_grad(np.asfortranarray(d), db)
+    assert np.array_equal(db, want)
+
+
 def test_gemm_is_deterministic(rng):
     A, B = rng.standard_normal((33, 700)), rng.standard_normal((700, 21))
     C1, C2 = np.empty((33, 21)), np.empty((33, 21))

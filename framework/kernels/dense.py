@@ -75,23 +75,26 @@ TILE_ROWS, TILE_VECS = tile_shape(VECTOR_REGISTERS)
 K_BLOCK = 256  # rows of B per pass: a 256 x 3-vector panel of B stays in L1/L2 while every row strip uses it
 _I64 = ir.IntType(64)
 _I32 = ir.IntType(32)
+INIT, RELU, GATE = 1, 2, 4  # the tile's flags: start from Z; store relu(sum); store sum where G > 0 (else 0)
 
 
 def _make_tile(rows: int, vecs: int, masked: bool = True):
-    """Intrinsic tile(A, B, C, Z, i0, j0, k0, kb, sa_i, sa_k, sb_k, ldc, ldz, n, init) over data pointers
+    """Intrinsic tile(A, B, C, Z, G, i0, j0, k0, kb, sa_i, sa_k, sb_k, ldc, ldz, n, flags) over data pointers
     (see _address): for r < rows, v < vecs
     C[i0+r, j0+v*VL : +VL] = (Z[(i0+r)*ldz + j0+v*VL : +VL] if init else 0) + sum_{k<kb} A[i0+r, k0+k] B[k0+k, ...]
     with A[i, k] at i*sa_i + k*sa_k (any layout, e.g. a transposed view), B rows at k*sb_k, contiguous within a
     row, C rows at i*ldc. Columns >= n are masked off (never read or written). Strides are in elements.
+    flags: INIT (start from Z), RELU (store max(sum, 0), NaN kept: relu_inplace's numbers) and GATE (store the
+    sum where G > 0 at C's own offset, else 0: relu_backward_inplace's numbers). G is read only with GATE.
     masked=False: plain loads and stores for blocks whose columns are all < n (the caller checks). On AVX2 the
     masks live in vector registers (3 of the 16) and their conversions in the loop; AVX-512 has mask registers."""
 
     @intrinsic
-    def tile(typingctx, A, B, C, Z, i0, j0, k0, kb, sa_i, sa_k, sb_k, ldc, ldz, n, init):
-        sig = types.void(A, B, C, Z, *([types.intp] * 11))
+    def tile(typingctx, A, B, C, Z, G, i0, j0, k0, kb, sa_i, sa_k, sb_k, ldc, ldz, n, flags):
+        sig = types.void(A, B, C, Z, G, *([types.intp] * 11))
 
         def codegen(context, builder, signature, args):
-            a, b, c, z, i0, j0, k0, kb, sa_i, sa_k, sb_k, ldc, ldz, n, init = args
+            a, b, c, z, g, i0, j0, k0, kb, sa_i, sa_k, sb_k, ldc, ldz, n, flags = args
             fty = context.get_value_type(A.dtype)  # A..Z are CPointer(dtype): one compile per dtype
             size = context.get_abi_sizeof(fty)
             lanes = VECTOR_BITS // (8 * size)
@@ -104,7 +107,7 @@ def _make_tile(rows: int, vecs: int, masked: bool = True):
                 builder.module, ir.FunctionType(vty, [vpty, _I32, mty, vty]), f"llvm.masked.load.{tag}.p0")
             mstore = cgutils.get_or_insert_function(
                 builder.module, ir.FunctionType(ir.VoidType(), [vty, vpty, _I32, mty]), f"llvm.masked.store.{tag}.p0")
-            ptr = {"a": a, "b": b, "c": c, "z": z}
+            ptr = {"a": a, "b": b, "c": c, "z": z, "g": g}
             zero = ir.Constant(vty, [0.0] * lanes)
             align = ir.Constant(_I32, size)
 
@@ -144,7 +147,10 @@ def _make_tile(rows: int, vecs: int, masked: bool = True):
                 else:
                     builder.store(value, vec_at(base, offset), align=size)
             rows_at = [builder.add(i0, const(r)) for r in range(rows)]
-            do_init = builder.icmp_signed("!=", init, const(0))
+            def flag(bit):
+                return builder.icmp_signed("!=", builder.and_(flags, const(bit)), const(0))
+
+            do_init, do_relu, do_gate = flag(INIT), flag(RELU), flag(GATE)
             start = [[builder.select(do_init, load(ptr["z"], builder.add(builder.mul(rows_at[r], ldz), cols[v]), v),
                                      zero) for v in range(vecs)] for r in range(rows)]
             entry = builder.block
@@ -177,7 +183,16 @@ def _make_tile(rows: int, vecs: int, masked: bool = True):
                 for v in range(vecs):
                     final[r][v].add_incoming(start[r][v], entry)
                     final[r][v].add_incoming(new[r][v], loop)
-                    store(final[r][v], ptr["c"], builder.add(builder.mul(rows_at[r], ldc), cols[v]), v)
+                    at = builder.add(builder.mul(rows_at[r], ldc), cols[v])
+                    value = final[r][v]
+                    # 'unordered or greater' keeps NaN; -0.0 and 0.0 both become 0.0, as relu_inplace does
+                    value = builder.select(do_relu, builder.select(builder.fcmp_unordered(">", value, zero), value,
+                                                                   zero), value)
+                    with builder.if_then(do_gate, likely=False):
+                        keep = builder.fcmp_ordered(">", load(ptr["g"], at, v), zero)  # NaN gates to 0
+                        store(builder.select(keep, value, zero), ptr["c"], at, v)
+                    with builder.if_then(builder.not_(do_gate), likely=True):
+                        store(value, ptr["c"], at, v)
             return context.get_dummy_value()
 
         return sig, codegen
@@ -198,19 +213,19 @@ _tile_full = _make_tile(TILE_ROWS, TILE_VECS, masked=False)  # the common case: 
 
 
 @jit_inline
-def _gemm_strip(A, B, C, Z, i0, j0, k0, kb, sa_i, sa_k, sb_k, ldc, ldz, n, init, vecs, rows, lanes):
+def _gemm_strip(A, B, C, Z, G, i0, j0, k0, kb, sa_i, sa_k, sb_k, ldc, ldz, n, flags, vecs, rows, lanes):
     """One strip of `rows` (TILE_ROWS or fewer) rows of C by `vecs` (<= TILE_VECS) vectors of columns."""
     if rows == TILE_ROWS and j0 + TILE_VECS * lanes <= n:
-        _tile_full(A, B, C, Z, i0, j0, k0, kb, sa_i, sa_k, sb_k, ldc, ldz, n, init)
+        _tile_full(A, B, C, Z, G, i0, j0, k0, kb, sa_i, sa_k, sb_k, ldc, ldz, n, flags)
     elif rows == TILE_ROWS and vecs == TILE_VECS:  # the last columns: only the last vector is partly masked
-        _tile_wide(A, B, C, Z, i0, j0, k0, kb, sa_i, sa_k, sb_k, ldc, ldz, n, init)
+        _tile_wide(A, B, C, Z, G, i0, j0, k0, kb, sa_i, sa_k, sb_k, ldc, ldz, n, flags)
     elif rows == TILE_ROWS and vecs == 2:  # 2 vectors left: both from one A broadcast
-        _tile_two(A, B, C, Z, i0, j0, k0, kb, sa_i, sa_k, sb_k, ldc, ldz, n, init)
+        _tile_two(A, B, C, Z, G, i0, j0, k0, kb, sa_i, sa_k, sb_k, ldc, ldz, n, flags)
     elif rows == TILE_ROWS:  # 1 vector left (e.g. 10 class scores)
-        _tile_narrow(A, B, C, Z, i0, j0, k0, kb, sa_i, sa_k, sb_k, ldc, ldz, n, init)
+        _tile_narrow(A, B, C, Z, G, i0, j0, k0, kb, sa_i, sa_k, sb_k, ldc, ldz, n, flags)
     else:  # the last rows: vectors past n are masked off entirely (no memory access)
         for i in range(i0, i0 + rows):
-            _tile_row(A, B, C, Z, i, j0, k0, kb, sa_i, sa_k, sb_k, ldc, ldz, n, init)
+            _tile_row(A, B, C, Z, G, i, j0, k0, kb, sa_i, sa_k, sb_k, ldc, ldz, n, flags)
 
 
 @intrinsic
@@ -224,39 +239,52 @@ def _address(typingctx, arr):
 
 
 @jit
-def _gemm_blocks(A, B, C, Z, m, n, kdim, sa_i, sa_k, sb_k, ldc, ldz, init, lanes):
+def _gemm_blocks(A, B, C, Z, G, m, n, kdim, sa_i, sa_k, sb_k, ldc, ldz, flags, lanes):
     width = TILE_VECS * lanes
+    store = flags & (RELU | GATE)  # on the last K block only: earlier ones store partial sums
     for j0 in range(0, n, width):
         vecs = min(TILE_VECS, (n - j0 + lanes - 1) // lanes)
         for k0 in range(0, max(kdim, 1), K_BLOCK):
             kb = min(K_BLOCK, kdim - k0)
             first = k0 == 0  # later K blocks continue from the partial sums already in C
-            src, ld, start = (Z, ldz, init) if first else (C, ldc, 1)
+            src, ld, start = (Z, ldz, flags & INIT) if first else (C, ldc, INIT)
+            if k0 + K_BLOCK >= kdim:
+                start |= store
             for i0 in range(0, m, TILE_ROWS):
-                _gemm_strip(A, B, C, src, i0, j0, k0, kb, sa_i, sa_k, sb_k, ldc, ld, n, start, vecs,
+                _gemm_strip(A, B, C, src, G, i0, j0, k0, kb, sa_i, sa_k, sb_k, ldc, ld, n, start, vecs,
                             min(TILE_ROWS, m - i0), lanes)
 
 
 @jit_inline
-def gemm(A, B, C, Z, ldz, init):
+def gemm(A, B, C, Z, ldz, init, relu=False, gate=None):
     """C (M, N) = [Z +] A (M, K) @ B (K, N), single-threaded, deterministic.
 
     A: any strides (x.T views are fine); B, C: rows with unit column stride. With init, the sum starts from Z's
     rows at stride ldz (elements; 0 repeats one row, e.g. a bias (N,)), else from 0. Each C element is one FMA
-    chain over k in order, blocked by K_BLOCK rows of B."""
+    chain over k in order, blocked by K_BLOCK rows of B. As the sums are stored (no pass of their own, the numbers
+    of the separate kernels): relu keeps max(C, 0) (relu_inplace); gate, an array of C's shape and strides,
+    keeps C where gate > 0, else 0 (relu_backward_inplace(C, gate)); with another layout nothing is written."""
     m, kdim = A.shape
     n = B.shape[1]
     size = A.itemsize
+    flags = (INIT if init else 0) | (RELU if relu else 0)
+    gp = _address(C)
+    if gate is not None:
+        if gate.shape != C.shape or gate.strides != C.strides:
+            return
+        gp = _address(gate)
+        flags |= GATE
     # np.int64(): callers pass constants, and a Literal argument would compile _gemm_blocks once per value
-    _gemm_blocks(_address(A), _address(B), _address(C), _address(Z), m, n, kdim, A.strides[0] // size,
+    _gemm_blocks(_address(A), _address(B), _address(C), _address(Z), gp, m, n, kdim, A.strides[0] // size,
                  A.strides[1] // size, B.strides[0] // size, C.strides[0] // size, np.int64(ldz),
-                 np.int64(1 if init else 0), VECTOR_BITS // (8 * size))
+                 np.int64(flags), VECTOR_BITS // (8 * size))
 
 
 @jit_inline
-def gemm_rows(a, a0, sa, m, B, c, c0, sc, z, init):
+def gemm_rows(a, a0, sa, m, B, c, c0, sc, z, init, relu=False, gate=None):
     """Rows of C laid out inside flat arrays: c[c0 + i*sc : + n] = [z[:n] +] a[a0 + i*sa : + k] @ B (k, n) for
-    i < m; with init every row's sums start from z (e.g. a bias), else from 0.
+    i < m; with init every row's sums start from z (e.g. a bias), else from 0. relu and gate as in gemm; gate is
+    1-D, unit stride, c's size, read at c's offsets.
 
     A's rows may overlap (sa < k: the windows of a signal, as in a convolution's backward without col2im) and C's
     may be strided (every S-th position of an output). a, c: 1-D, unit stride; B: rows with unit column stride;
@@ -270,10 +298,17 @@ def gemm_rows(a, a0, sa, m, B, c, c0, sc, z, init):
             or c0 + (m - 1) * sc + n > c.size
             or (init and (z.ndim != 1 or z.size < n or z.strides[0] != size))):
         return
+    flags = (INIT if init else 0) | (RELU if relu else 0)
+    gp = _address(c[c0:])
+    if gate is not None:
+        if gate.ndim != 1 or gate.size != c.size or gate.strides[0] != size:
+            return
+        gp = _address(gate[c0:])
+        flags |= GATE
     zp = _address(z) if init else _address(c[c0:])
-    _gemm_blocks(_address(a[a0:]), _address(B), _address(c[c0:]), zp, np.int64(m),
+    _gemm_blocks(_address(a[a0:]), _address(B), _address(c[c0:]), zp, gp, np.int64(m),
                  np.int64(n), np.int64(kdim), np.int64(sa), np.int64(1), np.int64(B.strides[0] // size),
-                 np.int64(sc), np.int64(0 if init else sc), np.int64(1 if init else 0),
+                 np.int64(sc), np.int64(0 if init else sc), np.int64(flags),
                  np.int64(VECTOR_BITS // (8 * size)))
 
 
@@ -324,33 +359,44 @@ def transpose_into(W, out):
 
 
 @jit_inline
-def affine_forward(x, W, b, out):
-    """out (N, H) = x (N, D) @ W (D, H) + b (H,); the bias seeds the accumulators (no second pass)."""
-    gemm(x, W, out, b, 0, True)
+def affine_forward(x, W, b, out, relu=False):
+    """out (N, H) = x (N, D) @ W (D, H) + b (H,); the bias seeds the accumulators (no second pass); relu: a ReLU
+    applied as out is stored."""
+    gemm(x, W, out, b, 0, True, relu)
 
 
 @jit
 def bias_grad(dout, db):
-    """db (H,) = column sums of dout (N, H), summed in row order."""
+    """db (H,) = column sums of dout (N, H), summed in row order: a row of ones (A of stride 0) times dout through
+    the GEMM tile, so the sums stay in vector registers (1 * x is exact: the numbers of an element loop, which
+    took 1.7x as long at H = 25, where it adds 9 of the columns one by one)."""
     n, h = dout.shape
-    for j in range(h):
-        db[j] = 0.0
-    for i in range(n):
-        for j in range(h):
-            db[j] += dout[i, j]
+    size = dout.itemsize
+    if db.ndim != 1 or db.size < h or db.strides[0] != size or (h > 1 and dout.strides[1] != size):
+        for j in range(h):  # a layout the tile does not take
+            db[j] = 0.0
+        for i in range(n):
+            for j in range(h):
+                db[j] += dout[i, j]
+        return
+    one = np.ones(1, dout.dtype)
+    _gemm_blocks(_address(one), _address(dout), _address(db), _address(db), _address(db), np.int64(1),
+                 np.int64(h), np.int64(n), np.int64(0), np.int64(0), np.int64(dout.strides[0] // size),
+                 np.int64(h), np.int64(0), np.int64(0), np.int64(VECTOR_BITS // (8 * size)))
 
 
 @jit_inline
-def affine_backward(dout, x, W, dx, dW, db, need_dx, wt):
+def affine_backward(dout, x, W, dx, dW, db, need_dx, wt, gate=None):
     """Given dout (N, H): dW (D, H) = x.T @ dout; db (H,) summed in row order; dx (N, D) = dout @ W.T if need_dx,
-    through wt, a (>= D*H,) scratch that takes W.T so the GEMM reads its rows contiguously."""
+    through wt, a (>= D*H,) scratch that takes W.T so the GEMM reads its rows contiguously; gate (dx's layout): dx
+    stored only where gate > 0 (the backward of a ReLU whose output is gate)."""
     gemm(x.T, dout, dW, dW, 0, False)
     bias_grad(dout, db)
     if need_dx:
         d, h = W.shape
         WT = wt[:h * d].reshape(h, d)
         transpose_into(W, WT)
-        gemm(dout, WT, dx, dx, 0, False)
+        gemm(dout, WT, dx, dx, 0, False, False, gate)
 
 
 # exp of float32 values <= 0 as a polynomial, so the loop vectorizes (LLVM calls libm's scalar expf otherwise;
