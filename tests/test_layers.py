@@ -374,6 +374,58 @@ def test_conv1d_in_place_equals_im2col(geometry, monkeypatch):
     np.testing.assert_allclose(grad, grad2, rtol=1e-12, atol=1e-14)
 
 
+# (input shape, layers, fused ReLU forwards, fused ReLU backwards): cnn1d (a small-patch im2col GEMM, then windows
+# in place and dx by phases), an MLP, a convnet (conv2d's dx is col2im's sums: its ReLU keeps its backward), a ReLU
+# with no parameters before it (no backward at all) and a ReLU before dropout (no producer of its dx to gate)
+FUSED_RELU_NETS = [
+    ((1, 16), [{"type": "conv1d", "filters": 5, "size": 5, "stride": 2, "pad": 2}, "relu",
+               {"type": "conv1d", "filters": 4, "size": 3, "stride": 2, "pad": 1}, "relu", "flatten",
+               {"type": "affine"}], 2, 2),
+    ((12,), [{"type": "affine", "units": 9}, "relu", {"type": "affine", "units": 7}, "relu", {"type": "affine"}], 2, 2),
+    ((2, 6, 6), [{"type": "conv2d", "filters": 3, "size": 3, "pad": 1}, "relu", {"type": "maxpool2d"},
+                 {"type": "affine", "units": 8}, "relu", {"type": "affine"}], 2, 1),
+    ((12,), ["relu", {"type": "affine", "units": 6}, "relu", "dropout", {"type": "affine"}], 1, 0),
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("net", range(len(FUSED_RELU_NETS)))
+def test_relu_in_the_stores_equals_the_relu_layer(net, dtype, monkeypatch):
+    """A ReLU applied as the layer before it stores its output, and its backward as the layer after it stores
+    dx: the step loses the ReLU's own lines, and its loss, scores and gradient are bit for bit those of the step
+    with the ReLU's kernels."""
+    from framework.layers import step
+    shape, layers, forwards, backwards = FUSED_RELU_NETS[net]
+
+    def build():
+        model = Sequential(SequentialConfig(layers=layers, input_shape=list(shape), loss="softmax"))
+        model.setup(int(np.prod(shape)), CLASSES, dtype)
+        return model
+
+    model = build()
+    source = model.plan.source()
+    forward = source.split("def forward")[1].split("def backward")[0]
+    backward = source.split("def backward")[1].split("def loss_grad")[0]
+    assert forward.count("+ relu forward") == forwards and backward.count("+ relu backward") == backwards
+    relus = [i for i, layer in enumerate(layers) if layer == "relu"]
+    assert forward.count("relu_inplace(") == len(relus) - forwards
+    rng = np.random.default_rng(6)
+    theta = (model.init_params(rng) + 0.1 * rng.standard_normal(model.layout.size)).astype(dtype)
+    X = rng.standard_normal((ROWS + 1, int(np.prod(shape)))).astype(dtype)
+    y = rng.integers(0, CLASSES, ROWS + 1)
+    grad = np.zeros_like(theta)
+    loss = model.loss_grad(theta, grad, X, y)
+    scores = model.scores(theta, X)
+    monkeypatch.setattr(step, "FUSE_RELU", False)
+    reference = build()
+    assert "+ relu" not in reference.plan.source()
+    grad2 = np.zeros_like(theta)
+    assert reference.loss_grad(theta, grad2, X, y) == loss
+    np.testing.assert_array_equal(reference.scores(theta, X), scores)
+    np.testing.assert_array_equal(grad2, grad)
+    assert np.count_nonzero(grad) > grad.size // 2
+
+
 def test_split_weight_rows_takes_the_bias_from_the_ones_row():
     """dWp (8, F) = [cols, 1, 0, 0].T @ dout for a small patch (P = 5): dW is its first P rows, db row P, the zero
     columns' rows ignored."""

@@ -53,14 +53,21 @@ class Affine(Layer):
     def scratch_floats(self):
         return self.in_size * self.out_size  # W.T for dx (affine_backward)
 
+    def stores_relu(self):
+        return True
+
+    def gates_dx(self):
+        return True
+
     def forward(self, v):
         if v.wide:  # the same GEMM calls, each split over `parts` threads or on BLAS (engine.threads)
             return f"affine_forward_threads({v.x}, {v.p['W']}, {v.p['b']}, {v.out}, parts)"
-        return f"affine_forward({v.x}, {v.p['W']}, {v.p['b']}, {v.out})"
+        return f"affine_forward({v.x}, {v.p['W']}, {v.p['b']}, {v.out}{', True' if v.relu else ''})"
 
     def backward(self, v):
         dx = v.dx if v.need_dx else v.dout
         name, extra = ("affine_backward_threads", ", parts") if v.wide else ("affine_backward", "")
+        extra += f", {v.gate}" if v.gate else ""
         return (f"{name}({v.dout}, {v.x}, {v.p['W']}, {dx}, {v.g['W']}, {v.g['b']}, {v.need_dx}, "
                 f"{v.scratch}{extra})")
 
@@ -173,6 +180,12 @@ class _Conv(Layer):
     def _args(self):
         return ", ".join(str(a) for a in (*self.geometry(self.in_shape), self.ho, self.wo))
 
+    def stores_relu(self):
+        return True
+
+    def gates_dx(self):
+        return self._fixed_step() and self.batched()  # dx by phases (one store per value), not col2im's sums
+
     def _im2col_batch(self, arrays: str) -> str:
         """The im2col_batch call of `arrays` ("x, cols"): conv1d's own 1-D kernel, else the 2-D one."""
         if self.dims == 2:
@@ -186,6 +199,7 @@ class _Conv(Layer):
     def forward(self, v):
         R, P, F = self._sizes()
         t = v.tag
+        relu = ", True" if v.relu else ""
         windows = self._windows()
         if windows is not None:
             H, L, C, KH, K, SH, S, PH, pad = self.geometry(self.in_shape)
@@ -194,13 +208,14 @@ class _Conv(Layer):
                      f"Wm{t} = {v.p['W']}.reshape({P}, {F})",
                      # rows o_a .. the last whose window ends inside the batch; edge rows are redone below
                      f"gemm_rows(xf{t}, {(o_a * S - pad) * C}, {S * C}, (n * {L} + {pad - K}) // {S} - {o_a - 1}, "
-                     f"Wm{t}, of{t}, {o_a * F}, {F}, {v.p['b']}, True)"]
+                     f"Wm{t}, of{t}, {o_a * F}, {F}, {v.p['b']}, True{relu})"]
             for o in range(Lo):
                 p0, lo, hi = self._edge_taps(o)
                 if lo == 0 and hi == K:
                     continue
                 a0, block = ((p0 + lo) * C, f"Wm{t}[{lo * C}:{hi * C}]") if lo < hi else (0, f"Wm{t}[:0]")
-                lines.append(f"gemm_rows(xf{t}, {a0}, {L * C}, n, {block}, of{t}, {o * F}, {Lo * F}, {v.p['b']}, True)")
+                lines.append(f"gemm_rows(xf{t}, {a0}, {L * C}, n, {block}, of{t}, {o * F}, {Lo * F}, {v.p['b']}, "
+                             f"True{relu})")
             return "\n".join(lines)
         if self.batched():
             Wc = self._width()
@@ -208,14 +223,14 @@ class _Conv(Layer):
                 f"cols{t} = {v.kept}.reshape(n * {R}, {Wc})",
                 self._im2col_batch(f"{v.x}, cols{t}"),
                 f"gemm(cols{t}[:, :{P}], {v.p['W']}.reshape({P}, {F}), {v.out}.reshape(n * {R}, {F}), {v.p['b']}, 0, "
-                "True)",
+                f"True{relu})",
             ])
         return "\n".join([
             f"cols{t} = {v.scratch}[:{R * (P + 1)}].reshape({R}, {P + 1})",
             f"Wm{t} = {v.p['W']}.reshape({P}, {F})",
             "for i in range(n):",
             f"    im2col({v.x}, i, cols{t}, {self._args()})",
-            f"    gemm(cols{t}[:, :{P}], Wm{t}, {v.out}[i].reshape({R}, {F}), {v.p['b']}, 0, True)",
+            f"    gemm(cols{t}[:, :{P}], Wm{t}, {v.out}[i].reshape({R}, {F}), {v.p['b']}, 0, True{relu})",
         ])
 
     def backward(self, v):
@@ -317,6 +332,7 @@ class _Conv(Layer):
         Lo, F, t = self.wo, self.cfg.filters, v.tag
         lines = [f"Wk{t} = {v.p['W']}.reshape({K}, {C}, {F})", f"dof{t} = {v.dout}.reshape(n * {Lo * F})",
                  f"dxf{t} = {v.dx}.reshape(n * {L * C})"]
+        gate = f", False, {v.gate}.reshape(n * {L * C})" if v.gate else ""  # the ReLU before: dx where x > 0
         for r in range(S):
             J = len(range(r, K, S))  # taps r, r + S, ... of this phase
             q_lo = -((r - pad) // S)  # first q with p = q S + r - pad >= 0; Lo values of q per signal
@@ -326,7 +342,7 @@ class _Conv(Layer):
             lines += [f"{B} = {v.scratch}[:{J * F * C}].reshape({J * F}, {C})",
                       f"stack_taps(Wk{t}, {B}, {r}, {S}, {J})",
                       f"gemm_rows(dof{t}, {(i_min + q_lo - J + 1) * F}, {F}, n * {Lo} - {i_min + q_lo}, {B}, dxf{t}, "
-                      f"{c0 + i_min * S * C}, {S * C}, dxf{t}, False)"]
+                      f"{c0 + i_min * S * C}, {S * C}, dxf{t}, False{gate})"]
             for q in range(q_lo, q_lo + Lo):
                 if q - J + 1 >= 0 and q <= Lo - 1:
                     continue  # all J windows inside the signal: done by the phase's product
@@ -334,7 +350,7 @@ class _Conv(Layer):
                 b0, b1 = J - 1 - j_hi, J - 1 - j_lo
                 a0, block = ((q - j_hi) * F, f"{B}[{b0 * F}:{(b1 + 1) * F}]") if b0 <= b1 else (0, f"{B}[:0]")
                 lines.append(f"gemm_rows(dof{t}, {a0}, {Lo * F}, n, {block}, dxf{t}, {(q * S + r - pad) * C}, "
-                             f"{L * C}, dxf{t}, False)")
+                             f"{L * C}, dxf{t}, False{gate})")
         return lines
 
 

@@ -68,7 +68,10 @@ class Names:
     scratch_floats() values (shared by all layers); ints: an (N, ints_per_row()) int64 view kept from forward to
     backward; mask: the (N, S_in) dropout mask, 0 rows in eval mode; tag: a suffix for local names; kept: a 1-D
     float view of N * kept_floats() values kept from forward to backward; wide: the lines go into the step
-    driven from Python (StepPlan.source's loss_grad_wide), where a layer may call framework.engine.threads."""
+    driven from Python (StepPlan.source's loss_grad_wide), where a layer may call framework.engine.threads.
+    relu: store max(out, 0), for the ReLU after this layer (only asked of a layer whose stores_relu()); gate: the
+    name of an activation (dx's shape): store dx only where it is > 0, for the ReLU before this layer (only
+    asked of a layer whose gates_dx()). That ReLU's own lines are then left out of the step."""
 
     x: str
     out: str
@@ -83,6 +86,8 @@ class Names:
     tag: str = ""
     kept: str = ""
     wide: bool = False
+    relu: bool = False
+    gate: str = ""
 
 
 class Layer:
@@ -134,6 +139,15 @@ class Layer:
 
     def init(self, rng: np.random.Generator, views: dict, small: bool) -> None:
         """Fill the parameter views (by suffix; theta starts at 0) from rng; small=True gives tiny weights."""
+
+    # --- a ReLU next to it, applied as this layer's GEMMs store (one pass less over the activation) ---
+    def stores_relu(self) -> bool:
+        """Whether forward(v) honours v.relu: every value of out is stored once, by its final write."""
+        return False
+
+    def gates_dx(self) -> bool:
+        """Whether backward(v) honours v.gate: every value of dx is stored once, by its final write."""
+        return False
 
     # --- buffers ---
     def scratch_floats(self) -> int:
