@@ -225,9 +225,12 @@ A, B = rng.standard_normal((37, 300)).astype(np.float32), rng.standard_normal((3
 C = np.empty((37, 70), np.float32)
 K.gemm_repeat(A, B, C, 1, False)  # whole tiles, masked last columns, single rows, two K blocks
 assert np.allclose(C, A.astype(np.float64) @ B, atol=1e-3)
+B2, C2 = B[:, :14].copy(), np.empty((37, 14), np.float32)  # two vectors of 8 lanes: the tall tile
+K.gemm_repeat(A, B2, C2, 1, False)
+assert np.allclose(C2, A.astype(np.float64) @ B2, atol=1e-3)
 asm = "".join(K.gemm_repeat.inspect_asm().values())
 from framework.kernels.gemm_choice import cpu_info
-print(K.VECTOR_BITS, K.TILE_ROWS, K.TILE_VECS, "%zmm" in asm, "%ymm" in asm, cpu_info()["isa"])
+print(K.VECTOR_BITS, K.TILE_ROWS, K.TILE_VECS, K.TALL_ROWS, "%zmm" in asm, "%ymm" in asm, cpu_info()["isa"])
 """
 
 
@@ -239,7 +242,7 @@ def test_tile_follows_the_compile_target_not_the_host(tmp_path):
            "NUMBA_CPU_FEATURES": "+64bit"}
     out = subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["256", "4", "3", "False", "True", "AVX2"]
+    assert out.stdout.split() == ["256", "4", "3", "5", "False", "True", "AVX2"]
 
 
 def test_tile_shape_fits_the_register_file():
@@ -250,3 +253,8 @@ def test_tile_shape_fits_the_register_file():
         assert rows * vecs + vecs + 1 <= registers
     assert K.VECTOR_REGISTERS == (32 if K.VECTOR_BITS == 512 else 16)
     assert (K.TILE_ROWS, K.TILE_VECS) == K.tile_shape(K.VECTOR_REGISTERS)
+    # the 2-vector tile: 14 x 2 accumulators + 2 B loads + 1 broadcast = 31 <= 32; AVX2 also holds 2 masks
+    assert K.tall_rows(32, False) == 14 and K.tall_rows(16, True) == 5
+    for registers, masks in ((16, True), (32, False)):
+        assert 2 * K.tall_rows(registers, masks) + 3 + (2 if masks else 0) <= registers
+    assert K.TALL_ROWS == K.tall_rows(K.VECTOR_REGISTERS, K.VECTOR_BITS != 512)

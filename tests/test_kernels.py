@@ -31,10 +31,11 @@ def rng():
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("m,k,n", [(1, 1, 1), (32, 64, 100), (32, 100, 10), (9, 3, 17), (17, 300, 49),
-                                   (100, 32, 10), (7, 513, 130)])
+                                   (100, 32, 10), (7, 513, 130), (100, 75, 25), (31, 300, 14), (33, 5, 75)])
 def test_gemm_matches_numpy(rng, dtype, m, k, n):
-    """Every tile shape (full and partial row strips, 1-3 vectors, masked tails, K beyond K_BLOCK), a transposed
-    A, a bias row (ldz 0) and full Z rows, against NumPy in float64; columns outside C are never written."""
+    """Every tile shape (full and partial row strips, 1-3 vectors, masked tails, tall 2-vector strips and the
+    rows they leave, K beyond K_BLOCK), a transposed A, a bias row (ldz 0) and full Z rows, against NumPy in
+    float64; columns outside C are never written."""
     tol = 1e-4 if dtype == np.float32 else 1e-12
     A = rng.standard_normal((m, k)).astype(dtype)
     B = rng.standard_normal((k, n)).astype(dtype)
