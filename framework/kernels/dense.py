@@ -70,7 +70,7 @@ def tile_shape(vector_registers: int, vecs: int = 3) -> tuple[int, int]:
 
 
 def tall_rows(vector_registers: int, masks_in_registers: bool) -> int:
-    """Rows of the 2-vector tile (a 17-32 column strip in float32, e.g. 25 filters): its 2 rows x 2 accumulators,
+    """Rows of the 2-vector tile (a 17-32 column strip in float32, e.g. 25 filters): its rows x 2 accumulators,
     2 B loads, one A broadcast and (AVX2) 2 masks must fit. 32 -> 14, 16 -> 5. Taller than TILE_ROWS, each B row
     loaded feeds more FMAs: (1000, 75) @ (75, 25) 5-10% faster than in 8-row strips here."""
     return max(1, min(14, (vector_registers - 3 - (2 if masks_in_registers else 0)) // 2))
@@ -155,6 +155,7 @@ def _make_tile(rows: int, vecs: int, masked: bool = True):
                 else:
                     builder.store(value, vec_at(base, offset), align=size)
             rows_at = [builder.add(i0, const(r)) for r in range(rows)]
+
             def flag(bit):
                 return builder.icmp_signed("!=", builder.and_(flags, const(bit)), const(0))
 
@@ -224,11 +225,11 @@ def _make_tile(rows: int, vecs: int, masked: bool = True):
 
 # Six tiles keep the compiled code small (each kernel that calls gemm re-optimizes them): whole tiles without
 # masks, strips of TILE_VECS masked vectors (the last columns), strips of 2 vectors (e.g. 25 or 32 filters: one A
-# broadcast feeds both, 18% faster on a conv's (1000, 75) @ (75, 25) than two 1-vector passes; TALL_ROWS rows at a
-# time, and TILE_ROWS for the rows left), strips of 1 vector
-# (narrow outputs like the class scores), and single rows of up to TILE_VECS vectors for the remainder (one row's
-# FMA chains are latency-bound: three in flight instead of one made a 25-row weight gradient 7% faster). Every C
-# element is still one FMA chain over k in order: the tile chosen never changes a number.
+# broadcast feeds both, 18% faster on a conv's (1000, 75) @ (75, 25) than two 1-vector passes), TALL_ROWS rows at a
+# time and TILE_ROWS for the rows left, strips of 1 vector (narrow outputs like the class scores), and single rows
+# of up to TILE_VECS vectors for the remainder (one row's FMA chains are latency-bound: three in flight instead of
+# one made a 25-row weight gradient 7% faster). Every C element is still one FMA chain over k in order: the tile
+# chosen never changes a number.
 _tile_wide, _tile_two, _tile_narrow = _make_tile(TILE_ROWS, TILE_VECS), _make_tile(TILE_ROWS, 2), \
     _make_tile(TILE_ROWS, 1)
 _tile_row = _make_tile(1, TILE_VECS)
