@@ -144,11 +144,11 @@ class StepPlan:
         buffer goes, and the numbers stay (tests/test_layers.py compares both steps). Not in the wide step,
         whose GEMMs run through framework.engine.threads."""
         into_forward, into_backward = {}, {}
-        if wide:
+        if wide or not FUSE_RELU:
             return into_forward, into_backward
         L = len(self.layers)
         for j, layer in enumerate(self.layers):
-            if layer.kind != "relu" or not layer.inplace or not FUSE_RELU:
+            if layer.kind != "relu" or not layer.inplace:
                 continue
             if j > 0 and self.layers[j - 1].stores_relu():
                 into_forward[j] = j - 1
