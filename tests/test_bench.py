@@ -377,3 +377,26 @@ def test_first_step_subprocess_reports_its_times(tmp_path):
     info = json.loads(proc.stdout.strip().splitlines()[-1])
     assert info["t_main"] <= info["t_built"] <= info["t_done"]
     assert info["peak_rss_mb"] > 10
+
+
+def test_w5_bound_times_the_products_of_w5s_step(tmp_path):
+    """benchmarks.w5_bound's table holds W5's products as the step runs them: per conv1d layer (L -> Lo, patch
+    P = K C, F filters) the forward (N Lo, P) @ (P, F), the weight gradient (Lo products (F, N) @ (N, P); the first
+    layer, patch 5 < SMALL_PATCH, one (SMALL_PATCH, N Lo) @ (N Lo, F)) and, after the first, dx by stride phases
+    (J taps of F: (N Lo, J F) @ (J F, C)); then the affine layer's three. Shapes from the W5 model's own layers."""
+    from benchmarks import w5_bound
+    from framework.layers.builtin import SMALL_PATCH
+    run = layered.make_layered_run(layered.LAYERED["W5"], "float32", 1, tmp_path)
+    n = layered.LAYERED["W5"].batch
+    want = []
+    convs = [layer for layer in run.model.layers if type(layer).__name__ == "Conv1d"]
+    for i, conv in enumerate(convs):
+        (L, C), K, S, F, Lo = conv.in_shape, conv.cfg.size, conv.cfg.stride, conv.cfg.filters, conv.wo
+        want.append((n * Lo, K * C, F, 1))
+        want.append((SMALL_PATCH, n * Lo, F, 1) if i == 0 else (F, n, K * C, Lo))
+        if i > 0:
+            want += [(n * Lo, len(range(r, K, S)) * F, C, 1) for r in range(S)]
+    (D,), H = run.model.layers[-1].in_shape, run.model.layers[-1].blocks()[0][1][1]
+    want += [(n, D, H, 1), (D, n, H, 1), (n, H, D, 1)]
+    assert [p[1:] for p in w5_bound.PRODUCTS] == want
+    assert w5_bound.product_us(3, 4, 5, rounds=1) > 0
