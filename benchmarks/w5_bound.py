@@ -26,7 +26,6 @@ from benchmarks.layered import LAYERED
 from benchmarks.timing import best_call_time
 
 ROUNDS = 7
-BATCH = 100
 
 # (product, M, K, N, calls per step) as the generated step runs them today (see `model.plan.source()`): rows of
 # C are positions of the batch (N x Lo), columns the 25 filters, except the weight gradients of layers 2 and 3,
@@ -88,7 +87,7 @@ def main(argv: list[str]) -> int:
     result = bound()
     rows, step = result["rows"], result["step"]
     width = max(len(r[0]) for r in rows)
-    print(f"W5 cnn1d 1x40 batch {BATCH} float32, one thread: us per step (GFLOP/s)")
+    print(f"{LAYERED['W5'].label()} float32, one thread: us per step (GFLOP/s)")
     print(f"{'product':<{width}}  {'channels last':>16}  {'channels first':>16}  {'OpenBLAS, faster':>16}")
     for title, flops, *times in rows:
         print(f"{title:<{width}}" + "".join(f"  {t:7.1f} ({flops / t / 1e3:5.0f})" for t in times))
