@@ -141,7 +141,7 @@ def test_gemm_stores_relu_and_gate_as_the_separate_kernels_would(rng, dtype, m, 
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("n,h", [(1000, 25), (7, 1), (0, 5), (300, 100)])
+@pytest.mark.parametrize("n,h", [(1000, 25), (7, 1), (0, 5), (2, 3), (300, 100)])
 def test_bias_grad_sums_columns_in_row_order(rng, dtype, n, h):
     """The column sums of every row in order (a float64-free sequential sum, so bitwise equal to np.add's
     accumulate), also for a transposed (strided) dout."""

