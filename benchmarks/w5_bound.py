@@ -16,36 +16,43 @@ step's own calls read strided windows in place, so the table is a little optimis
 from __future__ import annotations
 
 import sys
+import tempfile
 
 import numpy as np
 
 from framework.kernels.dense import gemm_repeat
+from framework.layers.builtin import SMALL_PATCH
 
 from benchmarks import layer_profile
-from benchmarks.layered import LAYERED
+from benchmarks.layered import LAYERED, make_layered_run
 from benchmarks.timing import best_call_time
 
 ROUNDS = 7
 
-# (product, M, K, N, calls per step) as the generated step runs them today (see `model.plan.source()`): rows of
-# C are positions of the batch (N x Lo), columns the 25 filters, except the weight gradients of layers 2 and 3,
-# which run one (25, 100) @ (100, 75) product per output position with the patch of 75 along the vectors. The
-# windows that cross a signal's edge (the step redoes them with the taps they have) are counted as whole ones.
-PRODUCTS = [
-    ("conv1 forward (2000, 5) @ (5, 25)", 2000, 5, 25, 1),
-    ("conv1 dW (8, 2000) @ (2000, 25)", 8, 2000, 25, 1),
-    ("conv2 forward (1000, 75) @ (75, 25)", 1000, 75, 25, 1),
-    ("conv2 dW 10 x (25, 100) @ (100, 75)", 25, 100, 75, 10),
-    ("conv2 dx odd (1000, 50) @ (50, 25)", 1000, 50, 25, 1),
-    ("conv2 dx even (1000, 25) @ (25, 25)", 1000, 25, 25, 1),
-    ("conv3 forward (500, 75) @ (75, 25)", 500, 75, 25, 1),
-    ("conv3 dW 5 x (25, 100) @ (100, 75)", 25, 100, 75, 5),
-    ("conv3 dx odd (500, 50) @ (50, 25)", 500, 50, 25, 1),
-    ("conv3 dx even (500, 25) @ (25, 25)", 500, 25, 25, 1),
-    ("affine forward (100, 125) @ (125, 10)", 100, 125, 10, 1),
-    ("affine dW (125, 100) @ (100, 10)", 125, 100, 10, 1),
-    ("affine dx (100, 10) @ (10, 125)", 100, 10, 125, 1),
-]
+
+def products(layers, n: int) -> list[tuple[str, int, int, int, int]]:
+    """[(product, M, K, N, calls per step)] of a conv1d stack's step as the generated step runs it (see
+    `model.plan.source()`), batch n: per conv1d (L -> Lo, patch P = K C, F filters) the forward (n Lo, P) @ (P, F);
+    the weight gradient, Lo products (F, n) @ (n, P) with the patch along the vectors (a patch of fewer than
+    SMALL_PATCH - 1 values, as in the first layer: one (SMALL_PATCH, n Lo) @ (n Lo, F)); after the first, dx by stride phases, (n Lo, J F) @
+    (J F, C) for the J taps of each; then each affine layer's three. Windows that cross a signal's edge (the step
+    redoes them with the taps they have) count as whole ones."""
+    out, convs = [], 0
+    for layer in layers:
+        kind = type(layer).__name__
+        if kind == "Conv1d":
+            (L, C), K, S, F, Lo = layer.in_shape, layer.cfg.size, layer.cfg.stride, layer.cfg.filters, layer.wo
+            convs += 1
+            name = f"conv{convs}"
+            out.append((name + " forward", n * Lo, K * C, F, 1))
+            out.append((name + " dW", SMALL_PATCH, n * Lo, F, 1) if K * C + 1 < SMALL_PATCH
+                       else (f"{name} dW {Lo} x", F, n, K * C, Lo))
+            if convs > 1:
+                out += [(f"{name} dx phase {r}", n * Lo, len(range(r, K, S)) * F, C, 1) for r in range(S)]
+        elif kind == "Affine":
+            (D,), H = layer.in_shape, layer.blocks()[0][1][1]
+            out += [("affine forward", n, D, H, 1), ("affine dW", D, n, H, 1), ("affine dx", n, H, D, 1)]
+    return [(f"{title} ({m}, {k}) @ ({k}, {nn})", m, k, nn, calls) for title, m, k, nn, calls in out]
 
 
 def product_us(m: int, k: int, n: int, dtype=np.float32, seed: int = 0, rounds: int = ROUNDS,
@@ -71,7 +78,10 @@ def step_parts() -> tuple[float, float]:
 
 def bound() -> dict:
     rows = []
-    for title, m, k, n, calls in PRODUCTS:
+    workload = LAYERED["W5"]
+    with tempfile.TemporaryDirectory(prefix="w5-bound-") as tmp:
+        layers = make_layered_run(workload, "float32", 1, tmp).model.layers
+    for title, m, k, n, calls in products(layers, workload.batch):
         today, turned = calls * product_us(m, k, n), calls * product_us(n, k, m)
         blas = calls * min(product_us(m, k, n, blas=True), product_us(n, k, m, blas=True))
         rows.append((title, 2 * m * k * n * calls, today, turned, blas))

@@ -380,23 +380,17 @@ def test_first_step_subprocess_reports_its_times(tmp_path):
 
 
 def test_w5_bound_times_the_products_of_w5s_step(tmp_path):
-    """benchmarks.w5_bound's table holds W5's products as the step runs them: per conv1d layer (L -> Lo, patch
-    P = K C, F filters) the forward (N Lo, P) @ (P, F), the weight gradient (Lo products (F, N) @ (N, P); the first
-    layer, patch 5 < SMALL_PATCH, one (SMALL_PATCH, N Lo) @ (N Lo, F)) and, after the first, dx by stride phases
-    (J taps of F: (N Lo, J F) @ (J F, C)); then the affine layer's three. Shapes from the W5 model's own layers."""
+    """benchmarks.w5_bound's products of W5's step, from the model's own layers (1x40 signals, batch 100: lengths
+    40 -> 20 -> 10 -> 5, 25 filters): per conv1d the forward (100 Lo, K C) @ (K C, 25), the weight gradient (the
+    first layer's 5-value patch: one (8, 2000) @ (2000, 25); the others one (25, 100) @ (100, 75) per output
+    position) and, after the first, dx by stride phases (taps 0 and 2: K = 50; tap 1: K = 25); then the affine
+    layer's three on 125 features and 10 classes."""
     from benchmarks import w5_bound
-    from framework.layers.builtin import SMALL_PATCH
     run = layered.make_layered_run(layered.LAYERED["W5"], "float32", 1, tmp_path)
-    n = layered.LAYERED["W5"].batch
-    want = []
-    convs = [layer for layer in run.model.layers if type(layer).__name__ == "Conv1d"]
-    for i, conv in enumerate(convs):
-        (L, C), K, S, F, Lo = conv.in_shape, conv.cfg.size, conv.cfg.stride, conv.cfg.filters, conv.wo
-        want.append((n * Lo, K * C, F, 1))
-        want.append((SMALL_PATCH, n * Lo, F, 1) if i == 0 else (F, n, K * C, Lo))
-        if i > 0:
-            want += [(n * Lo, len(range(r, K, S)) * F, C, 1) for r in range(S)]
-    (D,), H = run.model.layers[-1].in_shape, run.model.layers[-1].blocks()[0][1][1]
-    want += [(n, D, H, 1), (D, n, H, 1), (n, H, D, 1)]
-    assert [p[1:] for p in w5_bound.PRODUCTS] == want
+    shapes = [p[1:] for p in w5_bound.products(run.model.layers, 100)]
+    assert shapes == [(2000, 5, 25, 1), (8, 2000, 25, 1),
+                      (1000, 75, 25, 1), (25, 100, 75, 10), (1000, 50, 25, 1), (1000, 25, 25, 1),
+                      (500, 75, 25, 1), (25, 100, 75, 5), (500, 50, 25, 1), (500, 25, 25, 1),
+                      (100, 125, 10, 1), (125, 100, 10, 1), (100, 10, 125, 1)]
+    assert w5_bound.products(run.model.layers, 100)[3][0] == "conv2 dW 10 x (25, 100) @ (100, 75)"
     assert w5_bound.product_us(3, 4, 5, rounds=1) > 0
